@@ -1,0 +1,113 @@
+"""Pilot's Flask application: ``create_app()`` wires the parts; ``python app.py`` serves.
+
+Routes live in ``routes/``, SQL in the data layer, providers in ``providers/``.
+The scheduler never starts on import: only serving processes start it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+import cli
+from config import Settings
+from credentials import Vault, load_keys
+from database import DatabaseManager, db_manager, migrate
+from errors import PilotError
+from logging_setup import configure_logging
+from routes import credentials as credentials_routes
+from routes import health as health_routes
+from routes import plans as plans_routes
+from services import Services
+
+log = logging.getLogger("pilot")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _error(code: str, message: str, status: int, details: Any = None) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message, "details": details}}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(PilotError)
+    def pilot_error(exc: PilotError) -> tuple[Response, int]:
+        if exc.status >= 500:
+            log.error("request failed: %s", exc.message, extra={"code": exc.code})
+        return _error(exc.code, exc.message, exc.status, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> WerkzeugResponse:
+        response = exc.get_response()
+        code = re.sub(r"[^a-z]+", "_", (exc.name or "error").lower()).strip("_")
+        response.set_data(jsonify({"error": {"code": code, "message": exc.description, "details": None}}).get_data())
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        return _error("internal_error", "internal server error", 500)
+
+
+def register_request_id(app: Flask) -> None:
+    @app.before_request
+    def assign_request_id() -> None:
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings from the environment, then ``test_config`` overrides."""
+    settings = Settings.from_env(**(test_config or {}))
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(PILOT_SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_request_bytes)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    db = db_manager if test_config is None else DatabaseManager(settings)
+    registry = _load_registry()
+    app.extensions["pilot"] = Services(settings=settings, db=db, vault=Vault(load_keys(settings)), registry=registry)
+    register_request_id(app)
+    register_error_handlers(app)
+    for module in (health_routes, credentials_routes, plans_routes):
+        app.register_blueprint(module.bp)
+    cli.init_app(app)
+    if settings.auth_mode == "dev":
+        log.warning("AUTH_MODE=dev: the caller's user_id is trusted as sent; use AUTH_MODE=token in production")
+    return app
+
+
+def _load_registry() -> Any:
+    try:
+        from providers import registry
+    except ImportError:
+        return None
+    return registry
+
+
+app = create_app()
+
+
+def main() -> None:
+    settings: Settings = app.config["PILOT_SETTINGS"]
+    if not db_manager.embedded and not settings.production:
+        migrate(db_manager.dsn)
+    host = os.environ.get("FLASK_HOST", "127.0.0.1")
+    log.info("serving on http://%s:%d", host, settings.port)
+    app.run(host=host, port=settings.port, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

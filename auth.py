@@ -1,0 +1,79 @@
+"""Who is calling: one function every route uses to learn the acting user.
+
+``AUTH_MODE=dev`` takes ``user_id`` from the JSON body or the query string, as
+the client's checklist does. ``AUTH_MODE=token`` (required in production)
+takes the subject of a Bearer JWT (HS256 with ``JWT_SECRET`` or RS256 from
+``JWKS_URL``); a ``user_id`` that differs from it is refused with 403.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import jwt
+from flask import current_app, request
+
+from config import Settings
+from errors import Forbidden, Unauthorized, ValidationError
+
+USER_ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+
+
+def _claimed_user_id() -> str | None:
+    """The user_id named in the query string or the JSON body, if any (they must agree)."""
+    candidates: list[Any] = []
+    if "user_id" in request.args:
+        candidates.append(request.args.get("user_id"))
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if isinstance(body, dict) and body.get("user_id") is not None:
+            candidates.append(body["user_id"])
+    for value in candidates:
+        if not isinstance(value, str) or not USER_ID_PATTERN.match(value) or value.strip() != value:
+            raise ValidationError("user_id must be a non-empty string of at most 255 printable characters")
+    if len(set(candidates)) > 1:
+        raise ValidationError("user_id in the query string and in the body differ")
+    return candidates[0] if candidates else None
+
+
+@cache
+def _jwks_client(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
+
+
+def _token_subject(settings: Settings) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("an Authorization: Bearer token is required")
+    token = token.strip()
+    try:
+        if settings.jwks_url:
+            key: Any = _jwks_client(settings.jwks_url).get_signing_key_from_jwt(token).key
+            claims = jwt.decode(token, key, algorithms=["RS256"], options={"require": ["sub", "exp"]})
+        elif settings.jwt_secret:
+            claims = jwt.decode(token, settings.jwt_secret, algorithms=["HS256"], options={"require": ["sub", "exp"]})
+        else:
+            raise Unauthorized("token authentication is not configured (set JWT_SECRET or JWKS_URL)")
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("the bearer token is not valid") from exc
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not USER_ID_PATTERN.match(subject):
+        raise Unauthorized("the bearer token has no usable subject")
+    return subject
+
+
+def current_user_id() -> str:
+    """The acting user for this request; raises 400/401/403 rather than guessing."""
+    settings: Settings = current_app.config["PILOT_SETTINGS"]
+    claimed = _claimed_user_id()
+    if settings.auth_mode == "token":
+        subject = _token_subject(settings)
+        if claimed is not None and claimed != subject:
+            raise Forbidden("user_id does not match the authenticated user")
+        return subject
+    if claimed is None:
+        raise ValidationError("user_id is required (in the JSON body or the query string) when AUTH_MODE=dev")
+    return claimed

@@ -1,0 +1,68 @@
+"""Operator commands: ``flask --app app migrate | gen-key | rotate-key | import-env-credentials``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+from flask import Flask
+
+import store
+from credentials import CredentialDecryptError, generate_key
+from database import migrate
+from errors import PilotError
+from services import Services
+
+ENV_CREDENTIALS = (("openai", "OPENAI_API_KEY"), ("groq", "GROQ_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"))
+
+
+def init_app(app: Flask) -> None:
+    svc: Services = app.extensions["pilot"]
+
+    @app.cli.command("migrate")
+    def migrate_command() -> None:
+        """Apply pending SQL migrations (as the connecting role)."""
+        applied = migrate(svc.db.dsn)
+        click.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+
+    @app.cli.command("gen-key")
+    def gen_key_command() -> None:
+        """Print a new Fernet key (prepend it to FERNET_KEY, then run rotate-key)."""
+        click.echo(generate_key())
+
+    @app.cli.command("rotate-key")
+    def rotate_key_command() -> None:
+        """Re-encrypt every stored credential under the first FERNET_KEY; safe to re-run."""
+        try:
+            with svc.db.transaction(None, as_app=False) as cur:
+                cur.execute("SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user")
+                row = cur.fetchone()
+                if not row or not row["bypass"]:
+                    raise click.ClickException(
+                        "rotate-key must run as a role that bypasses row-level security (superuser or BYPASSRLS)"
+                    )
+                rows = store.all_credentials_for_update(cur)
+                already = sum(svc.vault.encrypted_with_primary(r["encrypted_value"]) for r in rows)
+                for r in rows:
+                    store.set_encrypted_value(cur, r["id"], svc.vault.rotate(r["encrypted_value"]))
+        except CredentialDecryptError as exc:
+            raise click.ClickException(f"{exc.message}; nothing was changed") from exc
+        click.echo(f"re-encrypted {len(rows)} credential(s) under the first key ({already} were already under it)")
+
+    @app.cli.command("import-env-credentials")
+    @click.option("--user", "user_id", required=True, help="the user whose credentials these are")
+    def import_env_credentials_command(user_id: str) -> None:
+        """Store OPENAI_API_KEY, GROQ_API_KEY and ANTHROPIC_API_KEY from the environment for USER."""
+        found = [(provider, os.environ[var]) for provider, var in ENV_CREDENTIALS if os.environ.get(var, "").strip()]
+        if not found:
+            click.echo("none of " + ", ".join(var for _, var in ENV_CREDENTIALS) + " is set; nothing stored")
+            return
+        try:
+            with svc.db.transaction(user_id) as cur:
+                for provider, secret in found:
+                    encrypted = svc.vault.encrypt(user_id, provider, "api_key", secret.strip())
+                    store.upsert_credential(cur, user_id, provider, "api_key", encrypted)
+        except PilotError as exc:
+            raise click.ClickException(exc.message) from exc
+        for provider, _ in found:
+            click.echo(f"stored {provider} api_key for {user_id}")

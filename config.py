@@ -1,0 +1,108 @@
+"""Configuration from the environment, read in one place.
+
+Every variable Pilot reads is listed here (and in the README). ``Settings.from_env``
+is called by ``create_app`` and by the CLI; tests pass overrides instead of
+mutating ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from errors import ConfigurationError
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def _env_bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in TRUE_WORDS
+
+
+def _env_list(env: dict[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one Pilot process."""
+
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+    fernet_keys: tuple[str, ...] = ()
+    pilot_env: str = "development"
+    auth_mode: str = "dev"
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    port: int = 5000
+    scheduler_enabled: bool = False
+    log_level: str = "INFO"
+    outbound_allowlist: tuple[str, ...] = ()
+    provider_base_urls: dict[str, str] = field(default_factory=dict)
+    max_request_bytes: int = 1_000_000
+    db_pool_size: int = 10
+    run_workers: int = 8
+
+    @property
+    def production(self) -> bool:
+        return self.pilot_env == "production"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        pilot_env = (env.get("PILOT_ENV") or "development").strip().lower()
+        auth_mode = (env.get("AUTH_MODE") or ("token" if pilot_env == "production" else "dev")).strip().lower()
+        try:
+            port = int(env.get("FLASK_PORT") or 5000)
+            pool = int(env.get("DB_POOL_SIZE") or 10)
+            run_workers = int(env.get("RUN_WORKERS") or 8)
+            max_bytes = int(env.get("MAX_REQUEST_BYTES") or 1_000_000)
+        except ValueError as exc:
+            raise ConfigurationError(f"a numeric setting is not a number: {exc}") from exc
+        base_urls = {
+            name: env[var].rstrip("/")
+            for name, var in (
+                ("openai", "OPENAI_BASE_URL"),
+                ("groq", "GROQ_BASE_URL"),
+                ("anthropic", "ANTHROPIC_BASE_URL"),
+            )
+            if env.get(var)
+        }
+        settings = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=Path(env.get("PILOT_DATA_DIR") or "var"),
+            fernet_keys=_env_list(env, "FERNET_KEY"),
+            pilot_env=pilot_env,
+            auth_mode=auth_mode,
+            jwt_secret=env.get("JWT_SECRET") or None,
+            jwks_url=env.get("JWKS_URL") or None,
+            port=port,
+            scheduler_enabled=_env_bool(env, "SCHEDULER_ENABLED", False),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            outbound_allowlist=_env_list(env, "OUTBOUND_ALLOWLIST"),
+            provider_base_urls=base_urls,
+            max_request_bytes=max_bytes,
+            db_pool_size=pool,
+            run_workers=run_workers,
+        )
+        settings = replace(settings, **overrides)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Fail fast on settings a production process must not run with."""
+        if self.auth_mode not in {"dev", "token"}:
+            raise ConfigurationError(f"AUTH_MODE must be 'dev' or 'token', not {self.auth_mode!r}")
+        if self.production and self.auth_mode != "token":
+            raise ConfigurationError("PILOT_ENV=production requires AUTH_MODE=token")
+        if self.production and not self.fernet_keys:
+            raise ConfigurationError(
+                "FERNET_KEY is required when PILOT_ENV=production; generate one with `flask --app app gen-key`"
+            )
+        if self.db_pool_size < 1 or self.run_workers < 1:
+            raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")

@@ -1,0 +1,266 @@
+"""PostgreSQL access for Pilot: pool, per-user transactions, migrations, embedded default.
+
+``db_manager`` is the process-wide instance (the checklist imports it). Every
+request transaction runs as the NOLOGIN role ``pilot_app`` with the acting user
+set transaction-locally, so row-level security applies whatever role
+``DATABASE_URL`` names and a pooled connection never carries one user's
+identity into another request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+import psycopg2.pool
+import psycopg2.sql
+
+from config import Settings
+from errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+
+log = logging.getLogger(__name__)
+logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_ID = 0x50494C4F54  # "PILOT": one migrator per database at a time
+POOL_WAIT_SECONDS = 10.0
+Cursor: TypeAlias = psycopg2.extras.RealDictCursor
+
+_embedded_servers: dict[Path, Any] = {}
+_embedded_lock = threading.Lock()
+
+
+def start_embedded(data_dir: Path, database: str = "pilot") -> str:
+    """Start (or attach to) the embedded PostgreSQL under ``data_dir/pgdata``; return its DSN.
+
+    The server keeps running while any process of this data dir uses it, so a
+    restarted Pilot finds its data again.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI): harmless here.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported lazily: only needed when DATABASE_URL is unset
+
+    pgdata = (data_dir / "pgdata").resolve()
+    with _embedded_lock:
+        server = _embedded_servers.get(pgdata)
+        if server is None:
+            pgdata.parent.mkdir(parents=True, exist_ok=True)
+            log.info("starting embedded PostgreSQL in %s", pgdata)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                server = pgserver.get_server(pgdata)
+            _embedded_servers[pgdata] = server
+    admin = psycopg2.connect(server.get_uri())
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cur.fetchone() is None:
+                with contextlib.suppress(psycopg2.errors.DuplicateDatabase):  # another process was first
+                    cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(database)))
+    finally:
+        admin.close()
+    return str(server.get_uri(database))
+
+
+def translate(exc: psycopg2.Error) -> PilotError:
+    """Map a psycopg2 error onto the project's exceptions (never leaking SQL text)."""
+    if isinstance(exc, psycopg2.errors.UniqueViolation):
+        return Conflict("a record with the same key already exists")
+    if isinstance(exc, psycopg2.errors.ForeignKeyViolation):
+        return NotFound("a referenced record does not exist")
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        # A row-level security WITH CHECK failure: the row is not the caller's.
+        return NotFound("not found")
+    if isinstance(exc, psycopg2.errors.QueryCanceled):
+        return ServiceUnavailable("the database took too long to answer")
+    if isinstance(exc, psycopg2.IntegrityError | psycopg2.DataError):
+        return ValidationError("the value is not valid for this field", details={"pgcode": exc.pgcode})
+    return DatabaseError("the database is unavailable")
+
+
+class BlockingPool:
+    """A fixed-size pool that keeps its connections and makes callers wait for one.
+
+    psycopg2's ThreadedConnectionPool raises at once when exhausted and closes
+    connections handed back above ``minconn``; with ``minconn == maxconn`` and
+    a semaphore in front it keeps every connection and queues callers instead.
+    """
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self._pool = psycopg2.pool.ThreadedConnectionPool(size, size, dsn, application_name="pilot")
+        self._slots = threading.BoundedSemaphore(size)
+
+    def getconn(self) -> psycopg2.extensions.connection:
+        if not self._slots.acquire(timeout=POOL_WAIT_SECONDS):
+            raise ServiceUnavailable("no database connection became free in time")
+        try:
+            return self._pool.getconn()
+        except Exception:
+            self._slots.release()
+            raise
+
+    def putconn(self, conn: psycopg2.extensions.connection, *, broken: bool = False) -> None:
+        try:
+            self._pool.putconn(conn, close=broken or bool(conn.closed))
+        finally:
+            self._slots.release()
+
+    def closeall(self) -> None:
+        self._pool.closeall()
+
+
+class DatabaseManager:
+    """Owns the pool and hands out transactions; configured from the environment unless given settings."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._dsn: str | None = None
+        self._pool: BlockingPool | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def embedded(self) -> bool:
+        return not self.settings.database_url
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in use; starts the embedded server (and migrates it) on first use when DATABASE_URL is unset."""
+        if self._dsn is None:
+            with self._lock:
+                if self._dsn is None:
+                    if self.settings.database_url:
+                        self._dsn = self.settings.database_url
+                    else:
+                        dsn = start_embedded(self.settings.data_dir)
+                        migrate(dsn)
+                        self._dsn = dsn
+        return self._dsn
+
+    def _get_pool(self) -> BlockingPool:
+        if self._pool is None:
+            dsn = self.dsn
+            with self._lock:
+                if self._pool is None:
+                    try:
+                        self._pool = BlockingPool(dsn, self.settings.db_pool_size)
+                    except psycopg2.Error as exc:
+                        log.error("cannot connect to the database: %s", type(exc).__name__)
+                        raise DatabaseError("the database is unavailable") from exc
+        return self._pool
+
+    def get_connection(self) -> psycopg2.extensions.connection:
+        """A new DB-API connection as the connecting role (not pooled: the caller closes it)."""
+        return psycopg2.connect(self.dsn, application_name="pilot-cli")
+
+    @contextmanager
+    def transaction(self, user_id: str | None, *, as_app: bool = True) -> Iterator[Cursor]:
+        """One transaction as ``pilot_app`` acting for ``user_id``; commits, or rolls back on error.
+
+        ``user_id=None`` sets no user, so every RLS-protected table shows no rows.
+        ``as_app=False`` stays in the connecting role: for migrations and operator
+        commands only, never for requests.
+        """
+        pool = self._get_pool()
+        conn = pool.getconn()
+        broken = False
+        try:
+            with conn.cursor(cursor_factory=Cursor) as cur:
+                if as_app:
+                    cur.execute(
+                        "SET LOCAL ROLE pilot_app; SELECT set_config('app.current_user_id', %s, true)",
+                        (user_id or "",),
+                    )
+                yield cur
+            conn.commit()
+        except psycopg2.Error as exc:
+            broken = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+            _rollback(conn)
+            raise translate(exc) from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+        finally:
+            pool.putconn(conn, broken=broken or conn.closed != 0)
+
+    def check(self) -> None:
+        """Raise DatabaseError unless the database answers a trivial query."""
+        with self.transaction(None, as_app=False) as cur:
+            cur.execute("SELECT 1")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.closeall()
+            self._pool = None
+
+
+def _rollback(conn: psycopg2.extensions.connection) -> None:
+    if conn.closed:
+        return
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        log.warning("rollback failed; the connection will be discarded")
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    return sorted(directory.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; return the versions applied.
+
+    A session advisory lock makes concurrent callers wait for each other, so two
+    processes starting together never apply the same file twice.
+    """
+    applied_now: list[str] = []
+    conn = psycopg2.connect(dsn, application_name="pilot-migrate")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+            conn.commit()
+            try:
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                conn.commit()
+                cur.execute("SELECT version FROM schema_migrations")
+                done = {row[0] for row in cur.fetchall()}
+                for path in migration_files(directory):
+                    if path.stem in done:
+                        continue
+                    cur.execute(path.read_text(encoding="utf-8"))
+                    cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+                    conn.commit()
+                    applied_now.append(path.stem)
+                    log.info("applied migration %s", path.stem)
+            except psycopg2.Error:
+                conn.rollback()
+                raise
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+                conn.commit()
+    finally:
+        conn.close()
+    return applied_now
+
+
+db_manager = DatabaseManager()

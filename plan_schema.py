@@ -1,0 +1,135 @@
+"""Structural validation of plans and steps (pydantic), with 400s that name the field.
+
+Checks here need no database: shapes, sizes, unique step ids, the schedule's
+cron fields and timezone. Whether each step's provider, action and params fit
+the provider's JSON Schema is checked by the registry (``validate_steps``).
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from errors import ValidationError
+
+MAX_STEPS = 100
+StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_s: float = Field(1.0, ge=0, le=60)
+
+
+class Step(BaseModel):
+    """One step: a provider action with params; ``when`` and templates are JMESPath."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: StepId | None = None
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    provider: Name
+    action: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+    when: str | None = Field(None, min_length=1, max_length=1000)
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = Field(None, gt=0, le=600)
+    continue_on_error: bool = False
+
+
+class Schedule(BaseModel):
+    """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` or ``{"interval_seconds": N}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    cron: str | None = Field(None, max_length=200)
+    timezone: str | None = Field(None, max_length=64)
+    interval_seconds: int | None = Field(None, ge=1, le=366 * 86400)
+    pause_on_failure: int | None = Field(None, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("a schedule needs exactly one of 'cron' or 'interval_seconds'")
+        if self.timezone is not None:
+            check_timezone(self.timezone)
+        if self.cron is not None:
+            check_cron(self.cron, self.timezone or "UTC")
+        return self
+
+
+class PlanBody(BaseModel):
+    """A whole plan as POST and PUT take it (``user_id`` is read by auth, not stored from here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Any = None
+    name: str = Field(min_length=1, max_length=200)
+    original_prompt: str | None = Field(None, max_length=20_000)
+    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
+    schedule: Schedule | None = None
+    timezone: str = Field("UTC", max_length=64)
+    enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[Step]) -> list[Step]:
+        seen: set[str] = set()
+        for index, step in enumerate(steps):
+            if step.id is not None:
+                if step.id in seen:
+                    raise ValueError(f"step {index}: id {step.id!r} is used by an earlier step")
+                seen.add(step.id)
+        return steps
+
+
+def check_timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {name!r}") from exc
+    return name
+
+
+def check_cron(expression: str, timezone: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    if len(expression.split()) != 5:
+        raise ValueError("cron must have 5 fields: minute hour day-of-month month day-of-week")
+    try:
+        CronTrigger.from_crontab(expression, timezone=timezone)
+    except ValueError as exc:
+        raise ValueError(f"invalid cron expression {expression!r}: {exc}") from exc
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def parse(model: type[BaseModel], payload: Any) -> Any:
+    """Validate ``payload`` into ``model`` or raise a 400 whose message names the first bad field."""
+    try:
+        return model.model_validate(payload)
+    except PydanticValidationError as exc:
+        errors = [{"field": _location(err["loc"]), "message": err["msg"]} for err in exc.errors()]
+        first = errors[0]
+        raise ValidationError(f"{first['field']}: {first['message']}", details=errors) from None
+
+
+def plan_to_record(body: PlanBody) -> dict[str, Any]:
+    """The columns stored for a validated plan."""
+    data = body.model_dump(exclude={"user_id"}, exclude_none=False)
+    data["steps"] = [step.model_dump(exclude_none=True) for step in body.steps]
+    data["schedule"] = body.schedule.model_dump(exclude_none=True) if body.schedule else None
+    return data

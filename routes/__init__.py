@@ -1,0 +1,1 @@
+"""HTTP blueprints: each handler parses, calls the data layer or engine, serializes."""

@@ -1,0 +1,104 @@
+"""The data layer: every read and write Pilot makes, as named functions over a cursor.
+
+Callers open the transaction (``db_manager.transaction(user_id)``) and pass its
+cursor, so one request can group several calls atomically. The SQL itself
+lives in ``sql/queries.sql``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from psycopg2.extras import Json
+
+from database import Cursor
+
+QUERIES_FILE = Path(__file__).resolve().parent / "sql" / "queries.sql"
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+Row = dict[str, Any]
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Parse ``sql/queries.sql`` once into {name: statement}."""
+    text = QUERIES_FILE.read_text(encoding="utf-8")
+    parts = _NAME_LINE.split(text)
+    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _one(cur: Cursor, name: str, /, **params: Any) -> Row | None:
+    cur.execute(queries()[name], params)
+    row = cur.fetchone()
+    return dict(row) if row is not None else None
+
+
+def _all(cur: Cursor, name: str, /, **params: Any) -> list[Row]:
+    cur.execute(queries()[name], params)
+    return [dict(row) for row in cur.fetchall()]
+
+
+# --- credentials -------------------------------------------------------------
+
+
+def upsert_credential(cur: Cursor, user_id: str, provider: str, type_: str, encrypted_value: str) -> Row:
+    row = _one(
+        cur, "upsert_credential", user_id=user_id, provider=provider, type=type_, encrypted_value=encrypted_value
+    )
+    assert row is not None  # RETURNING always yields the row
+    return row
+
+
+def list_credentials(cur: Cursor, user_id: str, provider: str | None = None) -> list[Row]:
+    return _all(cur, "list_credentials", user_id=user_id, provider=provider)
+
+
+def delete_credentials(cur: Cursor, user_id: str, provider: str, type_: str | None = None) -> list[str]:
+    return [row["type"] for row in _all(cur, "delete_credentials", user_id=user_id, provider=provider, type=type_)]
+
+
+def all_credentials_for_update(cur: Cursor) -> list[Row]:
+    """Every user's credentials, locked: operator commands only (connecting role, not pilot_app)."""
+    return _all(cur, "all_credentials_for_update")
+
+
+def set_encrypted_value(cur: Cursor, credential_id: int, encrypted_value: str) -> None:
+    cur.execute(queries()["set_encrypted_value"], {"id": credential_id, "encrypted_value": encrypted_value})
+
+
+# --- plans -------------------------------------------------------------------
+
+PLAN_FIELDS = ("name", "original_prompt", "steps", "schedule", "timezone", "enabled")
+
+
+def _plan_params(user_id: str, plan: dict[str, Any]) -> dict[str, Any]:
+    params = {field: plan.get(field) for field in PLAN_FIELDS}
+    params["steps"] = Json(plan.get("steps") or [])
+    params["schedule"] = Json(plan["schedule"]) if plan.get("schedule") is not None else None
+    params["user_id"] = user_id
+    return params
+
+
+def insert_plan(cur: Cursor, user_id: str, plan: dict[str, Any]) -> Row:
+    row = _one(cur, "insert_plan", **_plan_params(user_id, plan))
+    assert row is not None
+    return row
+
+
+def list_plans(cur: Cursor, user_id: str, *, limit: int = 100, offset: int = 0) -> list[Row]:
+    return _all(cur, "list_plans", user_id=user_id, limit=limit, offset=offset)
+
+
+def get_plan(cur: Cursor, user_id: str, plan_id: int, *, for_update: bool = False) -> Row | None:
+    return _one(cur, "get_plan_for_update" if for_update else "get_plan", user_id=user_id, id=plan_id)
+
+
+def update_plan(cur: Cursor, user_id: str, plan_id: int, plan: dict[str, Any]) -> Row | None:
+    return _one(cur, "update_plan", id=plan_id, **_plan_params(user_id, plan))
+
+
+def delete_plan(cur: Cursor, user_id: str, plan_id: int) -> bool:
+    return _one(cur, "delete_plan", user_id=user_id, id=plan_id) is not None

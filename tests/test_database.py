@@ -1,0 +1,233 @@
+"""Migrations, roles and row-level security, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from database import DatabaseManager, migrate, migration_files
+from errors import NotFound
+from tests.conftest import create_database, drop_database
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_TABLES = ("provider_credentials", "execution_plans", "plan_runs", "execution_logs")
+
+
+def query(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def empty_db(admin_dsn: str):
+    name = f"pilot_empty_{__import__('uuid').uuid4().hex[:8]}"
+    dsn = create_database(admin_dsn, name)
+    yield dsn
+    drop_database(admin_dsn, name)
+
+
+def test_migrations_apply_in_order_once_and_are_recorded(empty_db: str) -> None:
+    applied = migrate(empty_db)
+    assert applied == [p.stem for p in migration_files()]
+    assert migrate(empty_db) == []
+    recorded = [row[0] for row in query(empty_db, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert recorded == applied
+
+
+def test_every_migration_is_idempotent_when_run_twice(empty_db: str) -> None:
+    conn = psycopg2.connect(empty_db)
+    try:
+        with conn.cursor() as cur:
+            for _ in range(2):
+                for path in migration_files():
+                    cur.execute(path.read_text())
+        conn.commit()
+    finally:
+        conn.close()
+    assert migrate(empty_db) == [p.stem for p in migration_files()]  # runner re-applies harmlessly
+
+
+def test_concurrent_migrators_wait_for_each_other(empty_db: str) -> None:
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate(empty_db))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert sorted(len(r) for r in results) == [0, 0, len(migration_files())]
+
+
+def test_every_user_table_has_forced_rls_and_exactly_four_policies(session_db: str) -> None:
+    rows = query(
+        session_db,
+        "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r'",
+        (list(USER_TABLES),),
+    )
+    assert sorted(rows) == sorted((t, True, True) for t in USER_TABLES)
+    policies = query(
+        session_db,
+        "SELECT tablename, array_agg(cmd ORDER BY cmd) FROM pg_policies WHERE tablename = ANY(%s) GROUP BY 1",
+        (list(USER_TABLES),),
+    )
+    assert sorted(policies) == sorted((t, ["DELETE", "INSERT", "SELECT", "UPDATE"]) for t in USER_TABLES)
+
+
+def test_app_role_owns_nothing_and_cannot_bypass_rls(session_db: str) -> None:
+    role = query(session_db, "SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = 'pilot_app'")
+    assert role == [(False, False, False)]
+    owned = query(session_db, "SELECT count(*) FROM pg_class WHERE relowner = 'pilot_app'::regrole")
+    assert owned == [(0,)]
+
+
+def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> None:
+    db = DatabaseManager.__new__(DatabaseManager)
+    conn = psycopg2.connect(session_db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('app.current_user_id', 'someone', true)")
+            cur.execute("SET LOCAL ROLE pilot_app")
+            cur.execute(
+                "INSERT INTO execution_plans (user_id, name) VALUES ('someone', 'p') RETURNING id",
+            )
+            plan_id = cur.fetchone()[0]
+            cur.execute(
+                "INSERT INTO provider_credentials (user_id, provider, type, encrypted_value) "
+                "VALUES ('someone', 'x', 'api_key', 'v')"
+            )
+            cur.execute(
+                "INSERT INTO plan_runs (plan_id, user_id, trigger) VALUES (%s, 'someone', 'manual')", (plan_id,)
+            )
+            cur.execute(
+                "INSERT INTO execution_logs (user_id, provider, action, status) VALUES ('someone', 'x', 'y', 'success')"
+            )
+        conn.commit()
+        for setting in (None, ""):
+            with conn.cursor() as cur:
+                cur.execute("SET LOCAL ROLE pilot_app")
+                if setting is not None:
+                    cur.execute("SELECT set_config('app.current_user_id', %s, true)", (setting,))
+                for table in USER_TABLES:
+                    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+                    assert cur.fetchone()[0] == 0, table
+            conn.rollback()
+    finally:
+        conn.close()
+    del db
+
+
+def test_identity_is_transaction_local_and_never_leaks_between_pooled_transactions(session_db: str, user: str) -> None:
+    from config import Settings
+
+    db = DatabaseManager(Settings(database_url=session_db, db_pool_size=1))
+    try:
+        with db.transaction(user) as cur:
+            cur.execute("SELECT current_user_id() AS uid, current_user AS role")
+            assert dict(cur.fetchone()) == {"uid": user, "role": "pilot_app"}
+        with db.transaction(None) as cur:  # same single pooled connection
+            cur.execute("SELECT current_user_id() AS uid, current_user AS role")
+            row = cur.fetchone()
+            assert row["uid"] in ("", None) and row["role"] == "pilot_app"
+        with db.transaction(None, as_app=False) as cur:
+            cur.execute("SELECT current_user AS role")
+            assert cur.fetchone()["role"] != "pilot_app"
+    finally:
+        db.close()
+
+
+def test_insert_for_another_user_is_refused_by_rls(session_db: str, user: str, other_user: str) -> None:
+    from config import Settings
+
+    db = DatabaseManager(Settings(database_url=session_db, db_pool_size=1))
+    try:
+        with pytest.raises(NotFound), db.transaction(user) as cur:
+            cur.execute(
+                "INSERT INTO provider_credentials (user_id, provider, type, encrypted_value) VALUES (%s,'x','t','v')",
+                (other_user,),
+            )
+    finally:
+        db.close()
+
+
+def test_checklist_get_connection_is_a_dbapi_connection(session_db: str) -> None:
+    from config import Settings
+
+    db = DatabaseManager(Settings(database_url=session_db))
+    conn = db.get_connection()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM provider_credentials")
+        assert isinstance(cur.fetchone()[0], int)
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql client not installed")
+def test_checklist_phase1_migration_002_through_psql_and_step5_as_app_role(empty_db: str) -> None:
+    migration = ROOT / "migrations" / "002_provider_credentials_and_logs.sql"
+    subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-q", empty_db],
+        stdin=migration.open(),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    tables = query(
+        empty_db,
+        "SELECT tablename FROM pg_tables WHERE tablename IN "
+        "('provider_credentials', 'execution_plans', 'execution_logs')",
+    )
+    assert len(tables) == 3
+    step5 = """
+SET ROLE pilot_app;
+SET app.current_user_id = 'user_a';
+INSERT INTO provider_credentials (user_id, provider, type, encrypted_value) VALUES ('user_a', 'openai', 'api_key', 'a');
+SET app.current_user_id = 'user_b';
+INSERT INTO provider_credentials (user_id, provider, type, encrypted_value) VALUES ('user_b', 'openai', 'api_key', 'b');
+SET app.current_user_id = 'user_a';
+SELECT COUNT(*) FROM provider_credentials;
+SET app.current_user_id = 'user_b';
+SELECT COUNT(*) FROM provider_credentials;
+RESET ROLE;
+SELECT COUNT(*) FROM provider_credentials;
+"""
+    out = subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-At", empty_db],
+        input=step5,
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout.split()
+    out = [line for line in out if line.isdigit()]
+    assert out[-3:] == ["1", "1", "2"]  # each user sees 1; the superuser bypasses RLS and sees 2
+    # The checklist's Step 4 redefines the function with its own body; that must not fail.
+    subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-q", empty_db],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        input="CREATE OR REPLACE FUNCTION current_user_id() RETURNS VARCHAR AS $$ "
+        "SELECT current_setting('app.current_user_id', true)::VARCHAR; $$ LANGUAGE SQL;",
+        text=True,
+    )
+    assert migrate(empty_db)  # the runner then brings the database fully up to date

@@ -1,0 +1,60 @@
+"""Health reporting, and the embedded PostgreSQL a fresh machine starts with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from flask.testing import FlaskClient
+
+from tests.conftest import make_app
+
+
+def test_health_is_healthy_with_database_and_providers(client: FlaskClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    body = response.json
+    assert body["status"] == "healthy" and body["database"]["status"] == "ok"
+    assert {"openai", "groq", "webhook", "logic"} <= set(body["providers"])
+    assert body["timestamp"]
+
+
+def test_health_is_503_when_the_database_is_down(tmp_path: Path) -> None:
+    app = make_app(
+        "postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2", tmp_path, (Fernet.generate_key().decode(),)
+    )
+    response = app.test_client().get("/api/health")
+    assert response.status_code == 503
+    assert response.json["status"] == "unhealthy" and response.json["database"]["status"] == "down"
+    # Data routes say the database is unavailable with a JSON 503, not a 500.
+    plans = app.test_client().get("/api/plans?user_id=u")
+    assert plans.status_code == 503 and plans.json["error"]["code"] == "database_error"
+
+
+def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(tmp_path: Path) -> None:
+    """DATABASE_URL unset: pgserver under the data dir, migrated on first use; data survives a new process."""
+    from database import _embedded_servers
+
+    first = make_app(None, tmp_path, (), pilot_env="development")
+    client = first.test_client()
+    health = client.get("/api/health")
+    assert health.status_code == 200 and health.json["database"]["embedded"] is True
+    assert (tmp_path / "fernet.key").stat().st_mode & 0o777 == 0o600
+    stored = client.post(
+        "/api/provider-credentials/openai",
+        json={"user_id": "newcomer", "credentials": {"api_key": "sk-embedded-000000000001"}},
+    )
+    assert stored.status_code == 200
+    plan = client.post("/api/plans", json={"user_id": "newcomer", "name": "kept", "steps": []})
+    assert plan.status_code == 201
+    first.extensions["pilot"].db.close()
+    server = _embedded_servers.pop((tmp_path / "pgdata").resolve())
+    server.cleanup()  # stop the server, as a process exit would
+
+    second = make_app(None, tmp_path, (), pilot_env="development")
+    client = second.test_client()
+    creds = client.get("/api/provider-credentials/openai?user_id=newcomer")
+    assert creds.status_code == 200 and creds.json["credentials"][0]["masked_value"] == "sk-…0001"
+    assert [p["name"] for p in client.get("/api/plans?user_id=newcomer").json["plans"]] == ["kept"]
+    second.extensions["pilot"].db.close()
+    _embedded_servers.pop((tmp_path / "pgdata").resolve()).cleanup()

@@ -1,0 +1,97 @@
+"""Plans through the HTTP API: validation, CRUD, and isolation between users."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+STEP = {"id": "hello", "provider": "logic", "action": "transform", "params": {"template": "hi"}}
+
+
+def create(client: FlaskClient, user: str, **fields: Any):
+    body = {"user_id": user, "name": "Plan", "steps": [STEP], **fields}
+    return client.post("/api/plans", json=body)
+
+
+def test_checklist_integration_test_3(client: FlaskClient) -> None:
+    response = client.post(
+        "/api/plans", json={"user_id": "test_user_123", "name": "Test Plan", "original_prompt": "Test", "steps": []}
+    )
+    assert response.status_code == 201
+    assert response.json["name"] == "Test Plan" and response.json["steps"] == []
+
+
+def test_create_get_list_put_patch_delete(client: FlaskClient, user: str) -> None:
+    plan = create(client, user, original_prompt="say hi").json
+    assert plan["steps"][0]["provider"] == "logic"
+    got = client.get(f"/api/plans/{plan['id']}?user_id={user}")
+    assert got.status_code == 200 and got.json["id"] == plan["id"]
+    assert [p["id"] for p in client.get(f"/api/plans?user_id={user}").json["plans"]] == [plan["id"]]
+
+    put = client.put(f"/api/plans/{plan['id']}", json={"user_id": user, "name": "Renamed", "steps": []})
+    assert put.status_code == 200 and put.json["name"] == "Renamed" and put.json["original_prompt"] is None
+    patch = client.patch(f"/api/plans/{plan['id']}", json={"user_id": user, "enabled": False})
+    assert patch.status_code == 200 and patch.json["name"] == "Renamed" and patch.json["enabled"] is False
+
+    assert client.delete(f"/api/plans/{plan['id']}?user_id={user}").status_code == 204
+    assert client.get(f"/api/plans/{plan['id']}?user_id={user}").status_code == 404
+
+
+def test_plans_survive_a_new_app_on_the_same_database(session_db: str, tmp_path, fernet_key: str, user: str) -> None:
+    from tests.conftest import make_app
+
+    first = make_app(session_db, tmp_path, (fernet_key,))
+    plan_id = create(first.test_client(), user).json["id"]
+    first.extensions["pilot"].db.close()
+    second = make_app(session_db, tmp_path, (fernet_key,))
+    assert second.test_client().get(f"/api/plans/{plan_id}?user_id={user}").status_code == 200
+    second.extensions["pilot"].db.close()
+
+
+def test_another_user_can_never_read_change_or_delete_a_plan(client: FlaskClient, user: str, other_user: str) -> None:
+    plan_id = create(client, user).json["id"]
+    assert client.get(f"/api/plans/{plan_id}?user_id={other_user}").status_code == 404
+    assert client.get(f"/api/plans?user_id={other_user}").json["plans"] == []
+    for method in ("put", "patch"):
+        response = getattr(client, method)(f"/api/plans/{plan_id}", json={"user_id": other_user, "name": "x"})
+        assert response.status_code == 404
+    assert client.delete(f"/api/plans/{plan_id}?user_id={other_user}").status_code == 404
+    still = client.get(f"/api/plans/{plan_id}?user_id={user}").json
+    assert still["name"] == "Plan"
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "x" * 201}, "name"),
+        ({"steps": "nope"}, "steps"),
+        ({"steps": [{"provider": "logic"}]}, "steps[0].action"),
+        ({"steps": [{"provider": "logic", "action": "transform", "params": []}]}, "steps[0].params"),
+        ({"steps": [{"provider": "lo gic", "action": "transform"}]}, "steps[0].provider"),
+        ({"steps": [{**STEP, "bogus": 1}]}, "steps[0].bogus"),
+        ({"steps": [STEP, STEP]}, "used by an earlier step"),
+        ({"steps": [STEP] * 101}, "steps"),
+        ({"timezone": "Mars/Olympus"}, "unknown timezone"),
+        ({"schedule": {"cron": "61 * * * *"}}, "schedule"),
+        ({"schedule": {"cron": "* * *"}}, "5 fields"),
+        ({"schedule": {"interval_seconds": 0}}, "schedule.interval_seconds"),
+        ({"schedule": {"cron": "* * * * *", "interval_seconds": 5}}, "exactly one"),
+        ({"schedule": {"cron": "0 9 * * *", "timezone": "Nowhere/Town"}}, "unknown timezone"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_invalid_plans_get_400_naming_the_field(client: FlaskClient, user: str, fields: dict, needle: str) -> None:
+    response = create(client, user, **fields)
+    assert response.status_code == 400, response.json
+    error = response.json["error"]
+    assert error["code"] == "invalid_request"
+    assert needle in error["message"], error
+
+
+def test_valid_schedules_are_stored(client: FlaskClient, user: str) -> None:
+    response = create(client, user, schedule={"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"})
+    assert response.status_code == 201
+    assert response.json["schedule"] == {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"}
