@@ -21,9 +21,13 @@ from config import Settings
 from credentials import Vault, load_keys
 from database import DatabaseManager, db_manager, migrate
 from errors import PilotError
+from execution_engine import ExecutionEngine
 from logging_setup import configure_logging
+from providers import registry
 from routes import credentials as credentials_routes
+from routes import execution as execution_routes
 from routes import health as health_routes
+from routes import logs as logs_routes
 from routes import plans as plans_routes
 from services import Services
 
@@ -77,24 +81,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(PILOT_SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_request_bytes)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db = db_manager if test_config is None else DatabaseManager(settings)
-    registry = _load_registry()
-    app.extensions["pilot"] = Services(settings=settings, db=db, vault=Vault(load_keys(settings)), registry=registry)
+    vault = Vault(load_keys(settings))
+    engine = ExecutionEngine(settings, db, vault, registry)
+    app.extensions["pilot"] = Services(settings=settings, db=db, vault=vault, registry=registry, engine=engine)
     register_request_id(app)
     register_error_handlers(app)
-    for module in (health_routes, credentials_routes, plans_routes):
+    for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes):
         app.register_blueprint(module.bp)
     cli.init_app(app)
     if settings.auth_mode == "dev":
         log.warning("AUTH_MODE=dev: the caller's user_id is trusted as sent; use AUTH_MODE=token in production")
     return app
-
-
-def _load_registry() -> Any:
-    try:
-        from providers import registry
-    except ImportError:
-        return None
-    return registry
 
 
 app = create_app()

@@ -110,19 +110,19 @@ def check_cron(expression: str, timezone: str) -> None:
         raise ValueError(f"invalid cron expression {expression!r}: {exc}") from exc
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
+def _location(loc: tuple[int | str, ...], where: str) -> str:
+    out = where if where != "body" or not loc else ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+    return out or where
 
 
-def parse(model: type[BaseModel], payload: Any) -> Any:
+def parse(model: type[BaseModel], payload: Any, where: str = "body") -> Any:
     """Validate ``payload`` into ``model`` or raise a 400 whose message names the first bad field."""
     try:
         return model.model_validate(payload)
     except PydanticValidationError as exc:
-        errors = [{"field": _location(err["loc"]), "message": err["msg"]} for err in exc.errors()]
+        errors = [{"field": _location(err["loc"], where), "message": err["msg"]} for err in exc.errors()]
         first = errors[0]
         raise ValidationError(f"{first['field']}: {first['message']}", details=errors) from None
 

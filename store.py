@@ -102,3 +102,97 @@ def update_plan(cur: Cursor, user_id: str, plan_id: int, plan: dict[str, Any]) -
 
 def delete_plan(cur: Cursor, user_id: str, plan_id: int) -> bool:
     return _one(cur, "delete_plan", user_id=user_id, id=plan_id) is not None
+
+
+# --- execution logs ----------------------------------------------------------
+
+LOG_FILTERS = ("provider", "status", "plan_id", "run_id", "since")
+
+
+def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
+    params = {
+        "user_id": user_id,
+        "plan_id": entry.get("plan_id"),
+        "run_id": entry.get("run_id"),
+        "step_index": entry.get("step_index"),
+        "step_id": entry.get("step_id"),
+        "provider": entry["provider"],
+        "action": entry["action"],
+        "status": entry["status"],
+        "latency_ms": entry.get("latency_ms", 0.0),
+        "error_code": entry.get("error_code"),
+        "error": entry.get("error"),
+        "attempt": entry.get("attempt", 1),
+        "input": Json(entry.get("input")),
+        "output": Json(entry.get("output")),
+    }
+    row = _one(cur, "insert_log", **params)
+    assert row is not None
+    return int(row["id"])
+
+
+def list_logs(cur: Cursor, user_id: str, *, limit: int, offset: int, **filters: Any) -> list[Row]:
+    params = {name: filters.get(name) for name in LOG_FILTERS}
+    return _all(cur, "list_logs", user_id=user_id, limit=limit, offset=offset, **params)
+
+
+def run_logs(cur: Cursor, user_id: str, run_id: int) -> list[Row]:
+    return _all(cur, "run_logs", user_id=user_id, run_id=run_id)
+
+
+def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+
+
+def error_trends(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "error_trends", user_id=user_id, hours=hours)
+
+
+# --- plan runs ---------------------------------------------------------------
+
+
+def insert_run(
+    cur: Cursor,
+    user_id: str,
+    plan_id: int,
+    *,
+    trigger: str,
+    owner_id: str,
+    scheduled_for: Any = None,
+    status: str = "queued",
+) -> Row | None:
+    """The new run, or None when a run for this (plan, scheduled_for) already exists."""
+    return _one(
+        cur,
+        "insert_run",
+        user_id=user_id,
+        plan_id=plan_id,
+        trigger=trigger,
+        scheduled_for=scheduled_for,
+        status=status,
+        owner_id=owner_id,
+    )
+
+
+def start_run(cur: Cursor, user_id: str, run_id: int, owner_id: str) -> Row | None:
+    return _one(cur, "start_run", user_id=user_id, id=run_id, owner_id=owner_id)
+
+
+def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
+    cur.execute(queries()["progress_run"], {"user_id": user_id, "id": run_id, "step_results": Json(step_results)})
+
+
+def finish_run(
+    cur: Cursor, user_id: str, run_id: int, status: str, step_results: list[Any], error: str | None
+) -> Row | None:
+    return _one(
+        cur, "finish_run", user_id=user_id, id=run_id, status=status, step_results=Json(step_results), error=error
+    )
+
+
+def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:
+    return _one(cur, "get_run", user_id=user_id, id=run_id)
+
+
+def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: int) -> list[Row]:
+    return _all(cur, "list_runs", user_id=user_id, plan_id=plan_id, limit=limit, offset=offset)

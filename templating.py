@@ -45,18 +45,30 @@ def _compile(expression: str) -> Any:
     return jmespath.compile(expression)
 
 
+def compile_expression(expression: str) -> Any:
+    """The compiled JMESPath ``expression``; TemplateError when it is empty, too long or invalid."""
+    if not expression.strip():
+        raise TemplateError("empty expression")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise TemplateError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        return _compile(expression)
+    except JMESPathError as exc:
+        reason = str(exc).splitlines()[0][:_MESSAGE_CHARS]
+        raise TemplateError(f"invalid expression {expression!r}: {reason}") from None
+    except RecursionError:
+        raise TemplateError(f"expression {expression[:50]!r}… is nested too deeply") from None
+
+
 def evaluate(expression: str, data: Any) -> Any:
     """Return the JMESPath ``expression`` searched over ``data`` (None when nothing matches).
 
     Raises TemplateError for an empty, too long, invalid or failing expression; no jmespath
     exception escapes.
     """
-    if not expression.strip():
-        raise TemplateError("empty expression")
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise TemplateError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    compiled = compile_expression(expression)
     try:
-        return _compile(expression).search(data)
+        return compiled.search(data)
     except JMESPathError as exc:
         reason = str(exc).splitlines()[0][:_MESSAGE_CHARS]
         raise TemplateError(f"invalid expression {expression!r}: {reason}") from None

@@ -19,9 +19,7 @@ bp = Blueprint("plans", __name__, url_prefix="/api/plans")
 def validated_record(payload: dict[str, Any]) -> dict[str, Any]:
     """Structure, then (when providers are loaded) each step against its provider's schema."""
     record = plan_to_record(parse(PlanBody, payload))
-    registry = services().registry
-    if registry is not None and hasattr(registry, "validate_steps"):
-        registry.validate_steps(record["steps"])
+    services().engine.validate_plan_steps(record["steps"])
     return record
 
 

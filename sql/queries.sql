@@ -49,3 +49,80 @@ RETURNING *;
 
 -- name: delete_plan
 DELETE FROM execution_plans WHERE user_id = %(user_id)s AND id = %(id)s RETURNING id;
+
+-- name: insert_log
+INSERT INTO execution_logs (user_id, plan_id, run_id, step_index, step_id, provider, action, status, latency_ms,
+                            error_code, error, attempt, input, output)
+VALUES (%(user_id)s, %(plan_id)s, %(run_id)s, %(step_index)s, %(step_id)s, %(provider)s, %(action)s, %(status)s,
+        %(latency_ms)s, %(error_code)s, %(error)s, %(attempt)s, %(input)s, %(output)s)
+RETURNING id;
+
+-- name: list_logs
+SELECT id, plan_id, run_id, step_index, step_id, provider, action, status, latency_ms, error_code, error, attempt,
+       input, output, "timestamp"
+FROM execution_logs
+WHERE user_id = %(user_id)s
+  AND (%(provider)s::text IS NULL OR provider = %(provider)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(plan_id)s::bigint IS NULL OR plan_id = %(plan_id)s)
+  AND (%(run_id)s::bigint IS NULL OR run_id = %(run_id)s)
+  AND (%(since)s::timestamptz IS NULL OR "timestamp" >= %(since)s)
+ORDER BY "timestamp" DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: run_logs
+SELECT id, step_index, step_id, provider, action, status, latency_ms, error_code, error, attempt, input, output,
+       "timestamp"
+FROM execution_logs WHERE user_id = %(user_id)s AND run_id = %(run_id)s ORDER BY id;
+
+-- name: provider_metrics
+SELECT provider,
+       count(*) AS total_executions,
+       count(*) FILTER (WHERE status = 'success') AS successful,
+       count(*) FILTER (WHERE status = 'error') AS failed,
+       round(100.0 * count(*) FILTER (WHERE status = 'success') / count(*), 2)::float AS success_rate,
+       round(avg(latency_ms)::numeric, 2)::float AS avg_latency_ms,
+       max(latency_ms) AS max_latency_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms
+FROM execution_logs
+WHERE user_id = %(user_id)s AND "timestamp" > now() - make_interval(hours => %(hours)s)
+GROUP BY provider
+ORDER BY success_rate ASC, provider;
+
+-- name: error_trends
+SELECT date_trunc('hour', "timestamp") AS hour,
+       provider,
+       count(*) AS total,
+       count(*) FILTER (WHERE status = 'error') AS errors,
+       round(100.0 * count(*) FILTER (WHERE status = 'error') / count(*), 2)::float AS error_rate
+FROM execution_logs
+WHERE user_id = %(user_id)s AND "timestamp" > now() - make_interval(hours => %(hours)s)
+GROUP BY 1, 2
+ORDER BY hour DESC, provider;
+
+-- name: insert_run
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at)
+VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now())
+ON CONFLICT (plan_id, scheduled_for) DO NOTHING
+RETURNING *;
+
+-- name: start_run
+UPDATE plan_runs SET status = 'running', started_at = now(), owner_id = %(owner_id)s, heartbeat_at = now()
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'queued'
+RETURNING *;
+
+-- name: progress_run
+UPDATE plan_runs SET step_results = %(step_results)s, heartbeat_at = now()
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+
+-- name: finish_run
+UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
+WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
+RETURNING *;
+
+-- name: get_run
+SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;
+
+-- name: list_runs
+SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
+ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;

@@ -95,3 +95,32 @@ def test_valid_schedules_are_stored(client: FlaskClient, user: str) -> None:
     response = create(client, user, schedule={"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"})
     assert response.status_code == 201
     assert response.json["schedule"] == {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"}
+
+
+@pytest.mark.parametrize(
+    ("step", "needle"),
+    [
+        ({"provider": "nosuch", "action": "x"}, "steps[0]: unknown provider 'nosuch'"),
+        ({"provider": "logic", "action": "nosuch"}, "steps[0]: provider 'logic' has no action 'nosuch'"),
+        (
+            {"provider": "openai", "action": "chat_completion", "params": {"prompt": "x", "temperature": 9}},
+            "steps[0].params.temperature",
+        ),
+        ({"provider": "webhook", "action": "request", "params": {}}, "steps[0].params"),
+        ({"provider": "logic", "action": "transform", "params": {"template": 1}, "when": "a[["}, "steps[0].when"),
+    ],
+)
+def test_steps_are_checked_against_provider_schemas(client: FlaskClient, user: str, step: dict, needle: str) -> None:
+    response = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
+    assert response.status_code == 400
+    assert needle in response.json["error"]["message"], response.json
+
+
+def test_templated_params_are_checked_when_the_plan_runs(client: FlaskClient, user: str) -> None:
+    step = {
+        "provider": "openai",
+        "action": "chat_completion",
+        "params": {"prompt": "x", "temperature": "{{ steps.t.data }}"},
+    }
+    response = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
+    assert response.status_code == 201, response.json
