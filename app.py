@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import sys
 import uuid
 from typing import Any
 
@@ -17,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import cli
+import scheduler
 from config import Settings
 from credentials import Vault, load_keys
 from database import DatabaseManager, db_manager, migrate
@@ -29,6 +32,7 @@ from routes import execution as execution_routes
 from routes import health as health_routes
 from routes import logs as logs_routes
 from routes import plans as plans_routes
+from routes import scheduler as scheduler_routes
 from services import Services
 
 log = logging.getLogger("pilot")
@@ -86,7 +90,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["pilot"] = Services(settings=settings, db=db, vault=vault, registry=registry, engine=engine)
     register_request_id(app)
     register_error_handlers(app)
-    for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes):
+    for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes, scheduler_routes):
         app.register_blueprint(module.bp)
     cli.init_app(app)
     if settings.auth_mode == "dev":
@@ -98,12 +102,24 @@ app = create_app()
 
 
 def main() -> None:
+    """Serve with the development server: migrate (outside production), start the scheduler, stop on SIGTERM."""
     settings: Settings = app.config["PILOT_SETTINGS"]
     if not db_manager.embedded and not settings.production:
         migrate(db_manager.dsn)
+    scheduler.start_for_serving(app)
+
+    def terminate(signum: int, frame: Any) -> None:
+        log.info("received signal %d: stopping", signum)
+        scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
     host = os.environ.get("FLASK_HOST", "127.0.0.1")
     log.info("serving on http://%s:%d", host, settings.port)
-    app.run(host=host, port=settings.port, threaded=True, use_reloader=False)
+    try:
+        app.run(host=host, port=settings.port, threaded=True, use_reloader=False)
+    except KeyboardInterrupt:
+        scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
 
 
 if __name__ == "__main__":

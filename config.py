@@ -40,7 +40,10 @@ class Settings:
     jwt_secret: str | None = None
     jwks_url: str | None = None
     port: int = 5000
-    scheduler_enabled: bool = False
+    scheduler_enabled: bool = True
+    misfire_grace_seconds: int = 300
+    run_lease_seconds: int = 30
+    shutdown_timeout: float = 25.0
     log_level: str = "INFO"
     outbound_allowlist: tuple[str, ...] = ()
     provider_base_urls: dict[str, str] = field(default_factory=dict)
@@ -62,6 +65,9 @@ class Settings:
             pool = int(env.get("DB_POOL_SIZE") or 10)
             run_workers = int(env.get("RUN_WORKERS") or 8)
             max_bytes = int(env.get("MAX_REQUEST_BYTES") or 1_000_000)
+            grace = int(env.get("SCHEDULER_MISFIRE_GRACE_SECONDS") or 300)
+            lease = int(env.get("RUN_LEASE_SECONDS") or 30)
+            shutdown_timeout = float(env.get("SHUTDOWN_TIMEOUT") or 25)
         except ValueError as exc:
             raise ConfigurationError(f"a numeric setting is not a number: {exc}") from exc
         base_urls = {
@@ -82,7 +88,10 @@ class Settings:
             jwt_secret=env.get("JWT_SECRET") or None,
             jwks_url=env.get("JWKS_URL") or None,
             port=port,
-            scheduler_enabled=_env_bool(env, "SCHEDULER_ENABLED", False),
+            scheduler_enabled=_env_bool(env, "SCHEDULER_ENABLED", True),
+            misfire_grace_seconds=grace,
+            run_lease_seconds=lease,
+            shutdown_timeout=shutdown_timeout,
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             outbound_allowlist=_env_list(env, "OUTBOUND_ALLOWLIST"),
             provider_base_urls=base_urls,
@@ -106,3 +115,5 @@ class Settings:
             )
         if self.db_pool_size < 1 or self.run_workers < 1:
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
+        if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
+            raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")

@@ -74,6 +74,8 @@ class ExecutionEngine:
         self.http = OutboundClient(OutboundPolicy.from_entries(settings.outbound_allowlist))
         self._pool = ThreadPoolExecutor(max_workers=settings.run_workers, thread_name_prefix="pilot-run")
         self._slots = threading.BoundedSemaphore(settings.run_workers * 16)
+        self._inflight = 0
+        self._idle = threading.Condition()
 
     # --- one step --------------------------------------------------------------
 
@@ -252,8 +254,18 @@ class ExecutionEngine:
                 log.exception("run %s failed outside its steps", run_id)
             finally:
                 self._slots.release()
+                with self._idle:
+                    self._inflight -= 1
+                    self._idle.notify_all()
 
+        with self._idle:
+            self._inflight += 1
         self._pool.submit(work)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for submitted runs to finish; True when none is left."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
 
     def run(self, user_id: str, run_id: int, input_: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Execute a queued run to the end; returns the finished run row (None if it was not queued)."""
@@ -278,6 +290,9 @@ class ExecutionEngine:
                 if step.get("when") and not truthy(evaluate(step["when"], context)):
                     results.append({**entry, "status": "skipped"})
                     continue
+                # Recorded before the call: if this process dies now, the step's outcome is known to be unknown.
+                with self.db.transaction(user_id) as cur:
+                    store.progress_run(cur, user_id, run_id, [*results, {**entry, "status": "running"}])
                 result = self.execute_step(user_id, step, context, plan_id=plan["id"], run_id=run_id, step_index=index)
             except PilotError as exc:
                 result = ProviderResult.fail(exc.code, exc.message)
@@ -286,8 +301,6 @@ class ExecutionEngine:
             if step.get("id"):
                 context["steps"][step["id"]] = outcome
             results.append({**entry, "status": "success" if result.success else "error", "result": outcome})
-            with self.db.transaction(user_id) as cur:
-                store.progress_run(cur, user_id, run_id, results)
             if not result.success and not step.get("continue_on_error"):
                 status = "error"
                 error = f"step {step.get('id') or index} failed: {(result.error or {}).get('message', '')}"
@@ -298,7 +311,21 @@ class ExecutionEngine:
         self, user_id: str, run_id: int, status: str, results: list[dict[str, Any]], error: str | None
     ) -> dict[str, Any] | None:
         with self.db.transaction(user_id) as cur:
-            return store.finish_run(cur, user_id, run_id, status, results, error)
+            run = store.finish_run(cur, user_id, run_id, status, results, error)
+            if run is not None and run["trigger"] == "schedule" and status == "error":
+                self._maybe_pause(cur, user_id, run["plan_id"])
+        return run
+
+    def _maybe_pause(self, cur: Any, user_id: str, plan_id: int) -> None:
+        """``pause_on_failure: N``: disable the plan after N consecutive failed scheduled runs."""
+        plan = store.get_plan(cur, user_id, plan_id)
+        limit = ((plan or {}).get("schedule") or {}).get("pause_on_failure")
+        if not plan or not limit or not plan["enabled"]:
+            return
+        recent = store.recent_finished_runs(cur, user_id, plan_id, int(limit))
+        if len(recent) == int(limit) and all(status != "success" for status in recent):
+            store.set_plan_enabled(cur, user_id, plan_id, False)
+            log.warning("plan %s paused after %s consecutive failed runs", plan_id, limit)
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

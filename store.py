@@ -160,6 +160,7 @@ def insert_run(
     owner_id: str,
     scheduled_for: Any = None,
     status: str = "queued",
+    error: str | None = None,
 ) -> Row | None:
     """The new run, or None when a run for this (plan, scheduled_for) already exists."""
     return _one(
@@ -171,6 +172,7 @@ def insert_run(
         scheduled_for=scheduled_for,
         status=status,
         owner_id=owner_id,
+        error=error,
     )
 
 
@@ -196,3 +198,42 @@ def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:
 
 def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: int) -> list[Row]:
     return _all(cur, "list_runs", user_id=user_id, plan_id=plan_id, limit=limit, offset=offset)
+
+
+# --- scheduling ----------------------------------------------------------------
+
+
+def lock_plan(cur: Cursor, plan_id: int) -> None:
+    """Serialize claims for one plan until the transaction ends."""
+    cur.execute(queries()["lock_plan"], {"plan_id": plan_id})
+
+
+def active_run(cur: Cursor, user_id: str, plan_id: int) -> Row | None:
+    return _one(cur, "active_run", user_id=user_id, plan_id=plan_id)
+
+
+def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
+    return [row["status"] for row in _all(cur, "recent_finished_runs", user_id=user_id, plan_id=plan_id, limit=limit)]
+
+
+def set_plan_enabled(cur: Cursor, user_id: str, plan_id: int, enabled: bool) -> Row | None:
+    return _one(cur, "set_plan_enabled", user_id=user_id, id=plan_id, enabled=enabled)
+
+
+def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
+    """Every user's enabled schedules (through a SECURITY DEFINER function; works as pilot_app)."""
+    return _all(cur, "list_schedules", plan_id=plan_id)
+
+
+def heartbeat(cur: Cursor, owner: str) -> int:
+    row = _one(cur, "heartbeat", owner=owner)
+    return int(row["renewed"]) if row else 0
+
+
+def interrupt_runs(cur: Cursor, owner: str | None, lease_seconds: int, reason: str) -> list[Row]:
+    """Mark interrupted the unfinished runs of ``owner``, or (owner None) those whose lease expired."""
+    return _all(cur, "interrupt_runs", owner=owner, lease_seconds=lease_seconds, reason=reason)
+
+
+def list_scheduled_plans(cur: Cursor, user_id: str) -> list[Row]:
+    return _all(cur, "list_scheduled_plans", user_id=user_id)

@@ -101,8 +101,9 @@ GROUP BY 1, 2
 ORDER BY hour DESC, provider;
 
 -- name: insert_run
-INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at)
-VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now())
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, error, finished_at)
+VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now(), %(error)s,
+        CASE WHEN %(status)s = 'skipped' THEN now() END)
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
@@ -126,3 +127,35 @@ SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;
 -- name: list_runs
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
 ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: lock_plan
+SELECT pg_advisory_xact_lock(%(plan_id)s);
+
+-- name: active_run
+SELECT id, status FROM plan_runs
+WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s AND status IN ('queued', 'running')
+ORDER BY id LIMIT 1;
+
+-- name: recent_finished_runs
+SELECT status FROM plan_runs
+WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s AND trigger = 'schedule'
+  AND status IN ('success', 'error', 'interrupted')
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: set_plan_enabled
+UPDATE execution_plans SET enabled = %(enabled)s, updated_at = now()
+WHERE user_id = %(user_id)s AND id = %(id)s
+RETURNING *;
+
+-- name: list_schedules
+SELECT * FROM pilot_list_schedules(%(plan_id)s);
+
+-- name: heartbeat
+SELECT pilot_heartbeat(%(owner)s) AS renewed;
+
+-- name: interrupt_runs
+SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);
+
+-- name: list_scheduled_plans
+SELECT id, name, schedule, timezone, enabled FROM execution_plans
+WHERE user_id = %(user_id)s AND schedule IS NOT NULL ORDER BY id;

@@ -1,0 +1,64 @@
+"""The caller's scheduled jobs, and pausing or resuming a plan's schedule."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+import store
+from auth import current_user_id
+from errors import NotFound, ValidationError
+from routes.common import check_id, optional_json_body, serialize
+from scheduler import next_fire_time
+from services import services
+
+bp = Blueprint("scheduler", __name__, url_prefix="/api")
+
+
+@bp.get("/scheduler/jobs")
+def jobs() -> Response:
+    user_id = current_user_id()
+    with services().db.transaction(user_id) as cur:
+        plans = store.list_scheduled_plans(cur, user_id)
+    listed = []
+    for plan in plans:
+        schedule = plan["schedule"]
+        upcoming = next_fire_time(schedule, plan["timezone"]) if plan["enabled"] else None
+        trigger = (
+            f"cron[{schedule['cron']} {schedule.get('timezone') or plan['timezone']}]"
+            if schedule.get("cron")
+            else f"interval[{schedule['interval_seconds']}s]"
+        )
+        listed.append(
+            {
+                "id": f"plan-{plan['id']}",
+                "plan_id": plan["id"],
+                "name": plan["name"],
+                "next_run_time": upcoming.isoformat() if upcoming else None,
+                "trigger": trigger,
+                "paused": not plan["enabled"],
+            }
+        )
+    return jsonify({"jobs": listed})
+
+
+def _set_enabled(plan_id: int, enabled: bool) -> Response:
+    optional_json_body()
+    user_id = current_user_id()
+    with services().db.transaction(user_id) as cur:
+        plan = store.get_plan(cur, user_id, check_id(plan_id, "plan"), for_update=True)
+        if plan is None:
+            raise NotFound(f"plan {plan_id} not found")
+        if not plan["schedule"]:
+            raise ValidationError(f"plan {plan_id} has no schedule to pause or resume")
+        row = store.set_plan_enabled(cur, user_id, plan_id, enabled)
+    return jsonify(serialize(row or plan))
+
+
+@bp.post("/plans/<int:plan_id>/pause")
+def pause(plan_id: int) -> Response:
+    return _set_enabled(plan_id, False)
+
+
+@bp.post("/plans/<int:plan_id>/resume")
+def resume(plan_id: int) -> Response:
+    return _set_enabled(plan_id, True)

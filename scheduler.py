@@ -1,0 +1,349 @@
+"""Scheduled plans, exactly once across any number of workers and instances (SPEC §6).
+
+APScheduler (through Flask-APScheduler) is only the clock: every process keeps
+a job per enabled schedule and fires it. PostgreSQL decides who runs a firing:
+each firing inserts ``plan_runs (plan_id, scheduled_for)`` with ``ON CONFLICT DO
+NOTHING`` under a per-plan advisory lock, and only the process whose insert
+returned a row runs it. Schedules reach every process through LISTEN/NOTIFY
+(a trigger on ``execution_plans``) with a periodic reconcile as a safety net;
+runs hold a lease renewed by their owner, and any process marks runs whose
+owner died ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg2
+import psycopg2.extensions
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from flask import Flask
+from flask_apscheduler import APScheduler
+
+import store
+from errors import PilotError
+from execution_engine import process_owner_id
+from services import Services
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "pilot_schedules"
+INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # every process derives the same interval slots
+MAX_RECORDED_MISSES = 1000
+MAX_LOOKBACK = timedelta(days=7)
+
+
+def build_trigger(schedule: dict[str, Any], plan_timezone: str = "UTC") -> BaseTrigger:
+    """The APScheduler trigger of a validated schedule (cron in its timezone, or a fixed interval)."""
+    if schedule.get("cron"):
+        zone = ZoneInfo(schedule.get("timezone") or plan_timezone or "UTC")
+        return CronTrigger.from_crontab(schedule["cron"], timezone=zone)
+    return IntervalTrigger(seconds=int(schedule["interval_seconds"]), start_date=INTERVAL_EPOCH, timezone=UTC)
+
+
+def slot(moment: datetime) -> datetime:
+    """A fire time as stored: UTC, whole seconds (float arithmetic in triggers must not split a slot)."""
+    return datetime.fromtimestamp(round(moment.timestamp()), UTC)
+
+
+def fire_times(
+    trigger: BaseTrigger, after: datetime, until: datetime, limit: int = MAX_RECORDED_MISSES
+) -> list[datetime]:
+    """The last ``limit`` fire times t of ``trigger`` with after < t <= until, oldest first."""
+    after = max(after, until - MAX_LOOKBACK)
+    if isinstance(trigger, IntervalTrigger):
+        after = max(after, until - trigger.interval * (limit + 1))
+    times: list[datetime] = []
+    moment = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
+    while moment is not None and moment <= until:
+        times.append(slot(moment))
+        moment = trigger.get_next_fire_time(moment, moment + timedelta(microseconds=1))
+    return times[-limit:]
+
+
+def next_fire_time(schedule: dict[str, Any], plan_timezone: str, now: datetime | None = None) -> datetime | None:
+    now = now or datetime.now(UTC)
+    moment = build_trigger(schedule, plan_timezone).get_next_fire_time(None, now)
+    return slot(moment) if moment is not None else None
+
+
+class FiringExecutor(BaseExecutor):
+    """Hands each firing, with the exact times it was due, to ``PilotScheduler.fire``.
+
+    APScheduler's own executors call the job function without its scheduled
+    time; Pilot needs that time, because it is the key that makes a firing unique.
+    """
+
+    def __init__(self, on_fire: Any) -> None:
+        super().__init__()
+        self._on_fire = on_fire
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        def fire() -> None:
+            try:
+                self._on_fire(job, run_times)
+            except Exception:
+                log.exception("firing %s failed", job.id)
+            self._run_job_success(job.id, [JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, "default", run_times[-1])])
+
+        threading.Thread(target=fire, name=f"pilot-fire-{job.id}", daemon=True).start()
+
+
+class PilotScheduler:
+    """One process's scheduler: clock, claims, schedule sync, leases."""
+
+    def __init__(self, app: Flask) -> None:
+        self.svc: Services = app.extensions["pilot"]
+        settings = self.svc.settings
+        self.grace = timedelta(seconds=settings.misfire_grace_seconds)
+        self.lease_seconds = settings.run_lease_seconds
+        self.heartbeat_seconds = max(1.0, settings.run_lease_seconds / 6)
+        self.reconcile_seconds = 30.0
+        self._aps = APScheduler(BackgroundScheduler())
+        self._aps.init_app(app)
+        # After init_app, which re-configures the scheduler from SCHEDULER_* app settings.
+        self._aps.scheduler.configure(
+            timezone=UTC,
+            executors={"default": FiringExecutor(self._on_job)},
+            job_defaults={"coalesce": False, "max_instances": 1000, "misfire_grace_time": None},
+        )
+        self._specs: dict[int, tuple[str, Any]] = {}  # plan_id -> (user_id, schedule spec it was built from)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started_at: datetime | None = None
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Catch up missed slots, load every schedule, start the clock, the listener and the lease keeper."""
+        now = datetime.now(UTC)
+        for row in self._list_schedules(None):
+            self.catch_up(row, now)
+            self._sync_row(row, now)
+        self._aps.start()
+        self.started_at = datetime.now(UTC)
+        for target, name in ((self._listen, "pilot-listen"), (self._maintain, "pilot-leases")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("scheduler started", extra={"jobs": len(self._specs), "owner": process_owner_id()})
+
+    def stop(self, timeout: float) -> None:
+        """Stop firing, let in-flight runs finish for up to ``timeout`` s, mark the rest interrupted."""
+        self._stop.set()
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+        finished = self.svc.engine.drain(timeout)
+        if not finished:
+            rows = self._interrupt(process_owner_id(), 0, "interrupted: the server shut down before the run finished")
+            log.warning("shutdown interrupted %d run(s)", len(rows))
+        self.svc.engine.shutdown(wait=False)
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "status": "running" if self._aps.running and not self._stop.is_set() else "stopped",
+            "jobs": len(self._specs),
+            "owner": process_owner_id(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+        }
+
+    # --- firing -------------------------------------------------------------------
+
+    def _on_job(self, job: Any, run_times: list[datetime]) -> None:
+        plan_id = int(job.kwargs["plan_id"])
+        with self._lock:
+            spec = self._specs.get(plan_id)
+        if spec is not None:
+            self.fire(plan_id, spec[0], [slot(t) for t in run_times])
+
+    def fire(
+        self, plan_id: int, user_id: str, due: list[datetime], now: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """Claim the latest due slot within the grace window (older ones are recorded as skipped).
+
+        Returns the run this process won and queued, or None when another process
+        won, the slot was too old, or the previous run is still going (then a
+        ``skipped`` row records it).
+        """
+        now = now or datetime.now(UTC)
+        latest = due[-1] if due and now - due[-1] <= self.grace else None
+        missed = due[:-1] if latest is not None else due
+        with self.svc.db.transaction(user_id) as cur:
+            store.lock_plan(cur, plan_id)
+            plan = store.get_plan(cur, user_id, plan_id)
+            if plan is None or not plan["enabled"] or not plan["schedule"]:
+                return None
+            for moment in missed[-MAX_RECORDED_MISSES:]:
+                store.insert_run(
+                    cur,
+                    user_id,
+                    plan_id,
+                    trigger="schedule",
+                    owner_id=process_owner_id(),
+                    scheduled_for=moment,
+                    status="skipped",
+                    error="missed: the scheduler was not running at this time",
+                )
+            if latest is None:
+                return None
+            busy = store.active_run(cur, user_id, plan_id)
+            run = store.insert_run(
+                cur,
+                user_id,
+                plan_id,
+                trigger="schedule",
+                owner_id=process_owner_id(),
+                scheduled_for=latest,
+                status="skipped" if busy else "queued",
+                error=f"skipped: run {busy['id']} of this plan was still {busy['status']}" if busy else None,
+            )
+        if run is None or run["status"] != "queued":
+            return None
+        self.svc.engine.submit(user_id, run["id"])
+        return run
+
+    def catch_up(self, row: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+        """After downtime: one catch-up run for the latest missed slot (if within grace), the rest skipped."""
+        since = max(t for t in (row["last_scheduled_for"], row["schedule_changed_at"]) if t is not None)
+        missed = fire_times(build_trigger(row["schedule"], row["timezone"]), since, now)
+        return self.fire(row["plan_id"], row["user_id"], missed, now) if missed else None
+
+    # --- schedule sync ------------------------------------------------------------
+
+    def _list_schedules(self, plan_id: int | None) -> list[dict[str, Any]]:
+        with self.svc.db.transaction(None) as cur:
+            return store.list_schedules(cur, plan_id)
+
+    def _sync_row(self, row: dict[str, Any], now: datetime) -> None:
+        plan_id = row["plan_id"]
+        spec = (row["user_id"], [row["schedule"], row["timezone"]])
+        with self._lock:
+            if self._specs.get(plan_id) == spec:
+                return
+            self._specs[plan_id] = spec
+        trigger = build_trigger(row["schedule"], row["timezone"])
+        self._aps.add_job(
+            id=f"plan-{plan_id}",
+            func=_never_called,
+            kwargs={"plan_id": plan_id},
+            trigger=trigger,
+            replace_existing=True,
+            next_run_time=trigger.get_next_fire_time(None, now + timedelta(microseconds=1)),
+        )
+
+    def _drop(self, plan_id: int) -> None:
+        with self._lock:
+            if self._specs.pop(plan_id, None) is None:
+                return
+        job = self._aps.get_job(f"plan-{plan_id}")
+        if job is not None:
+            job.remove()
+
+    def sync_plan(self, plan_id: int) -> None:
+        rows = self._list_schedules(plan_id)
+        if rows:
+            self._sync_row(rows[0], datetime.now(UTC))
+        else:
+            self._drop(plan_id)
+
+    def reconcile(self) -> None:
+        """Make the jobs match the database exactly (the safety net under NOTIFY)."""
+        rows = self._list_schedules(None)
+        now = datetime.now(UTC)
+        for row in rows:
+            self._sync_row(row, now)
+        with self._lock:
+            stale = set(self._specs) - {row["plan_id"] for row in rows}
+        for plan_id in stale:
+            self._drop(plan_id)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = psycopg2.connect(self.svc.db.dsn, application_name="pilot-listen")
+                conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+                with conn.cursor() as cur:
+                    cur.execute(f"LISTEN {CHANNEL}")
+                self.reconcile()  # changes made while we were not listening
+                while not self._stop.is_set():
+                    if select.select([conn], [], [], 1.0)[0]:
+                        conn.poll()
+                        plan_ids = {int(n.payload) for n in conn.notifies if n.payload.isdigit()}
+                        conn.notifies.clear()
+                        for plan_id in plan_ids:
+                            self.sync_plan(plan_id)
+            except (psycopg2.Error, PilotError) as exc:
+                log.warning("schedule listener lost its connection (%s); reconnecting", type(exc).__name__)
+                self._stop.wait(1.0)
+            finally:
+                if conn is not None:
+                    conn.close()
+
+    # --- leases -------------------------------------------------------------------
+
+    def _interrupt(self, owner: str | None, lease_seconds: int, reason: str) -> list[dict[str, Any]]:
+        with self.svc.db.transaction(None) as cur:
+            return store.interrupt_runs(cur, owner, lease_seconds, reason)
+
+    def reap(self) -> list[dict[str, Any]]:
+        """Mark runs whose owner stopped renewing its lease as interrupted."""
+        rows = self._interrupt(
+            None, self.lease_seconds, "interrupted: the process running it stopped (its lease expired)"
+        )
+        if rows:
+            log.warning("marked %d run(s) interrupted after their owner died", len(rows))
+        return rows
+
+    def _maintain(self) -> None:
+        last_reconcile = 0.0
+        elapsed = 0.0
+        while not self._stop.wait(self.heartbeat_seconds):
+            elapsed += self.heartbeat_seconds
+            try:
+                with self.svc.db.transaction(None) as cur:
+                    store.heartbeat(cur, process_owner_id())
+                self.reap()
+                if elapsed - last_reconcile >= self.reconcile_seconds:
+                    last_reconcile = elapsed
+                    self.reconcile()
+            except PilotError as exc:
+                log.warning("lease keeping failed: %s", exc.message)
+
+
+def _never_called(plan_id: int) -> None:
+    """Jobs are run by FiringExecutor, which calls PilotScheduler.fire instead."""
+    raise RuntimeError(f"plan {plan_id}: job function called directly")
+
+
+def start_for_serving(app: Flask) -> PilotScheduler | None:
+    """Start the scheduler in a serving process (python app.py, a gunicorn worker) when enabled."""
+    svc: Services = app.extensions["pilot"]
+    if not svc.settings.scheduler_enabled or svc.scheduler is not None:
+        return svc.scheduler
+    scheduler = PilotScheduler(app)
+    scheduler.start()
+    svc.scheduler = scheduler
+    return scheduler
+
+
+def stop_for_serving(app: Flask, timeout: float = 30.0) -> None:
+    """Stop firing, let in-flight runs finish up to ``timeout`` s, mark the rest interrupted."""
+    svc: Services = app.extensions["pilot"]
+    if svc.scheduler is not None:
+        svc.scheduler.stop(timeout)
+    else:
+        svc.engine.drain(timeout)
