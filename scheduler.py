@@ -43,11 +43,40 @@ MAX_RECORDED_MISSES = 1000
 MAX_LOOKBACK = timedelta(days=7)
 
 
+class MonotonicCronTrigger(CronTrigger):
+    """CronTrigger whose fire times always move forward.
+
+    APScheduler 3.11's CronTrigger adds a microsecond to the previous fire time
+    in local wall-clock arithmetic (which drops the DST fold) and localizes
+    every candidate with fold=0, so inside a repeated local hour (DST fall-back)
+    it returns a time at or before the previous one, and its scheduler then
+    loops on that time forever. We hand it UTC instants, and when it still does
+    not move forward we probe ahead until it answers past the previous fire time.
+    """
+
+    PROBE_STEP = timedelta(minutes=5)
+    MAX_PROBES = 48  # four hours: longer than any repeated local period
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is not None:
+            previous_fire_time = previous_fire_time.astimezone(UTC)
+        moment = super().get_next_fire_time(previous_fire_time, now.astimezone(UTC))
+        if previous_fire_time is None or moment is None or moment > previous_fire_time:
+            return moment
+        probe = previous_fire_time
+        for _ in range(self.MAX_PROBES):
+            probe += self.PROBE_STEP
+            moment = super().get_next_fire_time(None, probe)
+            if moment is None or moment > previous_fire_time:
+                return moment
+        return None
+
+
 def build_trigger(schedule: dict[str, Any], plan_timezone: str = "UTC") -> BaseTrigger:
     """The APScheduler trigger of a validated schedule (cron in its timezone, or a fixed interval)."""
     if schedule.get("cron"):
         zone = ZoneInfo(schedule.get("timezone") or plan_timezone or "UTC")
-        return CronTrigger.from_crontab(schedule["cron"], timezone=zone)
+        return MonotonicCronTrigger.from_crontab(schedule["cron"], timezone=zone)
     return IntervalTrigger(seconds=int(schedule["interval_seconds"]), start_date=INTERVAL_EPOCH, timezone=UTC)
 
 
