@@ -49,7 +49,7 @@ class Settings:
     provider_base_urls: dict[str, str] = field(default_factory=dict)
     max_request_bytes: int = 1_000_000
     db_pool_size: int = 10
-    run_workers: int = 8
+    run_workers: int = 32
 
     @property
     def production(self) -> bool:
@@ -63,7 +63,7 @@ class Settings:
         try:
             port = int(env.get("FLASK_PORT") or 5000)
             pool = int(env.get("DB_POOL_SIZE") or 10)
-            run_workers = int(env.get("RUN_WORKERS") or 8)
+            run_workers = int(env.get("RUN_WORKERS") or 32)
             max_bytes = int(env.get("MAX_REQUEST_BYTES") or 1_000_000)
             grace = int(env.get("SCHEDULER_MISFIRE_GRACE_SECONDS") or 300)
             lease = int(env.get("RUN_LEASE_SECONDS") or 30)

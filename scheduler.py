@@ -212,9 +212,6 @@ class PilotScheduler:
         missed = due[:-1] if latest is not None else due
         with self.svc.db.transaction(user_id) as cur:
             store.lock_plan(cur, plan_id)
-            plan = store.get_plan(cur, user_id, plan_id)
-            if plan is None or not plan["enabled"] or not plan["schedule"]:
-                return None
             for moment in missed[-MAX_RECORDED_MISSES:]:
                 store.insert_run(
                     cur,
@@ -228,17 +225,7 @@ class PilotScheduler:
                 )
             if latest is None:
                 return None
-            busy = store.active_run(cur, user_id, plan_id)
-            run = store.insert_run(
-                cur,
-                user_id,
-                plan_id,
-                trigger="schedule",
-                owner_id=process_owner_id(),
-                scheduled_for=latest,
-                status="skipped" if busy else "queued",
-                error=f"skipped: run {busy['id']} of this plan was still {busy['status']}" if busy else None,
-            )
+            run = store.claim_slot(cur, user_id, plan_id, latest, process_owner_id())
         if run is None or run["status"] != "queued":
             return None
         self.svc.engine.submit(user_id, run["id"])

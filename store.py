@@ -208,8 +208,9 @@ def lock_plan(cur: Cursor, plan_id: int) -> None:
     cur.execute(queries()["lock_plan"], {"plan_id": plan_id})
 
 
-def active_run(cur: Cursor, user_id: str, plan_id: int) -> Row | None:
-    return _one(cur, "active_run", user_id=user_id, plan_id=plan_id)
+def claim_slot(cur: Cursor, user_id: str, plan_id: int, scheduled_for: Any, owner_id: str) -> Row | None:
+    """The run row this process created for the slot (queued, or skipped when the plan is busy), else None."""
+    return _one(cur, "claim_slot", user_id=user_id, plan_id=plan_id, scheduled_for=scheduled_for, owner_id=owner_id)
 
 
 def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
@@ -237,3 +238,52 @@ def interrupt_runs(cur: Cursor, owner: str | None, lease_seconds: int, reason: s
 
 def list_scheduled_plans(cur: Cursor, user_id: str) -> list[Row]:
     return _all(cur, "list_scheduled_plans", user_id=user_id)
+
+
+# --- API tokens ----------------------------------------------------------------
+
+
+def insert_api_token(cur: Cursor, user_id: str, name: str, token_hash: str) -> Row:
+    row = _one(cur, "insert_api_token", user_id=user_id, name=name, token_hash=token_hash)
+    assert row is not None
+    return row
+
+
+def list_api_tokens(cur: Cursor, user_id: str) -> list[Row]:
+    return _all(cur, "list_api_tokens", user_id=user_id)
+
+
+def revoke_api_token(cur: Cursor, user_id: str, token_id: int) -> bool:
+    """True when an active token of ``user_id`` was revoked now."""
+    return _one(cur, "revoke_api_token", user_id=user_id, id=token_id) is not None
+
+
+def token_user(cur: Cursor, token_hash: str) -> str | None:
+    """The user of the active token with this hash (SECURITY DEFINER: works with no user set)."""
+    row = _one(cur, "token_user", token_hash=token_hash)
+    return row["user_id"] if row else None
+
+
+# --- operator commands -----------------------------------------------------------
+
+
+def role_bypasses_rls(cur: Cursor) -> bool:
+    """Whether the current role is a superuser or has BYPASSRLS (sees every user's rows)."""
+    row = _one(cur, "role_bypasses_rls")
+    return bool(row and row["bypass"])
+
+
+def function_owner_bypasses_rls(cur: Cursor, function: str) -> bool:
+    """Whether the SECURITY DEFINER ``function`` exists and its owner bypasses row-level security."""
+    row = _one(cur, "function_owner_bypasses_rls", function=function)
+    return bool(row and row["bypass"])
+
+
+def prune_logs_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> list[int]:
+    """Delete up to ``limit`` execution logs older than ``cutoff`` with id > ``after_id``; their ids."""
+    return [row["id"] for row in _all(cur, "prune_logs_batch", cutoff=cutoff, after_id=after_id, limit=limit)]
+
+
+def prune_runs_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> list[int]:
+    """Delete up to ``limit`` finished runs older than ``cutoff`` (never a plan's latest); their ids."""
+    return [row["id"] for row in _all(cur, "prune_runs_batch", cutoff=cutoff, after_id=after_id, limit=limit)]

@@ -131,10 +131,25 @@ ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
 -- name: lock_plan
 SELECT pg_advisory_xact_lock(%(plan_id)s);
 
--- name: active_run
-SELECT id, status FROM plan_runs
-WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s AND status IN ('queued', 'running')
-ORDER BY id LIMIT 1;
+-- name: claim_slot
+-- One firing of a schedule, run under lock_plan: queued when the plan is idle,
+-- skipped when an earlier run is still queued or running, nothing at all when
+-- another process already claimed this slot or the plan is no longer scheduled.
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, error, finished_at)
+SELECT p.id, p.user_id, 'schedule', %(scheduled_for)s,
+       CASE WHEN busy.id IS NULL THEN 'queued' ELSE 'skipped' END,
+       %(owner_id)s, now(),
+       CASE WHEN busy.id IS NOT NULL THEN format('skipped: run %%s of this plan was still %%s', busy.id, busy.status) END,
+       CASE WHEN busy.id IS NOT NULL THEN now() END
+FROM execution_plans p
+LEFT JOIN LATERAL (
+    SELECT r.id, r.status FROM plan_runs r
+    WHERE r.user_id = p.user_id AND r.plan_id = p.id AND r.status IN ('queued', 'running')
+    ORDER BY r.id LIMIT 1
+) busy ON true
+WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s AND p.enabled AND p.schedule IS NOT NULL
+ON CONFLICT (plan_id, scheduled_for) DO NOTHING
+RETURNING *;
 
 -- name: recent_finished_runs
 SELECT status FROM plan_runs
@@ -159,3 +174,49 @@ SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);
 -- name: list_scheduled_plans
 SELECT id, name, schedule, timezone, enabled FROM execution_plans
 WHERE user_id = %(user_id)s AND schedule IS NOT NULL ORDER BY id;
+
+-- name: insert_api_token
+INSERT INTO api_tokens (user_id, name, token_hash) VALUES (%(user_id)s, %(name)s, %(token_hash)s)
+RETURNING id, user_id, name, created_at;
+
+-- name: list_api_tokens
+SELECT id, name, created_at, last_used_at, revoked_at FROM api_tokens WHERE user_id = %(user_id)s ORDER BY id;
+
+-- name: revoke_api_token
+UPDATE api_tokens SET revoked_at = now()
+WHERE user_id = %(user_id)s AND id = %(id)s AND revoked_at IS NULL
+RETURNING id;
+
+-- name: token_user
+SELECT pilot_token_user(%(token_hash)s) AS user_id;
+
+-- name: role_bypasses_rls
+SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user;
+
+-- name: function_owner_bypasses_rls
+SELECT coalesce(bool_and(r.rolsuper OR r.rolbypassrls), false) AS bypass
+FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+WHERE p.proname = %(function)s;
+
+-- name: prune_logs_batch
+WITH batch AS (
+    SELECT id FROM execution_logs
+    WHERE id > %(after_id)s AND "timestamp" < %(cutoff)s
+    ORDER BY id LIMIT %(limit)s
+)
+DELETE FROM execution_logs e USING batch WHERE e.id = batch.id
+RETURNING e.id;
+
+-- name: prune_runs_batch
+-- Finished runs only, and never a plan's latest run (the scheduler's memory of
+-- its last firing).
+WITH batch AS (
+    SELECT r.id FROM plan_runs r
+    WHERE r.id > %(after_id)s
+      AND r.status NOT IN ('queued', 'running')
+      AND coalesce(r.finished_at, r.created_at) < %(cutoff)s
+      AND EXISTS (SELECT 1 FROM plan_runs newer WHERE newer.plan_id = r.plan_id AND newer.id > r.id)
+    ORDER BY r.id LIMIT %(limit)s
+)
+DELETE FROM plan_runs r USING batch WHERE r.id = batch.id
+RETURNING r.id;
