@@ -82,7 +82,7 @@ class Instance:
                 if requests.get(f"{self.url}/api/health", timeout=2).status_code == 200:
                     time.sleep(1.0)  # let every worker finish starting its scheduler
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 pass
             time.sleep(0.2)
         raise SystemExit(f"{self.name} did not become healthy")
