@@ -19,6 +19,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import cli
+import metrics
+import openapi
 import scheduler
 from config import Settings
 from credentials import Vault, load_keys
@@ -92,6 +94,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes, scheduler_routes):
         app.register_blueprint(module.bp)
+    metrics.init_app(app)
+    openapi.init_app(app)
     cli.init_app(app)
     if settings.auth_mode == "dev":
         log.warning("AUTH_MODE=dev: the caller's user_id is trusted as sent; use AUTH_MODE=token in production")

@@ -3,7 +3,9 @@
 ``AUTH_MODE=dev`` takes ``user_id`` from the JSON body or the query string, as
 the client's checklist does. ``AUTH_MODE=token`` (required in production)
 takes the subject of a Bearer JWT (HS256 with ``JWT_SECRET`` or RS256 from
-``JWKS_URL``); a ``user_id`` that differs from it is refused with 403.
+``JWKS_URL``) or the owner of a Pilot API token (a Bearer value starting with
+``pilot_``, see ``tokens.py``); a ``user_id`` that differs from it is refused
+with 403.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import jwt
 from flask import current_app, request
 
+import tokens
 from config import Settings
 from errors import Forbidden, Unauthorized, ValidationError
 
@@ -49,6 +52,11 @@ def _token_subject(settings: Settings) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("an Authorization: Bearer token is required")
     token = token.strip()
+    if tokens.is_api_token(token):
+        owner = tokens.authenticate(current_app.extensions["pilot"].db, token)
+        if owner is None:
+            raise Unauthorized("the API token is not valid or has been revoked")
+        return owner
     try:
         if settings.jwks_url:
             key: Any = _jwks_client(settings.jwks_url).get_signing_key_from_jwt(token).key

@@ -1,4 +1,7 @@
-"""Operator commands: ``flask --app app migrate | gen-key | rotate-key | import-env-credentials``."""
+"""Operator commands: ``flask --app app migrate | gen-key | rotate-key | import-env-credentials``.
+
+Token and housekeeping commands (create-token, list-tokens, revoke-token, prune-logs) live in ``cli_ops``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import os
 import click
 from flask import Flask
 
+import cli_ops
 import store
 from credentials import CredentialDecryptError, generate_key
 from database import migrate
@@ -66,3 +70,5 @@ def init_app(app: Flask) -> None:
             raise click.ClickException(exc.message) from exc
         for provider, _ in found:
             click.echo(f"stored {provider} api_key for {user_id}")
+
+    cli_ops.init_app(app)

@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import metrics
 import store
 from config import Settings
 from credentials import CredentialDecryptError, Vault
@@ -162,6 +163,8 @@ class ExecutionEngine:
         result.latency_ms = round(elapsed * 1000, 2)  # the provider's time, retries included
         result.metadata["attempts"] = max(attempts, 1)
         clean = ProviderResult.from_dict(redactor.value(result.to_dict()))
+        status = "success" if clean.success else "error"
+        metrics.record_step(parsed.provider, parsed.action, status, clean.latency_ms, max(attempts, 1))
         self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, max(attempts, 1))
         return clean
 
@@ -314,6 +317,8 @@ class ExecutionEngine:
             run = store.finish_run(cur, user_id, run_id, status, results, error)
             if run is not None and run["trigger"] == "schedule" and status == "error":
                 self._maybe_pause(cur, user_id, run["plan_id"])
+        if run is not None:
+            metrics.record_run_finished(run["trigger"], run["status"])
         return run
 
     def _maybe_pause(self, cur: Any, user_id: str, plan_id: int) -> None:

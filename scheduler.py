@@ -30,6 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 from flask_apscheduler import APScheduler
 
+import metrics
 import store
 from errors import PilotError
 from execution_engine import process_owner_id
@@ -122,6 +123,7 @@ class FiringExecutor(BaseExecutor):
             try:
                 self._on_fire(job, run_times)
             except Exception:
+                metrics.record_scheduler_firing("error")
                 log.exception("firing %s failed", job.id)
             self._run_job_success(job.id, [JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, "default", run_times[-1])])
 
@@ -199,7 +201,7 @@ class PilotScheduler:
             self.fire(plan_id, spec[0], [slot(t) for t in run_times])
 
     def fire(
-        self, plan_id: int, user_id: str, due: list[datetime], now: datetime | None = None
+        self, plan_id: int, user_id: str, due: list[datetime], now: datetime | None = None, *, won: str = "claimed"
     ) -> dict[str, Any] | None:
         """Claim the latest due slot within the grace window (older ones are recorded as skipped).
 
@@ -223,11 +225,15 @@ class PilotScheduler:
                     status="skipped",
                     error="missed: the scheduler was not running at this time",
                 )
-            if latest is None:
-                return None
-            run = store.claim_slot(cur, user_id, plan_id, latest, process_owner_id())
-        if run is None or run["status"] != "queued":
+            run = None if latest is None else store.claim_slot(cur, user_id, plan_id, latest, process_owner_id())
+        for _ in missed[-MAX_RECORDED_MISSES:]:
+            metrics.record_scheduler_firing("skipped_misfire")
+        if latest is None:
             return None
+        if run is None or run["status"] != "queued":
+            metrics.record_scheduler_firing("lost" if run is None else "skipped_overlap")
+            return None
+        metrics.record_scheduler_firing(won)
         self.svc.engine.submit(user_id, run["id"])
         return run
 
@@ -235,7 +241,7 @@ class PilotScheduler:
         """After downtime: one catch-up run for the latest missed slot (if within grace), the rest skipped."""
         since = max(t for t in (row["last_scheduled_for"], row["schedule_changed_at"]) if t is not None)
         missed = fire_times(build_trigger(row["schedule"], row["timezone"]), since, now)
-        return self.fire(row["plan_id"], row["user_id"], missed, now) if missed else None
+        return self.fire(row["plan_id"], row["user_id"], missed, now, won="catch_up") if missed else None
 
     # --- schedule sync ------------------------------------------------------------
 
@@ -250,6 +256,7 @@ class PilotScheduler:
             if self._specs.get(plan_id) == spec:
                 return
             self._specs[plan_id] = spec
+            metrics.set_scheduler_jobs(len(self._specs))
         trigger = build_trigger(row["schedule"], row["timezone"])
         self._aps.add_job(
             id=f"plan-{plan_id}",
@@ -264,6 +271,7 @@ class PilotScheduler:
         with self._lock:
             if self._specs.pop(plan_id, None) is None:
                 return
+            metrics.set_scheduler_jobs(len(self._specs))
         job = self._aps.get_job(f"plan-{plan_id}")
         if job is not None:
             job.remove()

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_unit_verifies_clean() -> None:
-    result = subprocess.run(["systemd-analyze", "verify", "deploy/pilot.service"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "deploy/pilot.service"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
 
 
@@ -31,12 +32,26 @@ def test_gunicorn_production_config_serves_the_checklist_minute_0_checks(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "FLASK_", "DATABASE_URL"))}
-    env.update(DATABASE_URL=fresh_db, FERNET_KEY=fernet_key, PILOT_DATA_DIR=str(tmp_path), FLASK_PORT=str(port),
-               PILOT_WORKERS="2", PILOT_THREADS="8", PILOT_GRACEFUL_TIMEOUT="5", PILOT_ACCESS_LOG="")
+    env.update(
+        DATABASE_URL=fresh_db,
+        FERNET_KEY=fernet_key,
+        PILOT_DATA_DIR=str(tmp_path),
+        FLASK_PORT=str(port),
+        PILOT_WORKERS="2",
+        PILOT_THREADS="8",
+        PILOT_GRACEFUL_TIMEOUT="5",
+        PILOT_ACCESS_LOG="",
+    )
     log = (tmp_path / "gunicorn.log").open("w")
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    process = subprocess.Popen([str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:app"], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
