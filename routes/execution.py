@@ -10,6 +10,7 @@ import store
 from auth import current_user_id
 from errors import NotFound, ValidationError
 from provider_registry import ExecutionContext
+from redaction import Redactor
 from routes.common import check_id, json_body, optional_json_body, paging, serialize
 from services import services
 
@@ -55,8 +56,6 @@ def test_credentials(name: str) -> Response:
         user_id=user_id, http=engine.http, timeout_s=15.0, base_urls=dict(services().settings.provider_base_urls)
     )
     result = provider_.test_credentials(credentials, context)
-    from redaction import Redactor
-
     return jsonify(Redactor(credentials.values()).value(result.to_dict()))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 import store
 from auth import current_user_id
@@ -59,8 +59,6 @@ def get(plan_id: int) -> Response:
 @bp.put("/<int:plan_id>")
 @bp.patch("/<int:plan_id>")
 def update(plan_id: int) -> Response:
-    from flask import request
-
     body = json_body()
     user_id = current_user_id()
     check_id(plan_id, "plan")
