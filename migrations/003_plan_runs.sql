@@ -26,7 +26,7 @@ CREATE INDEX IF NOT EXISTS plan_runs_active_idx ON plan_runs (status, heartbeat_
 DO $$
 BEGIN
     ALTER TABLE execution_logs
-        ADD CONSTRAINT execution_logs_run_fk FOREIGN KEY (run_id) REFERENCES plan_runs (id) ON DELETE CASCADE;
+        ADD CONSTRAINT execution_logs_run_fk FOREIGN KEY (run_id) REFERENCES plan_runs (id) ON DELETE SET NULL;
 EXCEPTION WHEN duplicate_object THEN
     NULL;
 END

@@ -351,3 +351,11 @@ def test_checklist_load_test_ten_concurrent_requests_over_http(app: Flask) -> No
     for i in range(10):
         with db.transaction(f"{tag}_{i}") as cur:
             assert len(store.list_logs(cur, f"{tag}_{i}", limit=10, offset=0)) == 1
+
+
+def test_deleting_a_plan_removes_its_runs_and_keeps_its_logs(client: FlaskClient, user: str) -> None:
+    run = run_plan(client, user, [{"provider": "logic", "action": "transform", "params": {"template": "x"}}])
+    assert client.delete(f"/api/plans/{run['plan_id']}?user_id={user}").status_code == 204
+    assert client.get(f"/api/runs/{run['id']}?user_id={user}").status_code == 404
+    kept = logs(client, user)
+    assert len(kept) == 1 and kept[0]["plan_id"] is None and kept[0]["run_id"] is None
