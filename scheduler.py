@@ -151,6 +151,7 @@ class PilotScheduler:
         self._specs: dict[int, tuple[str, Any]] = {}  # plan_id -> (user_id, schedule spec it was built from)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._paused = threading.Event()  # no more firings; leases are still renewed
         self._threads: list[threading.Thread] = []
         self.started_at: datetime | None = None
 
@@ -170,8 +171,13 @@ class PilotScheduler:
             self._threads.append(thread)
         log.info("scheduler started", extra={"jobs": len(self._specs), "owner": process_owner_id()})
 
+    def pause(self) -> None:
+        """Stop firing at once (safe in a signal handler); runs in flight keep their leases."""
+        self._paused.set()
+
     def stop(self, timeout: float) -> None:
         """Stop firing, let in-flight runs finish for up to ``timeout`` s, mark the rest interrupted."""
+        self._paused.set()
         self._stop.set()
         if self._aps.running:
             self._aps.shutdown(wait=False)
@@ -185,7 +191,7 @@ class PilotScheduler:
 
     def state(self) -> dict[str, Any]:
         return {
-            "status": "running" if self._aps.running and not self._stop.is_set() else "stopped",
+            "status": "running" if self._aps.running and not self._paused.is_set() else "stopped",
             "jobs": len(self._specs),
             "owner": process_owner_id(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
@@ -194,6 +200,8 @@ class PilotScheduler:
     # --- firing -------------------------------------------------------------------
 
     def _on_job(self, job: Any, run_times: list[datetime]) -> None:
+        if self._paused.is_set():
+            return
         plan_id = int(job.kwargs["plan_id"])
         with self._lock:
             spec = self._specs.get(plan_id)
@@ -362,6 +370,13 @@ def start_for_serving(app: Flask) -> PilotScheduler | None:
     scheduler.start()
     svc.scheduler = scheduler
     return scheduler
+
+
+def pause_for_shutdown(app: Flask) -> None:
+    """Stop firing schedules at once, e.g. when SIGTERM arrives, before requests have drained."""
+    svc: Services = app.extensions["pilot"]
+    if svc.scheduler is not None:
+        svc.scheduler.pause()
 
 
 def stop_for_serving(app: Flask, timeout: float = 30.0) -> None:

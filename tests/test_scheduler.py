@@ -284,3 +284,20 @@ def test_health_reports_the_scheduler(apps: Callable[..., Flask]) -> None:
     assert app.test_client().get("/api/health").json["scheduler"]["status"] == "running"
     stop_for_serving(app, timeout=2)
     assert app.test_client().get("/api/health").json["scheduler"]["status"] == "stopped"
+
+
+def test_pause_for_shutdown_stops_firing_but_keeps_leases(apps: Callable[..., Flask], user: str) -> None:
+    from scheduler import pause_for_shutdown, start_for_serving
+
+    app = apps()
+    scheduler = start_for_serving(app)
+    assert scheduler is not None
+    plan = create_plan(app, user, {"interval_seconds": 1})
+    assert wait_for(lambda: runs_of(app, user, plan["id"]), 5.0), "the schedule never fired"
+    pause_for_shutdown(app)
+    app.extensions["pilot"].engine.drain(5)
+    fired = len(runs_of(app, user, plan["id"]))
+    time.sleep(2.2)
+    assert len(runs_of(app, user, plan["id"])) == fired
+    assert app.test_client().get("/api/health").json["scheduler"]["status"] == "stopped"
+    assert all(thread.is_alive() for thread in scheduler._threads)  # listener and lease keeper go on
