@@ -28,15 +28,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +41,7 @@ DATA_DIR = tempfile.mkdtemp(prefix="pilot-metrics-bench-")  # importing app may 
 os.environ.setdefault("PILOT_DATA_DIR", DATA_DIR)
 
 import store  # noqa: E402
-from database import migrate  # noqa: E402
+from bench.common import fresh_database  # noqa: E402
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HEAVY = "heavy-user"
@@ -76,25 +73,6 @@ FROM (
     FROM generate_series(1, %(rows)s) AS g
 ) AS s
 """
-
-
-@contextmanager
-def fresh_database(admin_dsn: str) -> Iterator[str]:
-    name = f"pilot_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
-            migrate(dsn)
-            yield dsn
-        finally:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        admin.close()
 
 
 def timed(fn: Callable[[], Any], calls: int) -> list[float]:

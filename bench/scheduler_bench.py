@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,16 +42,10 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from database import migrate  # noqa: E402
+from bench.common import free_port, fresh_database  # noqa: E402
 
 USER = "bench_scheduler"
 TICK = [{"provider": "logic", "action": "transform", "params": {"template": "tick"}}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Instance:
@@ -97,21 +88,6 @@ class Instance:
                 self.process.wait(timeout=10)
         self.log.close()
         return self.process.returncode
-
-
-@contextmanager
-def database(admin_dsn: str) -> Iterator[str]:
-    name = f"pilot_bench_sched_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
-    try:
-        migrate(dsn)
-        yield dsn
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def query(dsn: str, statement: str, params: Any = None) -> list[dict[str, Any]]:
@@ -310,7 +286,7 @@ def main() -> None:
     args = parser.parse_args()
     log_dir = Path(os.environ.get("BENCH_LOG_DIR") or "/tmp") / f"pilot-sched-bench-{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True)
-    with database(args.admin_dsn) as dsn:
+    with fresh_database(args.admin_dsn) as dsn:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "FLASK_", "DATABASE_URL"))}
         env.update(
             DATABASE_URL=dsn,

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,12 +52,11 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 from cryptography.fernet import Fernet
-from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from database import migrate  # noqa: E402
+from bench.common import free_port, fresh_database  # noqa: E402
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_CONFIGS = ["gthread:2:256:10", "gthread:2:128:10", "gthread:2:32:10", "gthread:4:64:10", "gevent:2:1000:10"]
@@ -157,26 +155,6 @@ class SlowUpstream(ThreadingHTTPServer):
 # --- the database -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fresh_database(admin_dsn: str) -> Iterator[str]:
-    """A new migrated database ``pilot_bench_<random>``, dropped afterwards."""
-    name = f"pilot_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=name)
-        try:
-            migrate(dsn)
-            yield dsn
-        finally:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        admin.close()
-
-
 class Stats:
     """One long-lived superuser connection to the bench database (it bypasses RLS to count rows)."""
 
@@ -263,12 +241,6 @@ def postgres_cpu_seconds() -> float:
                 if (entry / "comm").read_text().strip() == "postgres":
                     total += proc_cpu_seconds(entry)
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Gunicorn:
