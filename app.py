@@ -25,7 +25,7 @@ import scheduler
 from config import Settings
 from credentials import Vault, load_keys
 from database import DatabaseManager, db_manager, migrate
-from errors import PilotError
+from errors import ConfigurationError, PilotError
 from execution_engine import ExecutionEngine
 from logging_setup import configure_logging
 from providers import registry
@@ -102,7 +102,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except ConfigurationError as exc:  # fail fast with the reason, not a traceback
+    sys.exit(f"pilot: configuration error: {exc.message}")
 
 
 def main() -> None:
