@@ -16,7 +16,8 @@ from errors import NotFound
 from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-USER_TABLES = ("provider_credentials", "execution_plans", "plan_runs", "execution_logs")
+USER_TABLES = ("provider_credentials", "execution_plans", "plan_runs", "execution_logs", "api_tokens")
+NOT_USER_DATA = ("schema_migrations",)
 
 
 def query(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
@@ -77,6 +78,12 @@ def test_concurrent_migrators_wait_for_each_other(empty_db: str) -> None:
     assert sorted(len(r) for r in results) == [0, 0, len(migration_files())]
 
 
+def test_every_table_is_a_known_user_table_or_bookkeeping(session_db: str) -> None:
+    """A new table must join USER_TABLES (and so the RLS checks below) or be declared not user data."""
+    tables = {row[0] for row in query(session_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == set(USER_TABLES) | set(NOT_USER_DATA)
+
+
 def test_every_user_table_has_forced_rls_and_exactly_four_policies(session_db: str) -> None:
     rows = query(
         session_db,
@@ -100,7 +107,6 @@ def test_app_role_owns_nothing_and_cannot_bypass_rls(session_db: str) -> None:
 
 
 def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> None:
-    db = DatabaseManager.__new__(DatabaseManager)
     conn = psycopg2.connect(session_db)
     try:
         with conn.cursor() as cur:
@@ -120,6 +126,10 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
             cur.execute(
                 "INSERT INTO execution_logs (user_id, provider, action, status) VALUES ('someone', 'x', 'y', 'success')"
             )
+            cur.execute("INSERT INTO api_tokens (user_id, name, token_hash) VALUES ('someone', 't', repeat('a', 64))")
+            for table in USER_TABLES:  # the owner of the rows sees them: the zero counts below mean something
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+                assert cur.fetchone()[0] >= 1, table
         conn.commit()
         for setting in (None, ""):
             with conn.cursor() as cur:
@@ -132,7 +142,6 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
             conn.rollback()
     finally:
         conn.close()
-    del db
 
 
 def test_identity_is_transaction_local_and_never_leaks_between_pooled_transactions(session_db: str, user: str) -> None:
