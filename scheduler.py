@@ -159,6 +159,13 @@ class PilotScheduler:
 
     def start(self) -> None:
         """Catch up missed slots, load every schedule, start the clock, the listener and the lease keeper."""
+        with self.svc.db.transaction(None, as_app=False) as cur:
+            if not store.function_owner_bypasses_rls(cur, "pilot_list_schedules"):
+                log.error(
+                    "pilot_list_schedules is owned by a role that does not bypass row-level security: the "
+                    "scheduler cannot see any user's schedules; run the migrations as a superuser or a role "
+                    "with BYPASSRLS (README: Database, roles and row-level security)"
+                )
         now = datetime.now(UTC)
         for row in self._list_schedules(None):
             self.catch_up(row, now)

@@ -7,18 +7,21 @@
 -- CREATE ROLE, hence the exception handler.
 DO $$
 BEGIN
-    CREATE ROLE pilot_app NOLOGIN NOBYPASSRLS;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pilot_app') THEN
+        CREATE ROLE pilot_app NOLOGIN NOBYPASSRLS;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    NULL;  -- created concurrently by a migration of another database
 END
 $$;
 
 -- The connecting role must be allowed to SET ROLE pilot_app.
 DO $$
 BEGIN
-    EXECUTE format('GRANT pilot_app TO %I', current_user);
-EXCEPTION WHEN duplicate_object OR invalid_grant_operation THEN
-    NULL;
+    -- Superusers, and roles a DBA already made members, need no grant (and may lack the right to give one).
+    IF NOT pg_has_role(current_user, 'pilot_app', 'MEMBER') THEN
+        EXECUTE format('GRANT pilot_app TO %I', current_user);
+    END IF;
 END
 $$;
 
