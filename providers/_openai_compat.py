@@ -10,6 +10,7 @@ registry does not treat it as a provider.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from errors import PilotError
@@ -129,6 +130,28 @@ def send(
     return response, (time.perf_counter() - started) * 1000
 
 
+def exchange(
+    context: ExecutionContext,
+    method: str,
+    url: str,
+    vendor: str,
+    parse: Callable[[OutboundResponse], ProviderResult],
+    **kwargs: Any,
+) -> ProviderResult:
+    """One model API call: transport failures and HTTP errors mapped, otherwise ``parse`` the reply."""
+    reply, elapsed = send(context, method, url, **kwargs)
+    if isinstance(reply, ProviderResult):
+        return reply
+    result = http_failure(reply, vendor) if reply.status >= 400 else parse(reply)
+    result.latency_ms = elapsed
+    return result
+
+
+def key_accepted(response: OutboundResponse) -> ProviderResult:
+    """The result of a credentials check whose request the upstream accepted."""
+    return ProviderResult.ok({"valid": True}, http_status=response.status)
+
+
 def json_body(response: OutboundResponse, label: str) -> tuple[Any, ProviderResult | None]:
     """The parsed body, or an ``invalid_response`` failure when it is not JSON."""
     try:
@@ -172,16 +195,17 @@ class OpenAICompatProvider(Provider):
             if key in params:
                 payload[key] = params[key]
         url = base_url(self.name, self.default_base_url, credentials, context) + "/chat/completions"
-        reply, elapsed = send(context, "POST", url, headers=self._headers(api_key), json=payload)
-        if isinstance(reply, ProviderResult):
-            return reply
-        result = self._parse(reply, model)
-        result.latency_ms = elapsed
-        return result
+        return exchange(
+            context,
+            "POST",
+            url,
+            self.vendor,
+            lambda reply: self._parse(reply, model),
+            headers=self._headers(api_key),
+            json=payload,
+        )
 
     def _parse(self, response: OutboundResponse, model: str) -> ProviderResult:
-        if response.status >= 400:
-            return http_failure(response, self.vendor)
         body, failure = json_body(response, self.vendor)
         if failure is not None:
             return failure
@@ -207,15 +231,7 @@ class OpenAICompatProvider(Provider):
         if not api_key:
             return ProviderResult.fail("missing_credentials", f"no {self.vendor} api_key is given")
         url = base_url(self.name, self.default_base_url, credentials, context) + "/models"
-        reply, elapsed = send(context, "GET", url, headers=self._headers(api_key))
-        if isinstance(reply, ProviderResult):
-            return reply
-        if reply.status >= 400:
-            result = http_failure(reply, self.vendor)
-        else:
-            result = ProviderResult.ok({"valid": True}, http_status=reply.status)
-        result.latency_ms = elapsed
-        return result
+        return exchange(context, "GET", url, self.vendor, key_accepted, headers=self._headers(api_key))
 
     @staticmethod
     def _headers(api_key: str) -> dict[str, str]:

@@ -9,10 +9,10 @@ from providers._openai_compat import (
     base_url,
     build_messages,
     chat_schema,
-    http_failure,
+    exchange,
     json_body,
+    key_accepted,
     model_credentials,
-    send,
 )
 
 if TYPE_CHECKING:
@@ -62,16 +62,18 @@ class AnthropicProvider(Provider):
         if "temperature" in params:
             payload["temperature"] = params["temperature"]
         url = self._base(credentials, context) + "/v1/messages"
-        reply, elapsed = send(context, "POST", url, headers=self._headers(api_key), json=payload)
-        if isinstance(reply, ProviderResult):
-            return reply
-        result = self._parse(reply, model)
-        result.latency_ms = elapsed
-        return result
+        # http_failure maps 529 "overloaded" like any 5xx: retryable.
+        return exchange(
+            context,
+            "POST",
+            url,
+            "Anthropic",
+            lambda reply: self._parse(reply, model),
+            headers=self._headers(api_key),
+            json=payload,
+        )
 
     def _parse(self, response: OutboundResponse, model: str) -> ProviderResult:
-        if response.status >= 400:
-            return http_failure(response, "Anthropic")  # 529 "overloaded" is >= 500: retryable
         body, failure = json_body(response, "Anthropic")
         if failure is not None:
             return failure
@@ -96,18 +98,8 @@ class AnthropicProvider(Provider):
         api_key = credentials.get("api_key")
         if not api_key:
             return ProviderResult.fail("missing_credentials", "no Anthropic api_key is given")
-        reply, elapsed = send(
-            context, "GET", self._base(credentials, context) + "/v1/models", headers=self._headers(api_key)
-        )
-        if isinstance(reply, ProviderResult):
-            return reply
-        result = (
-            http_failure(reply, "Anthropic")
-            if reply.status >= 400
-            else ProviderResult.ok({"valid": True}, http_status=reply.status)
-        )
-        result.latency_ms = elapsed
-        return result
+        url = self._base(credentials, context) + "/v1/models"
+        return exchange(context, "GET", url, "Anthropic", key_accepted, headers=self._headers(api_key))
 
     def _base(self, credentials: dict[str, str], context: ExecutionContext) -> str:
         return base_url(self.name, self.default_base_url, credentials, context)
