@@ -248,13 +248,13 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _translate(exc: requests.RequestException, target: _Target) -> OutboundError:
+def _translate(exc: requests.RequestException, target: _Target, sent: bool) -> OutboundError:
     where, details = f"{target.host}:{target.port}", {"host": target.host}
     if isinstance(exc, requests.Timeout):
-        return OutboundTimeout(f"{where} did not answer within the timeout", details=details)
+        return OutboundTimeout(f"{where} did not answer within the timeout", details=details, request_sent=sent)
     if isinstance(exc, requests.exceptions.SSLError):
         return OutboundConnectionError(f"TLS with {where} failed: {_cause(exc)}", retryable=False, details=details)
-    return OutboundConnectionError(f"connection to {where} failed: {_cause(exc)}", details=details)
+    return OutboundConnectionError(f"connection to {where} failed: {_cause(exc)}", details=details, request_sent=sent)
 
 
 class OutboundClient:
@@ -381,7 +381,9 @@ class OutboundClient:
                 never_connected = isinstance(exc, requests.ConnectTimeout) or isinstance(reason, NewConnectionError)
                 if never_connected and index + 1 < len(addresses):
                     continue  # nothing was sent; try the next checked address
-                raise _translate(exc, target) from None
+                # Refused or never connected: nothing was sent. Anything later (a dropped
+                # connection, no answer in time) may have reached the server.
+                raise _translate(exc, target, sent=not never_connected) from None
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _read(self, resp: requests.Response, target: _Target, url: str, deadline: float) -> OutboundResponse:
@@ -402,11 +404,17 @@ class OutboundClient:
                 if len(body) > self.max_bytes:
                     raise too_large
                 if time.monotonic() > deadline:
-                    raise OutboundTimeout(f"{where} did not finish sending within the timeout", details=details)
+                    raise OutboundTimeout(
+                        f"{where} did not finish sending within the timeout", details=details, request_sent=True
+                    )
         except ReadTimeoutError:
-            raise OutboundTimeout(f"{where} did not answer within the timeout", details=details) from None
+            raise OutboundTimeout(
+                f"{where} did not answer within the timeout", details=details, request_sent=True
+            ) from None
         except (Urllib3Error, OSError) as exc:
-            raise OutboundConnectionError(f"reading from {where} failed: {_cause(exc)}", details=details) from None
+            raise OutboundConnectionError(
+                f"reading from {where} failed: {_cause(exc)}", details=details, request_sent=True
+            ) from None
         finally:
             resp.close()
         return OutboundResponse(resp.status_code, Headers(resp.headers.items()), bytes(body), url)

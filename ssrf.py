@@ -22,16 +22,23 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class OutboundError(PilotError):
-    """Base of outbound-call failures; ``retryable`` says whether trying again may help."""
+    """Base of outbound-call failures.
+
+    ``retryable`` says whether trying again may help; ``request_sent`` that the
+    request may have reached the server before the failure, so its effect is unknown.
+    """
 
     status = 502
     code = "outbound_error"
     retryable = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None, details: Any = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, details: Any = None, request_sent: bool = False
+    ) -> None:
         super().__init__(message, details=details)
         if retryable is not None:
             self.retryable = retryable
+        self.request_sent = request_sent
 
 
 class SSRFBlocked(OutboundError):

@@ -116,7 +116,8 @@ def send(
     """One call through ``context.http``: ``(response, ms)``, or ``(failure, ms)`` when it raised.
 
     Outbound errors (``ssrf_blocked``, ``timeout``, ``connection_error``, ``invalid_url``, …)
-    keep their code and retryability.
+    keep their code and retryability; one raised after the request may have reached the
+    server is marked ``metadata["outcome_unknown"]``.
     """
     kwargs.setdefault("timeout", context.timeout_s)
     started = time.perf_counter()
@@ -125,6 +126,8 @@ def send(
     except PilotError as exc:
         elapsed = (time.perf_counter() - started) * 1000
         failure = ProviderResult.fail(exc.code, exc.message, retryable=bool(getattr(exc, "retryable", False)))
+        if getattr(exc, "request_sent", False):
+            failure.metadata["outcome_unknown"] = True
         failure.latency_ms = elapsed
         return failure, elapsed
     return response, (time.perf_counter() - started) * 1000

@@ -94,10 +94,9 @@ class WebhookProvider(Provider):
             timeout=float(params.get("timeout", context.timeout_s)),
         )
         if isinstance(reply, ProviderResult):
-            if reply.error and reply.error["code"] == "timeout":
+            if reply.error and reply.metadata.get("outcome_unknown"):
                 # The receiver may have acted on it: only an idempotent method may be retried.
-                reply.error["retryable"] = method in IDEMPOTENT_METHODS
-                reply.metadata["outcome_unknown"] = True
+                reply.error["retryable"] = reply.error["retryable"] and method in IDEMPOTENT_METHODS
             return reply
         text = reply.text
         data = {

@@ -3,9 +3,11 @@ against loopback fakes of its upstream (real HTTP through ``OutboundClient``; no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -475,3 +477,46 @@ def test_logic_actions(context: ExecutionContext) -> None:
         logic.execute("condition", {"expression": "a[", "data": {}}, {}, run), "expression_error", retryable=False
     )
     assert logic.test_credentials({}, context).success
+
+
+class HangUpServer:
+    """A loopback TCP server that reads a request, then closes the connection without answering."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(5)
+        self.received: list[bytes] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(1):  # a test makes exactly one request
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    self.received.append(conn.recv(65536))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a pending accept()
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(("method", "retryable"), [("POST", False), ("PATCH", False), ("PUT", True), ("DELETE", True)])
+def test_webhook_dropped_after_sending_is_not_retried_blindly(method: str, retryable: bool) -> None:
+    server = HangUpServer()
+    try:
+        result = hook({"url": server.url, "method": method, "json": {"n": 1}})
+    finally:
+        server.close()
+    assert_failure(result, "connection_error", retryable=retryable)
+    assert result.metadata["outcome_unknown"] is True
+    assert server.received and server.received[0].startswith(method.encode())
