@@ -150,6 +150,8 @@ class PilotScheduler:
         )
         self._specs: dict[int, tuple[str, Any]] = {}  # plan_id -> (user_id, schedule spec it was built from)
         self._lock = threading.Lock()
+        self._reconcile_lock = threading.Lock()
+        self._caught_up = False
         self._stop = threading.Event()
         self._paused = threading.Event()  # no more firings; leases are still renewed
         self._threads: list[threading.Thread] = []
@@ -158,18 +160,22 @@ class PilotScheduler:
     # --- life cycle -------------------------------------------------------------
 
     def start(self) -> None:
-        """Catch up missed slots, load every schedule, start the clock, the listener and the lease keeper."""
-        with self.svc.db.transaction(None, as_app=False) as cur:
-            if not store.function_owner_bypasses_rls(cur, "pilot_list_schedules"):
-                log.error(
-                    "pilot_list_schedules is owned by a role that does not bypass row-level security: the "
-                    "scheduler cannot see any user's schedules; run the migrations as a superuser or a role "
-                    "with BYPASSRLS (README: Database, roles and row-level security)"
-                )
-        now = datetime.now(UTC)
-        for row in self._list_schedules(None):
-            self.catch_up(row, now)
-            self._sync_row(row, now)
+        """Catch up missed slots, load every schedule, start the clock, the listener and the lease keeper.
+
+        A database that is down does not stop the start: the listener keeps reconnecting
+        and loads (and catches up) the schedules as soon as it answers.
+        """
+        try:
+            with self.svc.db.transaction(None, as_app=False) as cur:
+                if not store.function_owner_bypasses_rls(cur, "pilot_list_schedules"):
+                    log.error(
+                        "pilot_list_schedules is owned by a role that does not bypass row-level security: the "
+                        "scheduler cannot see any user's schedules; run the migrations as a superuser or a role "
+                        "with BYPASSRLS (README: Database, roles and row-level security)"
+                    )
+            self.reconcile()
+        except PilotError as exc:
+            log.error("scheduler cannot load schedules yet (%s); it will when the database answers", exc.message)
         self._aps.start()
         self.started_at = datetime.now(UTC)
         for target, name in ((self._listen, "pilot-listen"), (self._maintain, "pilot-leases")):
@@ -299,15 +305,22 @@ class PilotScheduler:
             self._drop(plan_id)
 
     def reconcile(self) -> None:
-        """Make the jobs match the database exactly (the safety net under NOTIFY)."""
-        rows = self._list_schedules(None)
-        now = datetime.now(UTC)
-        for row in rows:
-            self._sync_row(row, now)
-        with self._lock:
-            stale = set(self._specs) - {row["plan_id"] for row in rows}
-        for plan_id in stale:
-            self._drop(plan_id)
+        """Make the jobs match the database exactly (the safety net under NOTIFY).
+
+        The first successful pass also catches up the slots missed while no scheduler ran.
+        """
+        with self._reconcile_lock:
+            rows = self._list_schedules(None)
+            now = datetime.now(UTC)
+            for row in rows:
+                if not self._caught_up:
+                    self.catch_up(row, now)
+                self._sync_row(row, now)
+            self._caught_up = True
+            with self._lock:
+                stale = set(self._specs) - {row["plan_id"] for row in rows}
+            for plan_id in stale:
+                self._drop(plan_id)
 
     def _listen(self) -> None:
         while not self._stop.is_set():

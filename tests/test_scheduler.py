@@ -301,3 +301,25 @@ def test_pause_for_shutdown_stops_firing_but_keeps_leases(apps: Callable[..., Fl
     assert len(runs_of(app, user, plan["id"])) == fired
     assert app.test_client().get("/api/health").json["scheduler"]["status"] == "stopped"
     assert all(thread.is_alive() for thread in scheduler._threads)  # listener and lease keeper go on
+
+
+def test_scheduler_start_survives_a_database_that_is_down(
+    apps: Callable[..., Flask], tmp_path: Path, fernet_key: str
+) -> None:
+    down = make_app(
+        "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", tmp_path, (fernet_key,), scheduler_enabled=True
+    )
+    scheduler = PilotScheduler(down)
+    scheduler.start()  # must not raise: the serving process stays up, reports the database down, retries
+    try:
+        assert scheduler.state() | {"started_at": None} == {
+            "status": "running",
+            "jobs": 0,
+            "owner": scheduler.state()["owner"],
+            "started_at": None,
+        }
+        assert down.test_client().get("/api/health").status_code == 503
+        assert all(thread.is_alive() for thread in scheduler._threads)  # the listener keeps reconnecting
+    finally:
+        scheduler.stop(timeout=1)
+        down.extensions["pilot"].db.close()
