@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -114,9 +115,10 @@ class FiringExecutor(BaseExecutor):
     time; Pilot needs that time, because it is the key that makes a firing unique.
     """
 
-    def __init__(self, on_fire: Any) -> None:
+    def __init__(self, on_fire: Any, workers: int = 8) -> None:
         super().__init__()
         self._on_fire = on_fire
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pilot-fire")
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         def fire() -> None:
@@ -127,7 +129,10 @@ class FiringExecutor(BaseExecutor):
                 log.exception("firing %s failed", job.id)
             self._run_job_success(job.id, [JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, "default", run_times[-1])])
 
-        threading.Thread(target=fire, name=f"pilot-fire-{job.id}", daemon=True).start()
+        self._pool.submit(fire)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class PilotScheduler:
