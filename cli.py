@@ -39,9 +39,7 @@ def init_app(app: Flask) -> None:
         """Re-encrypt every stored credential under the first FERNET_KEY; safe to re-run."""
         try:
             with svc.db.transaction(None, as_app=False) as cur:
-                cur.execute("SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user")
-                row = cur.fetchone()
-                if not row or not row["bypass"]:
+                if not store.role_bypasses_rls(cur):
                     raise click.ClickException(
                         "rotate-key must run as a role that bypasses row-level security (superuser or BYPASSRLS)"
                     )

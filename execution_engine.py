@@ -168,6 +168,16 @@ class ExecutionEngine:
         self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, max(attempts, 1))
         return clean
 
+    def context(self, user_id: str, timeout_s: float, run_context: dict[str, Any] | None = None) -> ExecutionContext:
+        """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs."""
+        return ExecutionContext(
+            user_id=user_id,
+            http=self.http,
+            timeout_s=timeout_s,
+            run_context=run_context or {},
+            base_urls=dict(self.settings.provider_base_urls),
+        )
+
     def _attempt(
         self,
         step: Step,
@@ -177,16 +187,9 @@ class ExecutionEngine:
         user_id: str,
         run_context: dict[str, Any],
     ) -> tuple[ProviderResult, int]:
-        timeout = step.timeout_s or DEFAULT_TIMEOUT_S
         max_attempts = step.retry.max_attempts if step.retry else DEFAULT_ATTEMPTS
         base = step.retry.backoff_s if step.retry else DEFAULT_BACKOFF_S
-        context = ExecutionContext(
-            user_id=user_id,
-            http=self.http,
-            timeout_s=timeout,
-            run_context=run_context,
-            base_urls=dict(self.settings.provider_base_urls),
-        )
+        context = self.context(user_id, step.timeout_s or DEFAULT_TIMEOUT_S, run_context)
         attempt = 0
         while True:
             attempt += 1

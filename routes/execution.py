@@ -9,7 +9,6 @@ from flask import Blueprint, Response, jsonify, request
 import store
 from auth import current_user_id
 from errors import NotFound, ValidationError
-from provider_registry import ExecutionContext
 from redaction import Redactor
 from routes.common import check_id, json_body, optional_json_body, paging, serialize
 from services import services
@@ -52,10 +51,7 @@ def test_credentials(name: str) -> Response:
     credentials = engine.credentials_for(user_id, provider_)
     if not credentials:
         raise NotFound(f"no credentials stored for {name}")
-    context = ExecutionContext(
-        user_id=user_id, http=engine.http, timeout_s=15.0, base_urls=dict(services().settings.provider_base_urls)
-    )
-    result = provider_.test_credentials(credentials, context)
+    result = provider_.test_credentials(credentials, engine.context(user_id, timeout_s=15.0))
     return jsonify(Redactor(credentials.values()).value(result.to_dict()))
 
 
