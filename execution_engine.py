@@ -160,12 +160,13 @@ class ExecutionEngine:
             if run_id is None:
                 raise  # execute-step: the caller sent an invalid step
             result = ProviderResult.fail("invalid_params", exc.message)
+        attempts = max(attempts, 1)  # a step that failed before its call still counts as one attempt
         result.latency_ms = round(elapsed * 1000, 2)  # the provider's time, retries included
-        result.metadata["attempts"] = max(attempts, 1)
+        result.metadata["attempts"] = attempts
         clean = ProviderResult.from_dict(redactor.value(result.to_dict()))
         status = "success" if clean.success else "error"
-        metrics.record_step(parsed.provider, parsed.action, status, clean.latency_ms, max(attempts, 1))
-        self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, max(attempts, 1))
+        metrics.record_step(parsed.provider, parsed.action, status, clean.latency_ms, attempts)
+        self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, attempts)
         return clean
 
     def context(self, user_id: str, timeout_s: float, run_context: dict[str, Any] | None = None) -> ExecutionContext:
