@@ -75,30 +75,33 @@ CREATE INDEX IF NOT EXISTS execution_logs_provider_time_idx ON execution_logs (p
 CREATE INDEX IF NOT EXISTS execution_logs_plan_idx ON execution_logs (plan_id) WHERE plan_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS execution_logs_run_idx ON execution_logs (run_id) WHERE run_id IS NOT NULL;
 
--- Forced RLS with exactly four policies per table. The id is read once per
--- statement through a scalar subquery; an empty setting means no user.
-DO $$
-DECLARE
-    t text;
+-- Forced RLS with exactly four policies per table, the one definition every
+-- user table (here and in later migrations) goes through. The id is read once
+-- per statement through a scalar subquery; an empty setting means no user.
+CREATE OR REPLACE FUNCTION pilot_protect_user_table(t text) RETURNS void
+LANGUAGE plpgsql
+AS $$
 BEGIN
-    FOREACH t IN ARRAY ARRAY['provider_credentials', 'execution_plans', 'execution_logs'] LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_select', t);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_insert', t);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_update', t);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_delete', t);
-        EXECUTE format($p$CREATE POLICY %I ON %I FOR SELECT
-            USING (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_select', t);
-        EXECUTE format($p$CREATE POLICY %I ON %I FOR INSERT
-            WITH CHECK (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_insert', t);
-        EXECUTE format($p$CREATE POLICY %I ON %I FOR UPDATE
-            USING (user_id = nullif((SELECT current_user_id()), ''))
-            WITH CHECK (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_update', t);
-        EXECUTE format($p$CREATE POLICY %I ON %I FOR DELETE
-            USING (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_delete', t);
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO pilot_app', t);
-    END LOOP;
+    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+    EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_select', t);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_insert', t);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_update', t);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %I', t || '_delete', t);
+    EXECUTE format($p$CREATE POLICY %I ON %I FOR SELECT
+        USING (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_select', t);
+    EXECUTE format($p$CREATE POLICY %I ON %I FOR INSERT
+        WITH CHECK (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_insert', t);
+    EXECUTE format($p$CREATE POLICY %I ON %I FOR UPDATE
+        USING (user_id = nullif((SELECT current_user_id()), ''))
+        WITH CHECK (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_update', t);
+    EXECUTE format($p$CREATE POLICY %I ON %I FOR DELETE
+        USING (user_id = nullif((SELECT current_user_id()), ''))$p$, t || '_delete', t);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO pilot_app', t);
 END
 $$;
+REVOKE ALL ON FUNCTION pilot_protect_user_table(text) FROM PUBLIC;
+
+SELECT pilot_protect_user_table(t)
+FROM unnest(ARRAY['provider_credentials', 'execution_plans', 'execution_logs']) AS t;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO pilot_app;

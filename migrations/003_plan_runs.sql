@@ -32,20 +32,5 @@ EXCEPTION WHEN duplicate_object THEN
 END
 $$;
 
-ALTER TABLE plan_runs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE plan_runs FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS plan_runs_select ON plan_runs;
-DROP POLICY IF EXISTS plan_runs_insert ON plan_runs;
-DROP POLICY IF EXISTS plan_runs_update ON plan_runs;
-DROP POLICY IF EXISTS plan_runs_delete ON plan_runs;
-CREATE POLICY plan_runs_select ON plan_runs FOR SELECT
-    USING (user_id = nullif((SELECT current_user_id()), ''));
-CREATE POLICY plan_runs_insert ON plan_runs FOR INSERT
-    WITH CHECK (user_id = nullif((SELECT current_user_id()), ''));
-CREATE POLICY plan_runs_update ON plan_runs FOR UPDATE
-    USING (user_id = nullif((SELECT current_user_id()), ''))
-    WITH CHECK (user_id = nullif((SELECT current_user_id()), ''));
-CREATE POLICY plan_runs_delete ON plan_runs FOR DELETE
-    USING (user_id = nullif((SELECT current_user_id()), ''));
-GRANT SELECT, INSERT, UPDATE, DELETE ON plan_runs TO pilot_app;
+SELECT pilot_protect_user_table('plan_runs');  -- forced RLS, four policies (migration 002)
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO pilot_app;

@@ -16,22 +16,7 @@ CREATE TABLE IF NOT EXISTS api_tokens (
 );
 CREATE INDEX IF NOT EXISTS api_tokens_user_idx ON api_tokens (user_id, id);
 
-ALTER TABLE api_tokens ENABLE ROW LEVEL SECURITY;
-ALTER TABLE api_tokens FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS api_tokens_select ON api_tokens;
-DROP POLICY IF EXISTS api_tokens_insert ON api_tokens;
-DROP POLICY IF EXISTS api_tokens_update ON api_tokens;
-DROP POLICY IF EXISTS api_tokens_delete ON api_tokens;
-CREATE POLICY api_tokens_select ON api_tokens FOR SELECT
-    USING (user_id = nullif((SELECT current_user_id()), ''));
-CREATE POLICY api_tokens_insert ON api_tokens FOR INSERT
-    WITH CHECK (user_id = nullif((SELECT current_user_id()), ''));
-CREATE POLICY api_tokens_update ON api_tokens FOR UPDATE
-    USING (user_id = nullif((SELECT current_user_id()), ''))
-    WITH CHECK (user_id = nullif((SELECT current_user_id()), ''));
-CREATE POLICY api_tokens_delete ON api_tokens FOR DELETE
-    USING (user_id = nullif((SELECT current_user_id()), ''));
-GRANT SELECT, INSERT, UPDATE, DELETE ON api_tokens TO pilot_app;
+SELECT pilot_protect_user_table('api_tokens');  -- forced RLS, four policies (migration 002)
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO pilot_app;
 
 -- The user of an active token, or NULL. It answers nothing but that: no row,
