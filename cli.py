@@ -95,4 +95,6 @@ def list_weekday_schedules(svc: Services) -> None:
         state = "enabled" if c.enabled else "paused"
         fields = (str(c.plan_id), c.user_id, " ".join(c.name.split()), " ".join(c.cron.split()), c.timezone, state)
         click.echo("\t".join((*fields, c.change)))
-    click.echo(f"listed {len(changes)} plan(s) whose cron schedule changed meaning; edit any that should not")
+    click.echo(
+        f"listed {len(changes)} plan(s) whose cron schedule changed meaning; edit those whose new meaning is wrong"
+    )
