@@ -62,19 +62,19 @@ def field_matches(text: str, value: int, low: int, high: int, names: list[str] |
 def matches(expression: str, local: datetime) -> bool:
     """Whether crontab(5) runs ``expression`` at the wall-clock minute ``local``."""
     minute, hour, dom, month, dow = MACROS.get(expression.lower(), expression).split()
+    if not (
+        field_matches(minute, local.minute, 0, 59)
+        and field_matches(hour, local.hour, 0, 23)
+        and field_matches(month, local.month, 1, 12, MONTHS, 1)
+    ):
+        return False
     sunday_is_zero = local.isoweekday() % 7
     day_ok = field_matches(dom, local.day, 1, 31)
     weekday_ok = field_matches(dow, sunday_is_zero, 0, 7, DAYS) or (
         sunday_is_zero == 0 and field_matches(dow, 7, 0, 7, DAYS)
     )
     either = not dom.startswith("*") and not dow.startswith("*")  # both restricted
-    date_ok = (day_ok or weekday_ok) if either else (day_ok and weekday_ok)
-    return (
-        date_ok
-        and field_matches(minute, local.minute, 0, 59)
-        and field_matches(hour, local.hour, 0, 23)
-        and field_matches(month, local.month, 1, 12, MONTHS, 1)
-    )
+    return (day_ok or weekday_ok) if either else (day_ok and weekday_ok)
 
 
 def instants(local: datetime, zone: ZoneInfo) -> set[datetime]:
