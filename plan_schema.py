@@ -44,7 +44,8 @@ class Step(BaseModel):
 
 
 class Schedule(BaseModel):
-    """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` or ``{"interval_seconds": N}``."""
+    """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` (crontab(5): day of week 0 and 7 are Sunday,
+    1 is Monday; @daily and the other macros) or ``{"interval_seconds": N}``."""
 
     model_config = ConfigDict(extra="forbid")
     cron: str | None = Field(None, max_length=200)
