@@ -47,6 +47,7 @@ DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February 29 
 MAX_YEARS = 60  # a valid schedule fires within this (29 February on a given weekday: at most 40 years)
 # Offsets are sampled this far either side of a moment: every real zone's changes are further apart.
 NEAR = timedelta(hours=26)
+_SEPARATOR = re.compile(r"[ \t]+")
 _NUMBER = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes other scripts' digits
 
 
@@ -144,7 +145,7 @@ def parse(expression: str) -> CronSpec:
         if stripped.lower() not in MACROS:
             raise CronError(f"unknown macro {stripped!r}: use one of {', '.join(MACROS)}")
         stripped = MACROS[stripped.lower()]
-    texts = stripped.split()
+    texts = _SEPARATOR.split(stripped)  # str.split() would also split on control characters
     if len(texts) != len(FIELDS):
         raise CronError(
             f"a cron schedule has 5 fields (minute hour day-of-month month day-of-week) or is a macro such as "

@@ -171,6 +171,8 @@ def create(client: FlaskClient, user: str, schedule: dict[str, Any]) -> Any:
         ("@reboot", "@reboot"),
         ("@fortnightly", "@fortnightly"),
         ("? * * * *", "minute"),
+        ("0\u00a09 * * * *", "minute"),  # fields are separated by spaces and tabs only
+        ("0\x1c9 * * *", "5 fields"),
     ],
 )
 def test_invalid_cron_is_a_400_naming_the_field(client: FlaskClient, user: str, cron: str, field: str) -> None:
@@ -181,7 +183,9 @@ def test_invalid_cron_is_a_400_naming_the_field(client: FlaskClient, user: str, 
     assert response.json["error"]["details"][0]["field"] == "schedule.cron"
 
 
-@pytest.mark.parametrize("cron", ["0 9 * * 7", "0 9 * * 0-7", "0 9 * * sun,7", "@daily", "5/20 * * * *", " 0 9 * * 1 "])
+@pytest.mark.parametrize(
+    "cron", ["0 9 * * 7", "0 9 * * 0-7", "0 9 * * sun,7", "@daily", "5/20 * * * *", " 0 9 * * 1 ", "0\t9  * * 1"]
+)
 def test_crontab_forms_are_accepted_and_kept_as_written(client: FlaskClient, user: str, cron: str) -> None:
     response = create(client, user, {"cron": cron, "timezone": "Europe/Berlin"})
     assert response.status_code == 201, response.json
