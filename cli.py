@@ -1,4 +1,5 @@
-"""Operator commands: ``flask --app app migrate | gen-key | rotate-key | import-env-credentials``.
+"""Operator commands: ``flask --app app migrate | gen-key | rotate-key | import-env-credentials |
+list-weekday-schedules``.
 
 Token and housekeeping commands (create-token, list-tokens, revoke-token, prune-logs) live in ``cli_ops``.
 """
@@ -11,6 +12,7 @@ import click
 from flask import Flask
 
 import cli_ops
+import maintenance
 import store
 from credentials import CredentialDecryptError, generate_key
 from database import migrate
@@ -69,4 +71,30 @@ def init_app(app: Flask) -> None:
         for provider, _ in found:
             click.echo(f"stored {provider} api_key for {user_id}")
 
+    @app.cli.command("list-weekday-schedules")
+    def list_weekday_schedules_command() -> None:
+        """List every user's cron plans whose meaning the crontab(5) fix changed, with the old and new meaning.
+
+        Day-of-week numbers (0 was Monday, now Sunday), both day fields restricted
+        (now either matches), texts no longer valid. Lists only: every schedule keeps
+        its text. Needs a role that bypasses row-level security.
+        """
+        list_weekday_schedules(svc)
+
     cli_ops.init_app(app)
+
+
+def list_weekday_schedules(svc: Services) -> None:
+    """Print ``maintenance.weekday_schedules`` as tab-separated lines under a header, then a count."""
+    try:
+        changes = maintenance.weekday_schedules(svc.db)
+    except PilotError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo("id\tuser\tname\tcron\ttimezone\tstate\tchange")
+    for c in changes:
+        state = "enabled" if c.enabled else "paused"
+        fields = (str(c.plan_id), c.user_id, " ".join(c.name.split()), " ".join(c.cron.split()), c.timezone, state)
+        click.echo("\t".join((*fields, c.change)))
+    click.echo(
+        f"listed {len(changes)} plan(s) whose cron schedule changed meaning; edit those whose new meaning is wrong"
+    )

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+import cron
 from errors import ValidationError
 
 MAX_STEPS = 100
@@ -43,7 +44,8 @@ class Step(BaseModel):
 
 
 class Schedule(BaseModel):
-    """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` or ``{"interval_seconds": N}``."""
+    """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` (crontab(5): day of week 0 and 7 are Sunday,
+    1 is Monday; @daily and the other macros) or ``{"interval_seconds": N}``."""
 
     model_config = ConfigDict(extra="forbid")
     cron: str | None = Field(None, max_length=200)
@@ -51,14 +53,17 @@ class Schedule(BaseModel):
     interval_seconds: int | None = Field(None, ge=1, le=366 * 86400)
     pause_on_failure: int | None = Field(None, ge=1, le=1000)
 
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return value if value is None else check_cron(value)
+
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
         if (self.cron is None) == (self.interval_seconds is None):
             raise ValueError("a schedule needs exactly one of 'cron' or 'interval_seconds'")
         if self.timezone is not None:
             check_timezone(self.timezone)
-        if self.cron is not None:
-            check_cron(self.cron, self.timezone or "UTC")
         return self
 
 
@@ -99,15 +104,10 @@ def check_timezone(name: str) -> str:
     return name
 
 
-def check_cron(expression: str, timezone: str) -> None:
-    from apscheduler.triggers.cron import CronTrigger
-
-    if len(expression.split()) != 5:
-        raise ValueError("cron must have 5 fields: minute hour day-of-month month day-of-week")
-    try:
-        CronTrigger.from_crontab(expression, timezone=timezone)
-    except ValueError as exc:
-        raise ValueError(f"invalid cron expression {expression!r}: {exc}") from exc
+def check_cron(expression: str) -> str:
+    """``expression`` unchanged if crontab(5) would run it (see ``cron``), else a ValueError naming the bad field."""
+    cron.parse(expression)  # CronError is a ValueError whose message starts with the field's name
+    return expression
 
 
 def _location(loc: tuple[int | str, ...], where: str) -> str:

@@ -26,11 +26,11 @@ from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 from flask_apscheduler import APScheduler
 
+import cron
 import metrics
 import store
 from errors import PilotError
@@ -45,40 +45,25 @@ MAX_RECORDED_MISSES = 1000
 MAX_LOOKBACK = timedelta(days=7)
 
 
-class MonotonicCronTrigger(CronTrigger):
-    """CronTrigger whose fire times always move forward.
-
-    APScheduler 3.11's CronTrigger adds a microsecond to the previous fire time
-    in local wall-clock arithmetic (which drops the DST fold) and localizes
-    every candidate with fold=0, so inside a repeated local hour (DST fall-back)
-    it returns a time at or before the previous one, and its scheduler then
-    loops on that time forever. We hand it UTC instants, and when it still does
-    not move forward we probe ahead until it answers past the previous fire time.
-    """
-
-    PROBE_STEP = timedelta(minutes=5)
-    MAX_PROBES = 48  # four hours: longer than any repeated local period
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        if previous_fire_time is not None:
-            previous_fire_time = previous_fire_time.astimezone(UTC)
-        moment = super().get_next_fire_time(previous_fire_time, now.astimezone(UTC))
-        if previous_fire_time is None or moment is None or moment > previous_fire_time:
-            return moment
-        probe = previous_fire_time
-        for _ in range(self.MAX_PROBES):
-            probe += self.PROBE_STEP
-            moment = super().get_next_fire_time(None, probe)
-            if moment is None or moment > previous_fire_time:
-                return moment
-        return None
-
-
 def build_trigger(schedule: dict[str, Any], plan_timezone: str = "UTC") -> BaseTrigger:
-    """The APScheduler trigger of a validated schedule (cron in its timezone, or a fixed interval)."""
+    """The APScheduler trigger of a validated schedule (cron in its timezone, or a fixed interval).
+
+    A stored cron text that this version refuses (see ``cron.parse``) gets a
+    trigger that never fires and an error in the log, instead of stopping every
+    other schedule from loading.
+    """
     if schedule.get("cron"):
         zone = ZoneInfo(schedule.get("timezone") or plan_timezone or "UTC")
-        return MonotonicCronTrigger.from_crontab(schedule["cron"], timezone=zone)
+        try:
+            return cron.CrontabTrigger(schedule["cron"], zone)
+        except cron.CronError as exc:
+            log.error(
+                "cron schedule %r is not valid (%s): it will not fire until it is corrected "
+                "(flask --app app list-weekday-schedules lists such plans)",
+                schedule["cron"],
+                exc,
+            )
+            return cron.NeverTrigger()
     return IntervalTrigger(seconds=int(schedule["interval_seconds"]), start_date=INTERVAL_EPOCH, timezone=UTC)
 
 
@@ -103,8 +88,9 @@ def fire_times(
 
 
 def next_fire_time(schedule: dict[str, Any], plan_timezone: str, now: datetime | None = None) -> datetime | None:
+    """The first slot strictly after ``now``: what a scheduler sets a new job to, and what /api/scheduler/jobs shows."""
     now = now or datetime.now(UTC)
-    moment = build_trigger(schedule, plan_timezone).get_next_fire_time(None, now)
+    moment = build_trigger(schedule, plan_timezone).get_next_fire_time(None, now + timedelta(microseconds=1))
     return slot(moment) if moment is not None else None
 
 
@@ -290,7 +276,7 @@ class PilotScheduler:
             kwargs={"plan_id": plan_id},
             trigger=trigger,
             replace_existing=True,
-            next_run_time=trigger.get_next_fire_time(None, now + timedelta(microseconds=1)),
+            next_run_time=next_fire_time(row["schedule"], row["timezone"], now),
         )
 
     def _drop(self, plan_id: int) -> None:

@@ -240,6 +240,11 @@ def list_scheduled_plans(cur: Cursor, user_id: str) -> list[Row]:
     return _all(cur, "list_scheduled_plans", user_id=user_id)
 
 
+def all_cron_plans(cur: Cursor) -> list[Row]:
+    """Every user's plans with a cron schedule (id, user_id, name, cron, timezone, enabled): operator commands only."""
+    return _all(cur, "all_cron_plans")
+
+
 # --- API tokens ----------------------------------------------------------------
 
 

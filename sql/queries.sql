@@ -175,6 +175,12 @@ SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);
 SELECT id, name, schedule, timezone, enabled FROM execution_plans
 WHERE user_id = %(user_id)s AND schedule IS NOT NULL ORDER BY id;
 
+-- name: all_cron_plans
+-- Every user's plans with a cron schedule: operator commands only (connecting role, not pilot_app).
+SELECT id, user_id, name, schedule->>'cron' AS cron,
+       coalesce(nullif(schedule->>'timezone', ''), timezone) AS timezone, enabled
+FROM execution_plans WHERE schedule->>'cron' IS NOT NULL ORDER BY id;
+
 -- name: insert_api_token
 INSERT INTO api_tokens (user_id, name, token_hash) VALUES (%(user_id)s, %(name)s, %(token_hash)s)
 RETURNING id, user_id, name, created_at;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -159,3 +160,61 @@ def test_env_example_lists_every_variable_pilot_reads() -> None:
     read |= {"FLASK_HOST", "PROMETHEUS_MULTIPROC_DIR", "OPENAI_API_KEY", "GROQ_API_KEY", "ANTHROPIC_API_KEY"}
     assert read - documented == set()
     assert not re.search(r"^[A-Z_]+=(sk-|gsk_)", example, re.MULTILINE)  # no real-looking secrets
+
+
+def seed_schedules(dsn: str) -> dict[str, int]:
+    """Plans of two users whose cron text was written under the old (APScheduler) weekday numbering."""
+    schedules = {
+        "alice_weekdays": ("alice", "morning report", {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}, True),
+        "alice_names": ("alice", "by name", {"cron": "0 9 * * mon-fri"}, True),
+        "alice_every": ("alice", "every 5", {"cron": "*/5 * * * *"}, True),
+        "alice_interval": ("alice", "interval", {"interval_seconds": 60}, True),
+        "bob_sunday": ("bob", "weekly", {"cron": "30 2 * * 0"}, False),
+        "bob_step": ("bob", "every other", {"cron": "0 8 * * */2", "timezone": "America/New_York"}, True),
+        "bob_either": ("bob", "payday", {"cron": "0 6 1 * fri"}, True),
+        "bob_invalid": ("bob", "month end", {"cron": "0 0 last * *"}, True),
+    }
+    ids = {}
+    for label, (user, name, schedule, enabled) in schedules.items():
+        (ids[label],) = execute(
+            dsn,
+            "INSERT INTO execution_plans (user_id, name, schedule, timezone, enabled)"
+            " VALUES (%s, %s, %s::jsonb, 'UTC', %s) RETURNING id",
+            (user, name, json.dumps(schedule), enabled),
+        )[0]
+    return ids
+
+
+def test_list_weekday_schedules_names_every_users_changed_plans(ops_app: Flask, fresh_db: str) -> None:
+    ids = seed_schedules(fresh_db)
+    result = ops_app.test_cli_runner().invoke(args=["list-weekday-schedules"])
+    assert result.exit_code == 0, result.output
+    rows = {int(line.split("\t")[0]): line.split("\t") for line in result.output.splitlines() if line[:1].isdigit()}
+    assert set(rows) == {ids[k] for k in ("alice_weekdays", "bob_sunday", "bob_step", "bob_either", "bob_invalid")}
+    weekdays = rows[ids["alice_weekdays"]]
+    assert weekdays[1:6] == ["alice", "morning report", "0 9 * * 1-5", "Europe/Berlin", "enabled"]
+    assert "was Tue,Wed,Thu,Fri,Sat" in weekdays[6] and "now Mon,Tue,Wed,Thu,Fri" in weekdays[6]
+    assert rows[ids["bob_sunday"]][1:6] == ["bob", "weekly", "30 2 * * 0", "UTC", "paused"]
+    assert "was Mon" in rows[ids["bob_sunday"]][6] and "now Sun" in rows[ids["bob_sunday"]][6]
+    assert "was Mon,Wed,Fri,Sun; now Tue,Thu,Sat,Sun" in rows[ids["bob_step"]][6]
+    assert rows[ids["bob_step"]][4] == "America/New_York"
+    assert "either" in rows[ids["bob_either"]][6]
+    assert "not valid" in rows[ids["bob_invalid"]][6]
+    assert "5 plan(s)" in result.output
+    # Only listed: every schedule keeps its text.
+    assert execute(
+        fresh_db, "SELECT schedule->>'cron' FROM execution_plans WHERE id = %s", (ids["alice_weekdays"],)
+    ) == [("0 9 * * 1-5",)]
+
+
+def test_list_weekday_schedules_refuses_a_role_that_cannot_see_every_user(
+    fresh_db: str, plain_role: str, tmp_path: Path, fernet_key: str
+) -> None:
+    seed_schedules(fresh_db)
+    app = make_app(psycopg2.extensions.make_dsn(fresh_db, user=plain_role), tmp_path, (fernet_key,))
+    try:
+        result = app.test_cli_runner().invoke(args=["list-weekday-schedules"])
+    finally:
+        app.extensions["pilot"].db.close()
+    assert result.exit_code == 1
+    assert "bypasses row-level security" in result.output
