@@ -15,7 +15,15 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from openapi_schemas import STATIC_SCHEMAS, Schema, model_schemas, provider_schemas, ref
+from openapi_schemas import (
+    RUN_STATUSES,
+    RUN_TRIGGERS,
+    STATIC_SCHEMAS,
+    Schema,
+    model_schemas,
+    provider_schemas,
+    ref,
+)
 
 API_VERSION = "0.1.0"
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
@@ -127,6 +135,17 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/plans/{plan_id}/runs"): Op(
         "listRuns", "A plan's run history, newest first", "runs", 200, "runs", ref("RunList"), query=PAGING,
         errors=(404,),
+    ),
+    ("GET", "/api/runs"): Op(
+        "listAllRuns", "The caller's runs across all plans, newest first", "runs", 200,
+        "runs; pass next_before as before for the next (older) page", ref("RunSummaryList"),
+        query=(
+            ("plan_id", {"type": "integer", "minimum": 1}, "only this plan's runs"),
+            ("status", {"enum": RUN_STATUSES}, "only runs in this status"),
+            ("trigger", {"enum": RUN_TRIGGERS}, "only runs started this way"),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+            ("before", {"type": "integer", "minimum": 1}, "only runs with a smaller id (the next_before cursor)"),
+        ),
     ),
     ("GET", "/api/runs/{run_id}"): Op(
         "getRun", "One run with its per-step logs", "runs", 200, "the run", ref("RunWithLogs"), errors=(404,)
