@@ -217,6 +217,7 @@ STATIC_SCHEMAS: dict[str, Schema] = {
             "database": _obj({"status": {"enum": ["ok", "down"]}}, ["status"], additionalProperties=True),
             "scheduler": {"type": "object"},
             "providers": {"type": "array", "items": {"type": "string"}},
+            "auth_mode": {"enum": ["dev", "token"], "description": "how callers identify themselves"},
         },
         ["status", "timestamp", "database", "scheduler", "providers"],
     ),
