@@ -44,13 +44,11 @@ def list_runs() -> Response:
     limit = _positive_int("limit") or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
         raise ValidationError(f"limit must be 1..{MAX_LIMIT}")
-    filters = {
-        "plan_id": _positive_int("plan_id"),
-        "status": _choice("status", RUN_STATUSES),
-        "trigger": _choice("trigger", RUN_TRIGGERS),
-        "before": _positive_int("before"),
-    }
+    plan_id, before = _positive_int("plan_id"), _positive_int("before")
+    status, trigger = _choice("status", RUN_STATUSES), _choice("trigger", RUN_TRIGGERS)
     with services().db.transaction(user_id) as cur:
-        rows = store.list_user_runs(cur, user_id, limit=limit, **filters)
+        rows = store.list_user_runs(
+            cur, user_id, limit=limit, plan_id=plan_id, status=status, trigger=trigger, before=before
+        )
     next_before = rows[-1]["id"] if len(rows) == limit else None
     return jsonify({"runs": [serialize(row) for row in rows], "limit": limit, "next_before": next_before})
