@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import cli
+import console
 import metrics
 import openapi
 import scheduler
@@ -98,6 +99,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(runs_routes.bp)
     metrics.init_app(app)
     openapi.init_app(app)
+    console.init_app(app)
     cli.init_app(app)
     if settings.auth_mode == "dev":
         log.warning("AUTH_MODE=dev: the caller's user_id is trusted as sent; use AUTH_MODE=token in production")

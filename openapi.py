@@ -27,6 +27,7 @@ from openapi_schemas import (
 
 API_VERSION = "0.1.0"
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+NOT_API = ("console.",)  # the web console's page and files: HTML for people, not API
 _PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 PATH_PARAMS: dict[str, str] = {
     "plan_id": "the plan's id",
@@ -205,7 +206,7 @@ def openapi_path(rule: str) -> tuple[str, list[tuple[str, str]]]:
 def _routes(app: Flask) -> list[tuple[str, str, list[tuple[str, str]]]]:
     found = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith(NOT_API):
             continue
         path, params = openapi_path(rule.rule)
         found += [(method, path, params) for method in sorted((rule.methods or set()) - IGNORED_METHODS)]
