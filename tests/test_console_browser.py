@@ -218,6 +218,72 @@ def test_a_run_queued_from_the_list_is_seen_live_until_it_finishes(tab: Session,
     run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run", user, 202)  # queued behind the page's back
     row = tab.page.locator(f"tr[data-run-id='{run['id']}']")
     expect(row.locator("[data-status]")).to_have_text("success")  # appears and finishes by polling
+
+    tab.page.get_by_label("Status").select_option("error")
+    expect(tab.page.get_by_text("No runs match these filters.")).to_be_visible()
+    assert "status=error" in tab.page.url
+    tab.page.get_by_label("Status").select_option("success")
+    tab.page.get_by_label("Plan", exact=True).select_option(label=f"Live plan (#{plan['id']})")
+    expect(tab.page.locator(f"tr[data-run-id='{run['id']}']")).to_be_visible()
+    tab.page.get_by_label("Trigger").select_option("schedule")
+    expect(tab.page.get_by_text("No runs match these filters.")).to_be_visible()
+    tab.assert_clean()
+
+
+def test_a_model_steps_text_tokens_and_model_are_shown(tab: Session, dev_server: Served, user: str) -> None:
+    with FakeOpenAI() as fake:
+        fake.reply_text = "Line one\nLine <two>"
+        api(
+            dev_server,
+            "POST",
+            "/api/provider-credentials/openai",
+            user,
+            200,
+            credentials={"api_key": "sk-model-test-000000001111", "base_url": fake.base_url},
+        )
+        plan = api(
+            dev_server,
+            "POST",
+            "/api/plans",
+            user,
+            201,
+            name="Ask",
+            steps=[
+                {
+                    "id": "ask",
+                    "provider": "openai",
+                    "action": "chat_completion",
+                    "params": {"model": "gpt-4o-mini", "prompt": "hi"},
+                },
+            ],
+        )
+        run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    tab.sign_in_dev(user)
+    tab.open(f"#/runs/{run['id']}")
+    step = tab.page.locator(".step-list > li").first
+    expect(step.locator("pre.prose")).to_have_text("Line one\nLine <two>")
+    expect(step.locator(".stats")).to_contain_text("Tokens10")  # the fake's usage: 7 + 3
+    expect(step.locator(".stats")).to_contain_text("Modelgpt-4o-mini")
+    expect(tab.page.locator(".facts")).to_contain_text("Tokens10")
+    tab.assert_clean()
+
+
+def test_the_console_works_from_the_keyboard(tab: Session, dev_server: Served, user: str) -> None:
+    page = tab.page
+    tab.open()
+    expect(page.get_by_label("User name")).to_be_focused()
+    page.keyboard.type(user)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    plans_link = page.get_by_role("navigation", name="Main").get_by_role("link", name="Plans")
+    for _ in range(15):  # bounded: the link is a few tab stops from the top
+        page.keyboard.press("Tab")
+        if plans_link.evaluate("el => el === document.activeElement"):
+            break
+    expect(plans_link).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Plans")
+    expect(page.get_by_role("heading", level=1)).to_be_focused()  # focus follows the navigation
     tab.assert_clean()
 
 

@@ -111,7 +111,8 @@ export function lines({ title, xs, series, unit, signal }) {
         width: width(box),
         height: HEIGHT,
         scales: { y: { range: (u, min, max) => [0, Math.max(1, max) * 1.15] } },
-        axes: [axis(), axis({ size: 50 })],
+        // Counts: whole-number ticks only.
+        axes: [axis(), axis({ size: 50, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000] })],
         series: [
           {},
           ...series.map((s, i) => ({

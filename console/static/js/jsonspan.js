@@ -99,5 +99,13 @@ export function fieldErrors(error) {
       return { field: lead ? lead[1] : "", message: String(d.message ?? JSON.stringify(d)) };
     });
   }
-  return [lead ? { field: lead[1], message: lead[2] } : { field: "", message }];
+  return [lead ? { field: refine(lead[1], lead[2]), message: lead[2] } : { field: "", message }];
+}
+
+/** A step-level error about the provider or action points at that key, not at the whole step. */
+function refine(field, message) {
+  if (!/^steps\[\d+\]$/.test(field)) return field;
+  if (/has no action/.test(message)) return `${field}.action`;
+  if (/unknown provider/.test(message)) return `${field}.provider`;
+  return field;
 }

@@ -32,7 +32,8 @@ export function table(columns, rows, { caption, rowAttrs } = {}) {
         h(
           "tr",
           rowAttrs ? rowAttrs(row) : {},
-          columns.map((c) => h("td", { "data-label": c.label, class: c.class || null }, c.cell(row))),
+          // One wrapper per cell, so the narrow layout's grid has exactly a label and a value.
+          columns.map((c) => h("td", { "data-label": c.label, class: c.class || null }, h("div", { class: "cell" }, c.cell(row)))),
         ),
       ),
     ),

@@ -116,8 +116,8 @@ function clearErrors(editor, errors) {
   errors.replaceChildren();
 }
 
-function jump(editor, start, end) {
-  editor.focus();
+function jump(editor, start, end, focus = true) {
+  if (focus) editor.focus();
   editor.setSelectionRange(start, end);
   const { line } = position(editor.value, start);
   const lineHeight = parseFloat(getComputedStyle(editor).lineHeight) || 18;
@@ -155,7 +155,7 @@ function showFieldErrors(editor, errors, err, text) {
   editor.setAttribute("aria-invalid", "true");
   mount(errors, h("p", { class: "notice error", role: "alert" }, "Pilot did not save the plan:"), h("ul", {}, items));
   const first = locate(map, fieldErrors(err)[0].field);
-  if (first) editor.setSelectionRange(first.start, first.end);
+  if (first) jump(editor, first.start, first.end, false); // selected and scrolled into view; focus stays put
 }
 
 function showSyntaxError(editor, errors, err) {

@@ -150,9 +150,20 @@ function stepCard(index, planStep, outcome, log, run) {
     h("dl", { class: "stats" }, stats.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
     error ? h("div", { class: "step-error" }, h("strong", {}, error.code || "error"), ": ", h("span", { class: "error-text" }, error.message || "")) : null,
     log && log.input !== undefined ? h("details", { class: "io", open: true }, h("summary", {}, "Input (rendered)"), code(log.input, `Step ${index + 1} input`)) : null,
-    output !== undefined && output !== null
-      ? h("div", { class: "io output" }, h("h4", {}, "Output"), code(output, `Step ${index + 1} output`))
-      : null,
+    output !== undefined && output !== null ? outputBlock(output, index) : null,
     Object.keys(metadata).length ? h("details", { class: "io" }, h("summary", {}, "Metadata"), code(metadata)) : null,
+  );
+}
+
+function outputBlock(output, index) {
+  // A model's answer is read as text first; the whole structure stays one click away.
+  const text = output && typeof output === "object" && typeof output.text === "string" ? output.text : null;
+  if (text === null) return h("div", { class: "io output" }, h("h4", {}, "Output"), code(output, `Step ${index + 1} output`));
+  return h(
+    "div",
+    { class: "io output" },
+    h("h4", {}, "Output"),
+    h("pre", { class: "code prose", tabindex: "0", "aria-label": `Step ${index + 1} output text` }, text),
+    h("details", { class: "io" }, h("summary", {}, "Full output (JSON)"), code(output)),
   );
 }
