@@ -139,7 +139,7 @@ function stepCard(index, planStep, outcome, log, run) {
   ].filter(Boolean);
   return h(
     "li",
-    { class: `card step step-${status.replace(" ", "-")}`, "data-step-index": index },
+    { class: `card step step-status-${status.replace(" ", "-")}`, "data-step-index": index },
     h(
       "div",
       { class: "step-head" },
