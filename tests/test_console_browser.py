@@ -113,9 +113,10 @@ class Session:
         expect(self.page.get_by_role("navigation", name="Main")).to_be_visible()
 
     def assert_clean(self) -> None:
-        """No alert/confirm/prompt was opened, and nothing was refused by the page's CSP."""
+        """No alert/confirm/prompt opened, nothing refused by the page's CSP, nothing fetched from elsewhere."""
         assert self.dialogs == []
         assert [m for m in self.console_errors if "Content Security Policy" in m or "Trusted Type" in m] == []
+        assert self.requests and [r.url for r in self.requests if not r.url.startswith(self.base + "/")] == []
 
 
 @pytest.fixture
