@@ -374,23 +374,18 @@ def test_add_test_and_delete_a_credential(tab: Session, dev_server: Served, user
     tab.assert_clean()
 
 
-def _bar_pixels(page: Page, figure: str) -> int:
-    """Pixels of the bar colour (#0072B2) on the chart's canvas: drawn bars, not just axes."""
-    return int(
-        page.evaluate(
-            """(title) => {
-                const canvas = document.querySelector(`figure[data-chart="${title}"] canvas`);
-                const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-                let n = 0;
-                for (let i = 0; i < data.length; i += 4) {
-                    const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
-                    if (r < 8 && Math.abs(g - 114) < 8 && Math.abs(b - 178) < 8) n++;
-                }
-                return n;
-            }""",
-            figure,
-        )
-    )
+BAR_PIXELS = """(title) => {
+    // Pixels of the bar colour (#0072B2) on the chart's canvas: drawn bars, not just axes and grid.
+    const canvas = document.querySelector(`figure[data-chart="${title}"] canvas`);
+    if (!canvas) return false;
+    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+        if (r < 8 && Math.abs(g - 114) < 8 && Math.abs(b - 178) < 8) n++;
+    }
+    return n > 200;
+}"""
 
 
 def test_health_charts_are_drawn_with_data(tab: Session, dev_server: Served, user: str) -> None:
@@ -427,7 +422,7 @@ def test_health_charts_are_drawn_with_data(tab: Session, dev_server: Served, use
     expect(errors).to_have_attribute("data-series", "1")
     errors.get_by_text("Show the numbers").click()
     expect(errors.locator(".chart-data tbody tr")).to_have_text(["logic1"])
-    assert _bar_pixels(page, rate) > 200
+    page.wait_for_function(BAR_PIXELS, arg=rate, timeout=TIMEOUT_MS)  # polls until the bars are painted
     expect(page.locator("section[aria-labelledby='sched-title']")).to_contain_text("disabled")
 
     page.get_by_role("button", name="30 days").click()
@@ -462,6 +457,7 @@ def test_an_xss_payload_in_an_output_and_a_plan_name_shows_as_text_and_runs_noth
     tab.open("#/plans")
     expect(page.locator(f"tr[data-plan-id='{plan['id']}']")).to_contain_text(name)
     assert page.locator("main img, main script").count() == 0
+    assert not any(r.url.endswith("/x") for r in tab.requests)  # no <img src=x> was ever created
     tab.assert_clean()
 
 
