@@ -32,6 +32,7 @@ from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTHS = {"laptop": (1280, 800), "phone": (390, 844)}
+SCHEMES = ("light", "dark")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -177,7 +178,7 @@ def seed(client: Any, openai_base_url: str) -> dict[str, int]:
     }
 
 
-def shoot(base_url: str, out: Path, ids: dict[str, int]) -> list[Path]:
+def shoot(base_url: str, out: Path, ids: dict[str, int], schemes: tuple[str, ...] = ("light",)) -> list[Path]:
     """Each page at each width, after the page says it has loaded; returns the files written."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -195,8 +196,11 @@ def shoot(base_url: str, out: Path, ids: dict[str, int]) -> list[Path]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            for label, (width, height) in WIDTHS.items():
-                context = browser.new_context(viewport={"width": width, "height": height}, locale="en-GB")
+            for scheme, (size, (width, height)) in ((s, w) for s in schemes for w in WIDTHS.items()):
+                label = size if scheme == "light" else f"{size}-{scheme}"
+                context = browser.new_context(
+                    viewport={"width": width, "height": height}, locale="en-GB", color_scheme=scheme
+                )
                 page = context.new_page()
                 page.set_default_timeout(20_000)
                 page.goto(base_url + "/")
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--admin-dsn", default=os.environ.get("TEST_DATABASE_URL"), help="a PostgreSQL to create the demo database on"
     )
+    parser.add_argument("--dark", action="store_true", help="also take every picture in the dark colour scheme")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing: apt-get install chromium", file=sys.stderr)
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ids = seed(app.test_client(), openai.base_url)
             with serving(app) as url:
-                written = shoot(url, args.out, ids)
+                written = shoot(url, args.out, ids, SCHEMES if args.dark else ("light",))
         finally:
             app.extensions["pilot"].engine.shutdown()
             app.extensions["pilot"].db.close()

@@ -111,7 +111,7 @@ function showCharts(box, providers, trends, costs, hours, words, signal) {
         labels: names,
         values: names.map((n) => byName.get(n).p95_latency_ms),
         unit: "ms",
-        format: (v) => duration(v),
+        format: (v) => (v < 10 && !Number.isInteger(v) ? `${v.toFixed(1)} ms` : duration(v)),
         signal,
       }),
     ),

@@ -118,7 +118,9 @@ function steps(run, plan) {
 
 function stepCard(index, planStep, outcome, log, run) {
   const result = (outcome && outcome.result) || null;
-  const status = outcome ? outcome.status : ACTIVE.has(run.status) ? "queued" : "not run";
+  let status = outcome ? outcome.status : ACTIVE.has(run.status) ? "queued" : "not run";
+  // A step recorded as running in a run that has ended was cut off (the run was interrupted).
+  if (status === "running" && !ACTIVE.has(run.status)) status = "interrupted";
   const name = (planStep && (planStep.name || planStep.id)) || (outcome && outcome.id) || `step ${index + 1}`;
   const provider = (outcome && outcome.provider) || (planStep && planStep.provider) || "?";
   const action = (outcome && outcome.action) || (planStep && planStep.action) || "?";
