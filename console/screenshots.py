@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 import psycopg2.extensions
@@ -32,7 +32,8 @@ from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTHS = {"laptop": (1280, 800), "phone": (390, 844)}
-SCHEMES = ("light", "dark")
+Scheme = Literal["light", "dark"]
+SCHEMES: tuple[Scheme, ...] = ("light", "dark")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -178,7 +179,7 @@ def seed(client: Any, openai_base_url: str) -> dict[str, int]:
     }
 
 
-def shoot(base_url: str, out: Path, ids: dict[str, int], schemes: tuple[str, ...] = ("light",)) -> list[Path]:
+def shoot(base_url: str, out: Path, ids: dict[str, int], schemes: tuple[Scheme, ...] = ("light",)) -> list[Path]:
     """Each page at each width, after the page says it has loaded; returns the files written."""
     from playwright.sync_api import expect, sync_playwright
 
