@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import cli
+import console
 import metrics
 import openapi
 import scheduler
@@ -34,6 +35,7 @@ from routes import execution as execution_routes
 from routes import health as health_routes
 from routes import logs as logs_routes
 from routes import plans as plans_routes
+from routes import runs as runs_routes
 from routes import scheduler as scheduler_routes
 from services import Services
 
@@ -94,8 +96,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes, scheduler_routes):
         app.register_blueprint(module.bp)
+    app.register_blueprint(runs_routes.bp)
     metrics.init_app(app)
     openapi.init_app(app)
+    console.init_app(app)
     cli.init_app(app)
     if settings.auth_mode == "dev":
         log.warning("AUTH_MODE=dev: the caller's user_id is trusted as sent; use AUTH_MODE=token in production")

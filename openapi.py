@@ -15,10 +15,19 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from openapi_schemas import STATIC_SCHEMAS, Schema, model_schemas, provider_schemas, ref
+from openapi_schemas import (
+    RUN_STATUSES,
+    RUN_TRIGGERS,
+    STATIC_SCHEMAS,
+    Schema,
+    model_schemas,
+    provider_schemas,
+    ref,
+)
 
 API_VERSION = "0.1.0"
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+NOT_API = ("console.",)  # the web console's page and files: HTML for people, not API
 _PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 PATH_PARAMS: dict[str, str] = {
     "plan_id": "the plan's id",
@@ -128,6 +137,17 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "listRuns", "A plan's run history, newest first", "runs", 200, "runs", ref("RunList"), query=PAGING,
         errors=(404,),
     ),
+    ("GET", "/api/runs"): Op(
+        "listAllRuns", "The caller's runs across all plans, newest first", "runs", 200,
+        "runs; pass next_before as before for the next (older) page", ref("RunSummaryList"),
+        query=(
+            ("plan_id", {"type": "integer", "minimum": 1}, "only this plan's runs"),
+            ("status", {"enum": RUN_STATUSES}, "only runs in this status"),
+            ("trigger", {"enum": RUN_TRIGGERS}, "only runs started this way"),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+            ("before", {"type": "integer", "minimum": 1}, "only runs with a smaller id (the next_before cursor)"),
+        ),
+    ),
     ("GET", "/api/runs/{run_id}"): Op(
         "getRun", "One run with its per-step logs", "runs", 200, "the run", ref("RunWithLogs"), errors=(404,)
     ),
@@ -186,7 +206,7 @@ def openapi_path(rule: str) -> tuple[str, list[tuple[str, str]]]:
 def _routes(app: Flask) -> list[tuple[str, str, list[tuple[str, str]]]]:
     found = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith(NOT_API):
             continue
         path, params = openapi_path(rule.rule)
         found += [(method, path, params) for method in sorted((rule.methods or set()) - IGNORED_METHODS)]

@@ -15,6 +15,7 @@ from plan_schema import PlanBody, Step
 Schema = dict[str, Any]
 REF_TEMPLATE = "#/components/schemas/{model}"
 RUN_STATUSES = ["queued", "running", "success", "error", "interrupted", "skipped"]
+RUN_TRIGGERS = ["manual", "schedule", "api"]
 
 
 def ref(name: str) -> Schema:
@@ -140,7 +141,7 @@ RUN: Schema = _obj(
         "id": ID,
         "plan_id": ID,
         "user_id": {"type": "string"},
-        "trigger": {"enum": ["manual", "schedule", "api"]},
+        "trigger": {"enum": RUN_TRIGGERS},
         "scheduled_for": nullable(TIMESTAMP),
         "status": {"enum": RUN_STATUSES},
         "created_at": TIMESTAMP,
@@ -151,6 +152,24 @@ RUN: Schema = _obj(
     },
     ["id", "plan_id", "trigger", "status", "created_at", "step_results"],
     additionalProperties=True,
+)
+
+RUN_SUMMARY: Schema = _obj(
+    {
+        "id": ID,
+        "plan_id": ID,
+        "plan_name": nullable({"type": "string"}),
+        "user_id": {"type": "string"},
+        "trigger": {"enum": RUN_TRIGGERS},
+        "scheduled_for": nullable(TIMESTAMP),
+        "status": {"enum": RUN_STATUSES},
+        "created_at": TIMESTAMP,
+        "started_at": nullable(TIMESTAMP),
+        "finished_at": nullable(TIMESTAMP),
+        "error": nullable({"type": "string"}),
+    },
+    ["id", "plan_id", "plan_name", "trigger", "status", "created_at"],
+    description="A run as lists show it: no step results (GET /api/runs/{run_id} has them).",
 )
 
 LOG_ENTRY: Schema = _obj(
@@ -198,6 +217,7 @@ STATIC_SCHEMAS: dict[str, Schema] = {
             "database": _obj({"status": {"enum": ["ok", "down"]}}, ["status"], additionalProperties=True),
             "scheduler": {"type": "object"},
             "providers": {"type": "array", "items": {"type": "string"}},
+            "auth_mode": {"enum": ["dev", "token"], "description": "how callers identify themselves"},
         },
         ["status", "timestamp", "database", "scheduler", "providers"],
     ),
@@ -254,6 +274,15 @@ STATIC_SCHEMAS: dict[str, Schema] = {
     "Run": RUN,
     "RunWithLogs": {"allOf": [ref("Run"), _obj({"logs": {"type": "array", "items": ref("LogEntry")}}, ["logs"])]},
     "RunList": _paged("runs", "Run"),
+    "RunSummary": RUN_SUMMARY,
+    "RunSummaryList": _obj(
+        {
+            "runs": {"type": "array", "items": ref("RunSummary")},
+            "limit": {"type": "integer"},
+            "next_before": nullable(ID),
+        },
+        ["runs", "limit", "next_before"],
+    ),
     "LogEntry": LOG_ENTRY,
     "LogList": _paged("logs", "LogEntry"),
     "ExecuteStepRequest": _obj(

@@ -200,6 +200,29 @@ def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: in
     return _all(cur, "list_runs", user_id=user_id, plan_id=plan_id, limit=limit, offset=offset)
 
 
+def list_user_runs(
+    cur: Cursor,
+    user_id: str,
+    *,
+    limit: int,
+    plan_id: int | None = None,
+    status: str | None = None,
+    trigger: str | None = None,
+    before: int | None = None,
+) -> list[Row]:
+    """The user's runs of every plan (with ``plan_name``, without step results), newest first."""
+    return _all(
+        cur,
+        "list_user_runs",
+        user_id=user_id,
+        limit=limit,
+        plan_id=plan_id,
+        status=status,
+        trigger=trigger,
+        before=before,
+    )
+
+
 # --- scheduling ----------------------------------------------------------------
 
 

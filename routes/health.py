@@ -29,5 +29,6 @@ def health() -> tuple[Response, int]:
         "database": database,
         "scheduler": scheduler,
         "providers": providers,
+        "auth_mode": svc.settings.auth_mode,  # public: the console picks its sign-in form from it
     }
     return jsonify(body), 200 if healthy else 503

@@ -128,6 +128,21 @@ SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
 ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
 
+-- name: list_user_runs
+-- A user's runs across plans for GET /api/runs (served by plan_runs_user_idx);
+-- step_results stay out of the list: they can be large and the list is polled.
+SELECT r.id, r.plan_id, p.name AS plan_name, r.user_id, r.trigger, r.scheduled_for, r.status, r.created_at,
+       r.started_at, r.finished_at, r.error
+FROM plan_runs r
+LEFT JOIN execution_plans p ON p.user_id = r.user_id AND p.id = r.plan_id
+WHERE r.user_id = %(user_id)s
+  AND (%(plan_id)s::bigint IS NULL OR r.plan_id = %(plan_id)s)
+  AND (%(status)s::text IS NULL OR r.status = %(status)s)
+  AND (%(trigger)s::text IS NULL OR r.trigger = %(trigger)s)
+  AND (%(before)s::bigint IS NULL OR r.id < %(before)s)
+ORDER BY r.id DESC
+LIMIT %(limit)s;
+
 -- name: lock_plan
 SELECT pg_advisory_xact_lock(%(plan_id)s);
 

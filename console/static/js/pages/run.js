@@ -1,0 +1,171 @@
+// One run: its facts, each step (status, latency, attempts, rendered input, output, error,
+// tokens and cost where present), run again, and replay where the API offers it.
+
+import { api } from "../api.js";
+import { badge, code, h, messages, mount } from "../dom.js";
+import { poll } from "../live.js";
+import { between, duration } from "../time.js";
+import { cost, empty, header, tokens, usd, when } from "../ui.js";
+
+const ACTIVE = new Set(["queued", "running"]);
+const EVERY_MS = 1500;
+
+export async function render(root, { params, features, signal, go }) {
+  const runId = params[0];
+  const notes = messages();
+  const body = h("div", { class: "run", "aria-busy": "true" });
+  const actions = h("div", { class: "actions" });
+  mount(root, header(`Run #${runId}`), notes.el, actions, body);
+  let plan; // fetched once: the step names and the plan's name
+  const load = async () => {
+    const run = await api("GET", `/api/runs/${runId}`, { signal });
+    if (plan === undefined) {
+      plan = await api("GET", `/api/plans/${run.plan_id}`, { signal }).catch((err) => {
+        if (err.status === 404) return null; // the plan was deleted since
+        throw err;
+      });
+    }
+    body.setAttribute("aria-busy", "false");
+    notes.clear();
+    showActions(actions, run, plan, features, notes, go);
+    mount(body, facts(run, plan), steps(run, plan));
+    return ACTIVE.has(run.status);
+  };
+  let active;
+  try {
+    active = await load();
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    notes.error(err);
+    if (err.status === 404) mount(body, empty("This run does not exist for you.", h("a", { href: "#/runs" }, "Back to all runs"), "."));
+    return;
+  }
+  // load() answers whether the run is still going: polling stops once it has finished.
+  if (active) poll(load, EVERY_MS, signal, (err) => notes.error(err));
+}
+
+function showActions(box, run, plan, features, notes, go) {
+  const again = h("button", { type: "button", id: "run-again" }, "Run again");
+  again.addEventListener("click", async () => {
+    again.disabled = true;
+    try {
+      const queued = await api("POST", `/api/plans/${run.plan_id}/run`, { body: {} });
+      go(`/runs/${queued.id}`);
+    } catch (err) {
+      notes.error(err);
+      again.disabled = false;
+    }
+  });
+  const replay = features.has("POST", "/api/runs/{run_id}/replay") && !ACTIVE.has(run.status)
+    ? h("button", { type: "button", class: "secondary", id: "replay" }, "Replay from the failed step")
+    : null;
+  if (replay) {
+    replay.addEventListener("click", async () => {
+      replay.disabled = true;
+      try {
+        const replayed = await api("POST", `/api/runs/${run.id}/replay`, { body: {} });
+        go(`/runs/${replayed.id}`);
+      } catch (err) {
+        notes.error(err);
+        replay.disabled = false;
+      }
+    });
+  }
+  mount(box, plan ? again : null, replay, h("a", { class: "button secondary", href: "#/runs" }, "All runs"));
+}
+
+function facts(run, plan) {
+  const totalTokens = (run.logs || []).map((l) => tokens(l.output && l.output.metadata)).filter((t) => t !== null);
+  const totalCost = cost(run) ?? sumCost(run.logs || []);
+  const rows = [
+    ["Status", badge(run.status)],
+    ["Plan", plan ? h("a", { href: `#/plans/${plan.id}/edit` }, plan.name) : `plan #${run.plan_id} (deleted)`],
+    ["Trigger", run.trigger],
+    run.scheduled_for ? ["Scheduled for", when(run.scheduled_for)] : null,
+    ["Created", when(run.created_at)],
+    ["Started", when(run.started_at)],
+    ["Finished", when(run.finished_at)],
+    ["Duration", run.finished_at ? between(run.started_at || run.created_at, run.finished_at) : "—"],
+    totalTokens.length ? ["Tokens", String(totalTokens.reduce((a, b) => a + b, 0))] : null,
+    totalCost !== null ? ["Cost", usd(totalCost)] : null,
+  ].filter(Boolean);
+  return h(
+    "section",
+    { class: "card facts", "aria-label": "Run details" },
+    h("dl", {}, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    run.error ? h("div", { class: "run-error" }, h("h2", {}, "Error"), h("p", { class: "error-text" }, run.error)) : null,
+  );
+}
+
+function sumCost(logs) {
+  const costs = logs.map((l) => cost(l, l.output && l.output.metadata)).filter((c) => c !== null);
+  return costs.length ? costs.reduce((a, b) => a + b, 0) : null;
+}
+
+function steps(run, plan) {
+  const planSteps = (plan && plan.steps) || [];
+  const outcomes = run.step_results || [];
+  const count = Math.max(planSteps.length, outcomes.length);
+  if (!count) return empty("This plan has no steps.", "Add steps in the plan's JSON, then run it again.");
+  const logsByIndex = new Map();
+  for (const log of run.logs || []) if (log.step_index !== null) logsByIndex.set(log.step_index, log);
+  const cards = [];
+  for (let index = 0; index < count; index += 1) {
+    cards.push(stepCard(index, planSteps[index], outcomes.find((o) => o.index === index), logsByIndex.get(index), run));
+  }
+  return h("section", { class: "steps", "aria-label": "Steps" }, h("h2", {}, "Steps"), h("ol", { class: "step-list" }, cards));
+}
+
+function stepCard(index, planStep, outcome, log, run) {
+  const result = (outcome && outcome.result) || null;
+  let status = outcome ? outcome.status : ACTIVE.has(run.status) ? "queued" : "not run";
+  // A step recorded as running in a run that has ended was cut off (the run was interrupted).
+  if (status === "running" && !ACTIVE.has(run.status)) status = "interrupted";
+  const name = (planStep && (planStep.name || planStep.id)) || (outcome && outcome.id) || `step ${index + 1}`;
+  const provider = (outcome && outcome.provider) || (planStep && planStep.provider) || "?";
+  const action = (outcome && outcome.action) || (planStep && planStep.action) || "?";
+  const metadata = (result && result.metadata) || (log && log.output && log.output.metadata) || {};
+  const latency = result ? result.latency_ms : log ? log.latency_ms : null;
+  const attempts = metadata.attempts ?? (log ? log.attempt : null);
+  const stepTokens = tokens(metadata);
+  const stepCost = cost(metadata, log);
+  const error = (result && result.error) || (log && log.error ? { code: log.error_code, message: log.error } : null);
+  const output = result ? result.data : log && log.output ? log.output.data : undefined;
+  const stats = [
+    ["Latency", latency !== null && latency !== undefined ? duration(latency) : "—"],
+    ["Attempts", attempts ?? "—"],
+    stepTokens !== null ? ["Tokens", String(stepTokens)] : null,
+    stepCost !== null ? ["Cost", usd(stepCost)] : null,
+    metadata.model ? ["Model", metadata.model] : null,
+    metadata.http_status ? ["HTTP", String(metadata.http_status)] : null,
+  ].filter(Boolean);
+  return h(
+    "li",
+    { class: `card step step-status-${status.replace(" ", "-")}`, "data-step-index": index },
+    h(
+      "div",
+      { class: "step-head" },
+      h("h3", {}, `${index + 1}. `, name),
+      h("span", { class: "muted" }, `${provider}.${action}`),
+      badge(status),
+    ),
+    h("dl", { class: "stats" }, stats.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
+    error ? h("div", { class: "step-error" }, h("strong", {}, error.code || "error"), ": ", h("span", { class: "error-text" }, error.message || "")) : null,
+    log && log.input !== undefined ? h("details", { class: "io", open: true }, h("summary", {}, "Input (rendered)"), code(log.input, `Step ${index + 1} input`)) : null,
+    output !== undefined && output !== null ? outputBlock(output, index) : null,
+    Object.keys(metadata).length ? h("details", { class: "io" }, h("summary", {}, "Metadata"), code(metadata)) : null,
+  );
+}
+
+function outputBlock(output, index) {
+  // A model's answer is read as text first; the whole structure stays one click away.
+  const text = output && typeof output === "object" && typeof output.text === "string" ? output.text : null;
+  if (text === null) return h("div", { class: "io output" }, h("h4", {}, "Output"), code(output, `Step ${index + 1} output`));
+  return h(
+    "div",
+    { class: "io output" },
+    h("h4", {}, "Output"),
+    h("pre", { class: "code prose", tabindex: "0", "aria-label": `Step ${index + 1} output text` }, text),
+    h("details", { class: "io" }, h("summary", {}, "Full output (JSON)"), code(output)),
+  );
+}

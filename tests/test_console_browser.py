@@ -1,0 +1,506 @@
+"""The web console in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The app runs on a real WSGI server on 127.0.0.1 against the test database; model calls go
+to a loopback OpenAI-compatible fake. Every wait is Playwright's auto-waiting with a
+deadline: nothing sleeps for a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tests.conftest import make_app
+from tests.fake_upstreams import UNAUTHORIZED, FakeOpenAI
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the browser tests: .ci/run installs Debian's chromium")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
+
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, expect, sync_playwright  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 20_000  # generous for a busy 2-core machine; Playwright returns as soon as the condition holds
+JWT_SECRET = "console-browser-test-secret-0123456789abcdef"
+XSS = "<img src=x onerror=alert(1)>"
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@dataclass
+class Served:
+    """A Pilot app on a real HTTP server."""
+
+    app: Flask
+    url: str
+
+
+def serve(app: Flask) -> Iterator[Served]:
+    """``app`` on werkzeug's threaded server on a free loopback port, until the generator is closed."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield Served(app, f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        app.extensions["pilot"].engine.shutdown()
+        app.extensions["pilot"].db.close()
+
+
+@pytest.fixture(scope="module")
+def dev_server(session_db: str, tmp_path_factory: pytest.TempPathFactory, fernet_key: str) -> Iterator[Served]:
+    yield from serve(make_app(session_db, tmp_path_factory.mktemp("dev"), (fernet_key,)))
+
+
+@pytest.fixture(scope="module")
+def token_server(session_db: str, tmp_path_factory: pytest.TempPathFactory, fernet_key: str) -> Iterator[Served]:
+    app = make_app(
+        session_db, tmp_path_factory.mktemp("token"), (fernet_key,), auth_mode="token", jwt_secret=JWT_SECRET
+    )
+    yield from serve(app)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Session:
+    """One browser tab with what it saw: dialogs opened, CSP complaints, every request made."""
+
+    page: Page
+    base: str
+    dialogs: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+
+    def open(self, route: str = "") -> None:
+        self.page.goto(f"{self.base}/{route}")
+
+    def sign_in_dev(self, user: str) -> None:
+        self.open()
+        expect(self.page.get_by_label("User name")).to_be_visible()
+        self.page.get_by_label("User name").fill(user)
+        self.page.get_by_role("button", name="Sign in").click()
+        expect(self.page.get_by_role("navigation", name="Main")).to_be_visible()
+
+    def assert_clean(self) -> None:
+        """No alert/confirm/prompt opened, nothing refused by the page's CSP, nothing fetched from elsewhere."""
+        assert self.dialogs == []
+        assert [m for m in self.console_errors if "Content Security Policy" in m or "Trusted Type" in m] == []
+        assert self.requests and [r.url for r in self.requests if not r.url.startswith(self.base + "/")] == []
+
+
+@pytest.fixture
+def tab(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Session]:
+    server: Served = request.getfixturevalue(getattr(request, "param", "dev_server"))
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 800}, locale="en-US", timezone_id="America/New_York"
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    session = Session(page, server.url)
+
+    def on_dialog(dialog: Dialog) -> None:
+        session.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            session.console_errors.append(message.text)
+
+    page.on("dialog", on_dialog)
+    page.on("console", on_console)
+    page.on("request", lambda request: session.requests.append(request))
+    try:
+        yield session
+    finally:
+        context.close()
+
+
+def api(served: Served, method: str, path: str, user: str, expect_status: int, **body: Any) -> Any:
+    response = served.app.test_client().open(path, method=method, json={"user_id": user, **body})
+    assert response.status_code == expect_status, response.get_data(as_text=True)
+    return response.json
+
+
+def test_sign_in_create_a_plan_from_json_run_it_and_read_each_steps_output(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    page = tab.page
+    tab.sign_in_dev(user)
+    expect(page.get_by_text("No runs yet.")).to_be_visible()
+
+    page.get_by_role("link", name="Plans", exact=True).first.click()
+    expect(page.get_by_text("No plans yet.")).to_be_visible()
+    page.get_by_role("link", name="New plan").click()
+    editor = page.get_by_label("Plan (JSON)")
+    expect(editor).to_have_value(re.compile("Hello from Pilot"))
+
+    # First a plan the server refuses: the error names the field and is shown at its line.
+    text = editor.input_value()
+    editor.fill(text.replace('"timezone": "UTC"', '"timezone": "Mars/Olympus"'))
+    page.get_by_role("button", name="Create plan").click()
+    error = page.locator(".field-error")
+    expect(error).to_have_count(1)
+    expect(error.locator(".field")).to_have_text("timezone")
+    expect(error).to_contain_text("unknown timezone 'Mars/Olympus'")
+    expect(error.locator(".excerpt")).to_have_text('"timezone": "Mars/Olympus",')
+    expect(editor).to_have_attribute("aria-invalid", "true")
+    error.get_by_role("button", name="Show in editor").click()
+    selected = page.evaluate("(t => t.value.slice(t.selectionStart, t.selectionEnd))(document.activeElement)")
+    assert selected.startswith('"timezone": "Mars/Olympus"')
+
+    editor.fill(text.replace('"name": "Hello plan"', '"name": "Browser plan"'))
+    page.get_by_role("button", name="Create plan").click()
+    expect(page.get_by_text("Created “Browser plan”")).to_be_visible()
+    row = page.locator("tr", has_text="Browser plan")
+    expect(row).to_be_visible()
+
+    row.get_by_role("button", name="Run Browser plan now").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(re.compile(r"Run #\d+"))
+    expect(page.locator(".facts [data-status]")).to_have_text("success")
+    steps = page.locator(".step-list > li")
+    expect(steps).to_have_count(2)
+    expect(steps.nth(0).locator(".output pre")).to_have_text("Hello from Pilot")
+    expect(steps.nth(1).locator(".output pre")).to_have_text("Hello from Pilot!")
+    expect(steps.nth(1).locator("details.io pre").first).to_contain_text('"template": "Hello from Pilot!"')
+    expect(steps.nth(0).locator(".stats")).to_contain_text("Attempts1")
+    run_id = re.search(r"#/runs/(\d+)", page.url)
+    assert run_id is not None
+
+    page.get_by_role("link", name="Runs", exact=True).click()
+    listed = page.locator(f"tr[data-run-id='{run_id.group(1)}']")
+    expect(listed).to_contain_text("Browser plan")
+    expect(listed.locator("[data-status]")).to_have_text("success")
+    tab.assert_clean()
+
+
+def test_a_run_queued_from_the_list_is_seen_live_until_it_finishes(tab: Session, dev_server: Served, user: str) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="Live plan",
+        steps=[{"id": "a", "provider": "logic", "action": "transform", "params": {"template": "done"}}],
+    )
+    tab.sign_in_dev(user)
+    expect(tab.page.get_by_text("No runs yet.")).to_be_visible()
+    run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run", user, 202)  # queued behind the page's back
+    row = tab.page.locator(f"tr[data-run-id='{run['id']}']")
+    expect(row.locator("[data-status]")).to_have_text("success")  # appears and finishes by polling
+
+    tab.page.get_by_label("Status").select_option("error")
+    expect(tab.page.get_by_text("No runs match these filters.")).to_be_visible()
+    assert "status=error" in tab.page.url
+    tab.page.get_by_label("Status").select_option("success")
+    tab.page.get_by_label("Plan", exact=True).select_option(label=f"Live plan (#{plan['id']})")
+    expect(tab.page.locator(f"tr[data-run-id='{run['id']}']")).to_be_visible()
+    tab.page.get_by_label("Trigger").select_option("schedule")
+    expect(tab.page.get_by_text("No runs match these filters.")).to_be_visible()
+    tab.assert_clean()
+
+
+def test_a_model_steps_text_tokens_and_model_are_shown(tab: Session, dev_server: Served, user: str) -> None:
+    with FakeOpenAI() as fake:
+        fake.reply_text = "Line one\nLine <two>"
+        api(
+            dev_server,
+            "POST",
+            "/api/provider-credentials/openai",
+            user,
+            200,
+            credentials={"api_key": "sk-model-test-000000001111", "base_url": fake.base_url},
+        )
+        plan = api(
+            dev_server,
+            "POST",
+            "/api/plans",
+            user,
+            201,
+            name="Ask",
+            steps=[
+                {
+                    "id": "ask",
+                    "provider": "openai",
+                    "action": "chat_completion",
+                    "params": {"model": "gpt-4o-mini", "prompt": "hi"},
+                },
+            ],
+        )
+        run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    tab.sign_in_dev(user)
+    tab.open(f"#/runs/{run['id']}")
+    step = tab.page.locator(".step-list > li").first
+    expect(step.locator("pre.prose")).to_have_text("Line one\nLine <two>")
+    expect(step.locator(".stats")).to_contain_text("Tokens10")  # the fake's usage: 7 + 3
+    expect(step.locator(".stats")).to_contain_text("Modelgpt-4o-mini")
+    expect(tab.page.locator(".facts")).to_contain_text("Tokens10")
+    tab.assert_clean()
+
+
+def test_the_console_works_from_the_keyboard(tab: Session, dev_server: Served, user: str) -> None:
+    page = tab.page
+    tab.open()
+    expect(page.get_by_label("User name")).to_be_focused()
+    page.keyboard.type(user)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    plans_link = page.get_by_role("navigation", name="Main").get_by_role("link", name="Plans")
+    for _ in range(15):  # bounded: the link is a few tab stops from the top
+        page.keyboard.press("Tab")
+        if plans_link.evaluate("el => el === document.activeElement"):
+            break
+    expect(plans_link).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Plans")
+    expect(page.get_by_role("heading", level=1)).to_be_focused()  # focus follows the navigation
+    tab.assert_clean()
+
+
+def test_pause_and_resume_a_schedule_with_next_run_in_both_zones(tab: Session, dev_server: Served, user: str) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="Tokyo mornings",
+        timezone="Asia/Tokyo",
+        steps=[],
+        schedule={"cron": "0 9 * * *", "timezone": "Asia/Tokyo"},
+    )
+    tab.sign_in_dev(user)
+    tab.open("#/plans")
+    row = tab.page.locator(f"tr[data-plan-id='{plan['id']}']")
+    next_run = row.locator(".next-run")
+    expect(next_run).to_contain_text("GMT+9")  # the schedule's zone
+    expect(next_run).to_contain_text(re.compile(r"E[SD]T.*\(your time\)"))  # the viewer's (America/New_York)
+
+    row.get_by_role("button", name="Pause the schedule of Tokyo mornings").click()
+    expect(row.get_by_role("button", name="Resume the schedule of Tokyo mornings")).to_be_visible()
+    expect(row.locator("[data-status='paused']")).to_be_visible()
+    assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["enabled"] is False
+
+    row.get_by_role("button", name="Resume the schedule of Tokyo mornings").click()
+    expect(row.get_by_role("button", name="Pause the schedule of Tokyo mornings")).to_be_visible()
+    expect(row.locator(".next-run")).to_contain_text("GMT+9")
+    assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["enabled"] is True
+    tab.assert_clean()
+
+
+def test_delete_a_plan_only_after_confirming(tab: Session, dev_server: Served, user: str) -> None:
+    plan = api(dev_server, "POST", "/api/plans", user, 201, name="Doomed", steps=[])
+    tab.sign_in_dev(user)
+    tab.open("#/plans")
+    row = tab.page.locator(f"tr[data-plan-id='{plan['id']}']")
+    row.get_by_role("button", name="Delete Doomed").click()
+    dialog = tab.page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Delete plan “Doomed”?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_have_count(0)
+    api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)
+    row.get_by_role("button", name="Delete Doomed").click()
+    tab.page.get_by_role("dialog").get_by_role("button", name="Delete plan").click()
+    expect(tab.page.get_by_text("No plans yet.")).to_be_visible()
+    api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 404)
+    tab.assert_clean()
+
+
+def test_add_test_and_delete_a_credential(tab: Session, dev_server: Served, user: str) -> None:
+    secret = "sk-browser-test-0000000000009876"
+    page = tab.page
+    with FakeOpenAI() as fake:
+        tab.sign_in_dev(user)
+        tab.open("#/credentials")
+        expect(page.get_by_text("No credentials stored yet.")).to_be_visible()
+        card = page.locator("section[data-provider='openai']")
+        card.get_by_label("Type").select_option("api_key")
+        card.get_by_label("Value").fill(secret)
+        card.get_by_role("button", name="Add").click()
+        expect(card.locator("li[data-type='api_key'] .masked")).to_have_text(re.compile(r"…9876$"))
+        card.get_by_label("Type").select_option("base_url")
+        card.get_by_label("Value").fill(fake.base_url)
+        card.get_by_role("button", name="Add").click()
+        expect(card.locator("li[data-type='base_url']")).to_be_visible()
+        assert secret not in page.content()
+
+        card.get_by_role("button", name="Test").click()
+        result = card.locator(".test-result .notice")
+        expect(result).to_have_attribute("data-success", "true")
+        expect(result).to_contain_text("Works")
+        assert fake.requests[-1].path == "/v1/models"
+        assert fake.requests[-1].header("Authorization") == f"Bearer {secret}"
+
+        fake.script(UNAUTHORIZED)
+        card.get_by_role("button", name="Test").click()
+        expect(result).to_have_attribute("data-success", "false")
+        expect(result).to_contain_text("HTTP 401")
+
+    card.get_by_role("button", name="Delete openai api_key").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(card.locator("li[data-type='api_key']")).to_have_count(0)
+    expect(card.locator("li[data-type='base_url']")).to_be_visible()
+    tab.assert_clean()
+
+
+BAR_PIXELS = """(title) => {
+    // Pixels of the bar colour (#0072B2) on the chart's canvas: drawn bars, not just axes and grid.
+    const canvas = document.querySelector(`figure[data-chart="${title}"] canvas`);
+    if (!canvas) return false;
+    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+        if (r < 8 && Math.abs(g - 114) < 8 && Math.abs(b - 178) < 8) n++;
+    }
+    return n > 200;
+}"""
+
+
+def test_health_charts_are_drawn_with_data(tab: Session, dev_server: Served, user: str) -> None:
+    good = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="ok",
+        steps=[{"provider": "logic", "action": "transform", "params": {"template": "x"}}],
+    )
+    bad = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="bad",
+        steps=[{"provider": "logic", "action": "transform", "params": {"template": "{{ input.missing.x }}"}}],
+    )
+    for plan_id in (good["id"], good["id"], bad["id"]):
+        api(dev_server, "POST", f"/api/plans/{plan_id}/run?wait=true", user, 200)
+    tab.sign_in_dev(user)
+    tab.open("#/health")
+    page = tab.page
+    expect(page.locator("figure.chart canvas")).to_have_count(3)
+    rate = "Success rate by provider (last 24 hours)"
+    figure = page.locator(f"figure[data-chart='{rate}']")
+    expect(figure).to_have_attribute("data-points", "1")
+    figure.get_by_text("Show the numbers").click()
+    expect(figure.locator(".chart-data tbody tr")).to_have_text(["logic66.7%"])
+    errors = page.locator("figure[data-chart='Errors per hour (last 24 hours)']")
+    expect(errors).to_have_attribute("data-series", "1")
+    errors.get_by_text("Show the numbers").click()
+    expect(errors.locator(".chart-data tbody tr")).to_have_text(["logic1"])
+    page.wait_for_function(BAR_PIXELS, arg=rate, timeout=TIMEOUT_MS)  # polls until the bars are painted
+    expect(page.locator("section[aria-labelledby='sched-title']")).to_contain_text("disabled")
+
+    page.get_by_role("button", name="30 days").click()
+    expect(page.get_by_role("button", name="30 days")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("figure[data-chart='Success rate by provider (last 30 days)'] canvas")).to_be_visible()
+    tab.assert_clean()
+
+
+def test_an_xss_payload_in_an_output_and_a_plan_name_shows_as_text_and_runs_nothing(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    name = "<script>alert(2)</script>"
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name=name,
+        steps=[
+            {"id": "evil", "provider": "logic", "action": "transform", "params": {"template": XSS}},
+        ],
+    )
+    run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    tab.sign_in_dev(user)
+    tab.open(f"#/runs/{run['id']}")
+    page = tab.page
+    expect(page.locator(".step-list .output pre")).to_have_text(XSS)
+    expect(page.locator(".facts")).to_contain_text(name)
+    tab.open("#/runs")
+    expect(page.locator(f"tr[data-run-id='{run['id']}']")).to_contain_text(name)
+    tab.open("#/plans")
+    expect(page.locator(f"tr[data-plan-id='{plan['id']}']")).to_contain_text(name)
+    assert page.locator("main img, main script").count() == 0
+    assert not any(r.url.endswith("/x") for r in tab.requests)  # no <img src=x> was ever created
+    tab.assert_clean()
+
+
+@pytest.mark.parametrize("tab", ["token_server"], indirect=True)
+def test_token_mode_refuses_a_wrong_token_and_never_puts_one_in_a_url(
+    tab: Session, token_server: Served, user: str
+) -> None:
+    result = token_server.app.test_cli_runner().invoke(args=["create-token", user])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    wrong = "pilot_" + "x" * 43
+    page = tab.page
+    tab.open()
+    field = page.get_by_label("API token or JWT")
+    field.fill(wrong)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".notice.error")).to_contain_text("not valid")
+    expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+
+    field.fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    expect(page.get_by_text("No runs yet.")).to_be_visible()
+    for route, ready in [
+        ("#/plans", "No plans yet."),
+        ("#/credentials", "No credentials stored yet."),
+        ("#/health", "No steps ran in the last 24 hours."),
+    ]:
+        tab.open(route)
+        expect(page.get_by_text(ready)).to_be_visible()
+    assert page.evaluate("() => document.cookie") == ""
+
+    api_calls = [r for r in tab.requests if "/api/" in r.url]
+    assert len(api_calls) >= 5
+    for request in tab.requests:
+        assert token not in request.url and wrong not in request.url
+        assert "user_id" not in request.url
+    authenticated = [r for r in api_calls if not r.url.endswith(("/api/health", "/api/openapi.json"))]
+    sent = [r.headers.get("authorization") for r in authenticated]
+    assert sent.count(f"Bearer {wrong}") == 1  # the refused sign-in, then never again
+    assert sent.count(f"Bearer {token}") == len(sent) - 1
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API token or JWT")).to_be_visible()
+    assert page.evaluate("() => Object.keys(sessionStorage).length") == 0
+    tab.assert_clean()
