@@ -31,6 +31,7 @@ from logging_setup import configure_logging
 from providers import registry
 from routes import credentials as credentials_routes
 from routes import execution as execution_routes
+from routes import guard
 from routes import health as health_routes
 from routes import logs as logs_routes
 from routes import plans as plans_routes
@@ -92,6 +93,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["pilot"] = Services(settings=settings, db=db, vault=vault, registry=registry, engine=engine)
     register_request_id(app)
     register_error_handlers(app)
+    guard.init_app(app)
     for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes, scheduler_routes):
         app.register_blueprint(module.bp)
     metrics.init_app(app)

@@ -20,6 +20,7 @@ from flask import current_app, request
 import tokens
 from config import Settings
 from errors import Forbidden, Unauthorized, ValidationError
+from routes.guard import request_json
 
 USER_ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 
@@ -29,10 +30,9 @@ def _claimed_user_id() -> str | None:
     candidates: list[Any] = []
     if "user_id" in request.args:
         candidates.append(request.args.get("user_id"))
-    if request.is_json:
-        body = request.get_json(silent=True)
-        if isinstance(body, dict) and body.get("user_id") is not None:
-            candidates.append(body["user_id"])
+    body = request_json()  # parsed and checked once per request (depth, NUL) by routes.guard
+    if isinstance(body, dict) and body.get("user_id") is not None:
+        candidates.append(body["user_id"])
     for value in candidates:
         if not isinstance(value, str) or not USER_ID_PATTERN.match(value) or value.strip() != value:
             raise ValidationError("user_id must be a non-empty string of at most 255 printable characters")
