@@ -39,7 +39,7 @@ from routes import scheduler as scheduler_routes
 from services import Services
 
 log = logging.getLogger("pilot")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _error(code: str, message: str, status: int, details: Any = None) -> tuple[Response, int]:
@@ -71,7 +71,7 @@ def register_request_id(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
         supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        g.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:

@@ -37,8 +37,10 @@ class Settings:
     fernet_keys: tuple[str, ...] = ()
     pilot_env: str = "development"
     auth_mode: str = "dev"
-    jwt_secret: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
     jwks_url: str | None = None
+    jwt_audience: tuple[str, ...] = ()
+    jwt_issuer: str | None = None
     port: int = 5000
     scheduler_enabled: bool = True
     misfire_grace_seconds: int = 300
@@ -87,6 +89,8 @@ class Settings:
             auth_mode=auth_mode,
             jwt_secret=env.get("JWT_SECRET") or None,
             jwks_url=env.get("JWKS_URL") or None,
+            jwt_audience=_env_list(env, "JWT_AUDIENCE"),
+            jwt_issuer=(env.get("JWT_ISSUER") or "").strip() or None,
             port=port,
             scheduler_enabled=_env_bool(env, "SCHEDULER_ENABLED", True),
             misfire_grace_seconds=grace,
