@@ -48,6 +48,7 @@ class Settings:
     shutdown_timeout: float = 25.0
     log_level: str = "INFO"
     outbound_allowlist: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     provider_base_urls: dict[str, str] = field(default_factory=dict)
     max_request_bytes: int = 1_000_000
     db_pool_size: int = 10
@@ -98,6 +99,7 @@ class Settings:
             shutdown_timeout=shutdown_timeout,
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             outbound_allowlist=_env_list(env, "OUTBOUND_ALLOWLIST"),
+            allowed_hosts=tuple(host.lower().strip("[]").removesuffix(".") for host in _env_list(env, "ALLOWED_HOSTS")),
             provider_base_urls=base_urls,
             max_request_bytes=max_bytes,
             db_pool_size=pool,

@@ -1,4 +1,11 @@
-"""Checks every request passes before any route sees it: its JSON body and its query string.
+"""Checks every request passes before any route sees it: its Host, its query string and its JSON body.
+
+In ``AUTH_MODE=dev`` anyone who can reach Pilot names any user, so a web page on
+another site could drive a local Pilot through DNS rebinding (its name made to
+resolve to 127.0.0.1; the browser then sends that name as ``Host``). Dev mode
+therefore answers only loopback hosts plus those ``ALLOWED_HOSTS`` names; in
+token mode a rebinding page has no bearer token to send, so the Host check
+applies only when ``ALLOWED_HOSTS`` is set.
 
 PostgreSQL's ``text`` and ``jsonb`` refuse NUL, psycopg2 cannot encode a lone
 surrogate, and JSON nested without bound exhausts the stack of every recursive
@@ -10,13 +17,15 @@ read the body through ``request_json()``, which parses it once per request.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
-from errors import ValidationError
+from config import Settings
+from errors import Forbidden, ValidationError
 
 MAX_JSON_DEPTH = 100
 FORBIDDEN_CHARS = re.compile("[\x00\ud800-\udfff]")
@@ -108,10 +117,51 @@ def check_query() -> None:
                 raise _refuse(f"query parameter {name!r}", problem)
 
 
+HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")
+
+
+def host_name(header: str) -> str | None:
+    """The host of a ``Host`` header without its port, lower-cased, IPv6 without brackets; None if malformed."""
+    found = HOST_PORT.fullmatch(header.strip())
+    if found is None:
+        return None
+    return found["host"].strip("[]").lower().removesuffix(".")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ::1 (written as an address, not a number)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(header: str, settings: Settings) -> bool:
+    """Whether this process answers a request sent to ``header`` (see the module docstring)."""
+    if "*" in settings.allowed_hosts or (settings.auth_mode != "dev" and not settings.allowed_hosts):
+        return True
+    host = host_name(header)
+    return host is not None and (is_loopback(host) or host in settings.allowed_hosts)
+
+
+def check_host() -> None:
+    settings: Settings = current_app.config["PILOT_SETTINGS"]
+    if not host_allowed(request.headers.get("Host", ""), settings):
+        where = "AUTH_MODE=dev answers only" if settings.auth_mode == "dev" else "this server answers only"
+        raise Forbidden(
+            f"{where} requests addressed to localhost, 127.0.0.1 or [::1] and the names in ALLOWED_HOSTS "
+            "(a defence against DNS rebinding); add this host to ALLOWED_HOSTS to serve it",
+            code="host_not_allowed",
+        )
+
+
 def init_app(app: Flask) -> None:
-    """Check every request's query string and JSON body before it is routed to a view."""
+    """Check every request's Host, query string and JSON body before it is routed to a view."""
 
     @app.before_request
     def check_input() -> None:
+        check_host()  # first: a refused host learns nothing about its input
         check_query()
         request_json()

@@ -13,6 +13,7 @@ import json
 import pytest
 from flask.testing import FlaskClient
 
+from tests.conftest import make_app
 from tests.test_http_errors import assert_json_error
 
 NUL = "\u0000"
@@ -188,3 +189,65 @@ def test_since_outside_what_the_database_holds_is_400(client: FlaskClient, user:
 def test_since_in_iso_8601_still_filters(client: FlaskClient, user: str, since: str) -> None:
     response = client.get(f"/api/logs?user_id={user}&since={since}")
     assert response.status_code == 200 and response.json["logs"] == []
+
+
+# --- Host check: dev mode answers loopback names only (issue 7, item 17) -----------------------
+
+
+@pytest.fixture
+def app_with(session_db: str, tmp_path, fernet_key: str):
+    apps = []
+
+    def build(**overrides):
+        app = make_app(session_db, tmp_path, (fernet_key,), **overrides)
+        apps.append(app)
+        return app.test_client()
+
+    yield build
+    for app in apps:
+        app.extensions["pilot"].db.close()
+
+
+LOOPBACK_HOSTS = ["localhost", "localhost:5000", "LocalHost:1", "127.0.0.1", "127.0.0.1:5000", "127.9.8.7:80", "[::1]"]
+LOOPBACK_HOSTS += ["[::1]:5000", "localhost."]
+FOREIGN_HOSTS = ["evil.example", "evil.example:5000", "localhost.evil.example", "127.0.0.1.nip.io", "192.168.1.5:5000"]
+FOREIGN_HOSTS += ["0.0.0.0:5000", "[::ffff:7f00:1]", "[::1", "localhost:5000:1", "::1", "", "2130706433"]
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_dev_mode_answers_loopback_hosts(client: FlaskClient, user: str, host: str) -> None:
+    assert client.get("/api/health", headers={"Host": host}).status_code == 200
+    assert client.get(f"/api/plans?user_id={user}", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+def test_dev_mode_refuses_other_hosts_as_a_rebinding_page_would_send(client: FlaskClient, user: str, host: str) -> None:
+    for response in (
+        client.get("/api/health", headers={"Host": host}),
+        client.get(f"/api/plans?user_id={user}", headers={"Host": host}),
+        client.post("/api/plans", json={"user_id": user, "name": "rebound"}, headers={"Host": host}),
+    ):
+        error = assert_json_error(response, 403, "host_not_allowed")
+        assert "ALLOWED_HOSTS" in error["message"]
+    assert client.get(f"/api/plans?user_id={user}").json["plans"] == []  # nothing was created
+
+
+def test_allowed_hosts_adds_names_in_dev_mode(app_with) -> None:
+    client = app_with(allowed_hosts=("pilot.lan", "10.0.0.5"))
+    for host in ("pilot.lan", "PILOT.lan:5000", "10.0.0.5:5000", "localhost:5000"):
+        assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
+    for host in ("other.lan", "sub.pilot.lan", "10.0.0.6"):
+        assert_json_error(client.get("/api/health", headers={"Host": host}), 403, "host_not_allowed")
+    anyone = app_with(allowed_hosts=("*",))
+    assert anyone.get("/api/health", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_token_mode_answers_any_host_unless_allowed_hosts_is_set(app_with) -> None:
+    """A bearer token is not sent by a rebinding page, so token mode needs no default host list."""
+    open_ = app_with(auth_mode="token", jwt_secret="x" * 32)
+    assert open_.get("/api/health", headers={"Host": "pilot.example.com"}).status_code == 200
+    assert open_.get("/api/plans", headers={"Host": "pilot.example.com"}).status_code == 401
+    closed = app_with(auth_mode="token", jwt_secret="x" * 32, allowed_hosts=("pilot.example.com",))
+    assert closed.get("/api/health", headers={"Host": "pilot.example.com"}).status_code == 200
+    assert closed.get("/api/health", headers={"Host": "127.0.0.1:5000"}).status_code == 200
+    assert_json_error(closed.get("/api/health", headers={"Host": "evil.example"}), 403, "host_not_allowed")
