@@ -7,7 +7,6 @@ The scheduler never starts on import: only serving processes start it.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import sys
@@ -123,10 +122,9 @@ def main() -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, terminate)
-    host = os.environ.get("FLASK_HOST", "127.0.0.1")
-    log.info("serving on http://%s:%d", host, settings.port)
+    log.info("serving on http://%s:%d", settings.host, settings.port)
     try:
-        app.run(host=host, port=settings.port, threaded=True, use_reloader=False)
+        app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
     except KeyboardInterrupt:
         scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
 
