@@ -10,6 +10,7 @@ import logging
 import re
 import signal
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -23,7 +24,7 @@ import openapi
 import scheduler
 from config import Settings
 from credentials import Vault, load_keys
-from database import DatabaseManager, db_manager, migrate
+from database import DatabaseManager, db_manager, migrate_when_reachable, try_migrate
 from errors import ConfigurationError, PilotError
 from execution_engine import ExecutionEngine
 from logging_setup import configure_logging
@@ -109,15 +110,40 @@ except ConfigurationError as exc:  # fail fast with the reason, not a traceback
     sys.exit(f"pilot: configuration error: {exc.message}")
 
 
+def migrate_then_schedule(app: Flask, stop: threading.Event) -> None:
+    """Apply migrations, then start the scheduler.
+
+    A database that cannot be reached yet must not stop ``python app.py``: it
+    serves at once (``/api/health`` answers 503) while a background thread
+    migrates and starts the scheduler as soon as the database answers.
+    """
+    svc: Services = app.extensions["pilot"]
+    if try_migrate(svc.db.dsn):
+        scheduler.start_for_serving(app)
+        return
+    svc.migrations_pending.set()
+
+    def wait_for_database() -> None:
+        if migrate_when_reachable(svc.db.dsn, stop) and not stop.is_set():
+            svc.migrations_pending.clear()
+            log.info("the database answers: migrations applied")
+            scheduler.start_for_serving(app)
+
+    threading.Thread(target=wait_for_database, name="pilot-migrate", daemon=True).start()
+
+
 def main() -> None:
     """Serve with the development server: migrate (outside production), start the scheduler, stop on SIGTERM."""
     settings: Settings = app.config["PILOT_SETTINGS"]
+    stop = threading.Event()
     if not db_manager.embedded and not settings.production:
-        migrate(db_manager.dsn)
-    scheduler.start_for_serving(app)
+        migrate_then_schedule(app, stop)
+    else:
+        scheduler.start_for_serving(app)
 
     def terminate(signum: int, frame: Any) -> None:
         log.info("received signal %d: stopping", signum)
+        stop.set()
         scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
         sys.exit(0)
 

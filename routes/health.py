@@ -22,6 +22,8 @@ bp = Blueprint("health", __name__)
 
 def _database() -> dict[str, Any]:
     svc = services()
+    if svc.migrations_pending.is_set():
+        return {"status": "down", "error": "the database is not reachable yet; migrations are pending"}
     try:
         svc.db.check()
     except PilotError as exc:
