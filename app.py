@@ -7,10 +7,10 @@ The scheduler never starts on import: only serving processes start it.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -25,13 +25,14 @@ import openapi
 import scheduler
 from config import Settings
 from credentials import Vault, load_keys
-from database import DatabaseManager, db_manager, migrate
+from database import DatabaseManager, db_manager, migrate_when_reachable, try_migrate
 from errors import ConfigurationError, PilotError
 from execution_engine import ExecutionEngine
 from logging_setup import configure_logging
 from providers import registry
 from routes import credentials as credentials_routes
 from routes import execution as execution_routes
+from routes import guard
 from routes import health as health_routes
 from routes import logs as logs_routes
 from routes import plans as plans_routes
@@ -40,7 +41,7 @@ from routes import scheduler as scheduler_routes
 from services import Services
 
 log = logging.getLogger("pilot")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _error(code: str, message: str, status: int, details: Any = None) -> tuple[Response, int]:
@@ -72,7 +73,7 @@ def register_request_id(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
         supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        g.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
@@ -94,6 +95,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["pilot"] = Services(settings=settings, db=db, vault=vault, registry=registry, engine=engine)
     register_request_id(app)
     register_error_handlers(app)
+    guard.init_app(app)
     for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes, scheduler_routes):
         app.register_blueprint(module.bp)
     app.register_blueprint(runs_routes.bp)
@@ -112,23 +114,47 @@ except ConfigurationError as exc:  # fail fast with the reason, not a traceback
     sys.exit(f"pilot: configuration error: {exc.message}")
 
 
+def migrate_then_schedule(app: Flask, stop: threading.Event) -> None:
+    """Apply migrations, then start the scheduler.
+
+    A database that cannot be reached yet must not stop ``python app.py``: it
+    serves at once (``/api/health`` answers 503) while a background thread
+    migrates and starts the scheduler as soon as the database answers.
+    """
+    svc: Services = app.extensions["pilot"]
+    if try_migrate(svc.db.dsn):
+        scheduler.start_for_serving(app)
+        return
+    svc.migrations_pending.set()
+
+    def wait_for_database() -> None:
+        if migrate_when_reachable(svc.db.dsn, stop) and not stop.is_set():
+            svc.migrations_pending.clear()
+            log.info("the database answers: migrations applied")
+            scheduler.start_for_serving(app)
+
+    threading.Thread(target=wait_for_database, name="pilot-migrate", daemon=True).start()
+
+
 def main() -> None:
     """Serve with the development server: migrate (outside production), start the scheduler, stop on SIGTERM."""
     settings: Settings = app.config["PILOT_SETTINGS"]
+    stop = threading.Event()
     if not db_manager.embedded and not settings.production:
-        migrate(db_manager.dsn)
-    scheduler.start_for_serving(app)
+        migrate_then_schedule(app, stop)
+    else:
+        scheduler.start_for_serving(app)
 
     def terminate(signum: int, frame: Any) -> None:
         log.info("received signal %d: stopping", signum)
+        stop.set()
         scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, terminate)
-    host = os.environ.get("FLASK_HOST", "127.0.0.1")
-    log.info("serving on http://%s:%d", host, settings.port)
+    log.info("serving on http://%s:%d", settings.host, settings.port)
     try:
-        app.run(host=host, port=settings.port, threaded=True, use_reloader=False)
+        app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
     except KeyboardInterrupt:
         scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
 

@@ -20,8 +20,14 @@ from flask import current_app, request
 import tokens
 from config import Settings
 from errors import Forbidden, Unauthorized, ValidationError
+from routes.guard import request_json
 
-USER_ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+USER_ID_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,255}")  # always fullmatch: '$' also matches before a final \n
+
+
+def valid_user_id(value: Any) -> bool:
+    """A non-empty string of at most 255 printable characters without leading or trailing whitespace."""
+    return isinstance(value, str) and USER_ID_PATTERN.fullmatch(value) is not None and value.strip() == value
 
 
 def _claimed_user_id() -> str | None:
@@ -29,12 +35,11 @@ def _claimed_user_id() -> str | None:
     candidates: list[Any] = []
     if "user_id" in request.args:
         candidates.append(request.args.get("user_id"))
-    if request.is_json:
-        body = request.get_json(silent=True)
-        if isinstance(body, dict) and body.get("user_id") is not None:
-            candidates.append(body["user_id"])
+    body = request_json()  # parsed and checked once per request (depth, NUL) by routes.guard
+    if isinstance(body, dict) and body.get("user_id") is not None:
+        candidates.append(body["user_id"])
     for value in candidates:
-        if not isinstance(value, str) or not USER_ID_PATTERN.match(value) or value.strip() != value:
+        if not valid_user_id(value):
             raise ValidationError("user_id must be a non-empty string of at most 255 printable characters")
     if len(set(candidates)) > 1:
         raise ValidationError("user_id in the query string and in the body differ")
@@ -57,20 +62,39 @@ def _token_subject(settings: Settings) -> str:
         if owner is None:
             raise Unauthorized("the API token is not valid or has been revoked")
         return owner
+    claims = _decode_jwt(token, settings)
+    subject = claims.get("sub")
+    if not valid_user_id(subject):
+        raise Unauthorized("the bearer token has no usable subject")
+    return str(subject)
+
+
+def _decode_jwt(token: str, settings: Settings) -> dict[str, Any]:
+    """The claims of a JWT signed by the configured key, unexpired, for our audience and issuer.
+
+    Without ``JWT_AUDIENCE`` only tokens that name no audience are accepted: any
+    audience would let in a token the same issuer minted for another service.
+    """
+    required = ["sub", "exp"] + (["aud"] if settings.jwt_audience else []) + (["iss"] if settings.jwt_issuer else [])
+    checks: dict[str, Any] = {
+        "options": {"require": required},
+        "audience": list(settings.jwt_audience) or None,
+        "issuer": settings.jwt_issuer,
+    }
     try:
         if settings.jwks_url:
             key: Any = _jwks_client(settings.jwks_url).get_signing_key_from_jwt(token).key
-            claims = jwt.decode(token, key, algorithms=["RS256"], options={"require": ["sub", "exp"]})
-        elif settings.jwt_secret:
-            claims = jwt.decode(token, settings.jwt_secret, algorithms=["HS256"], options={"require": ["sub", "exp"]})
-        else:
-            raise Unauthorized("token authentication is not configured (set JWT_SECRET or JWKS_URL)")
+            return dict(jwt.decode(token, key, algorithms=["RS256"], **checks))
+        if settings.jwt_secret:
+            return dict(jwt.decode(token, settings.jwt_secret, algorithms=["HS256"], **checks))
+    except jwt.InvalidAudienceError as exc:
+        hint = "" if settings.jwt_audience else "; set JWT_AUDIENCE to the audience Pilot's tokens carry"
+        raise Unauthorized(f"the bearer token is not for this audience{hint}") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise Unauthorized("the bearer token is from another issuer") from exc
     except jwt.PyJWTError as exc:
         raise Unauthorized("the bearer token is not valid") from exc
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not USER_ID_PATTERN.match(subject):
-        raise Unauthorized("the bearer token has no usable subject")
-    return subject
+    raise Unauthorized("token authentication is not configured (set JWT_SECRET or JWKS_URL)")
 
 
 def current_user_id() -> str:

@@ -6,20 +6,17 @@ Token and housekeeping commands (create-token, list-tokens, revoke-token, prune-
 
 from __future__ import annotations
 
-import os
-
 import click
 from flask import Flask
 
 import cli_ops
 import maintenance
 import store
+from config import ENV_API_KEYS
 from credentials import CredentialDecryptError, generate_key
 from database import migrate
 from errors import PilotError
 from services import Services
-
-ENV_CREDENTIALS = (("openai", "OPENAI_API_KEY"), ("groq", "GROQ_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"))
 
 
 def init_app(app: Flask) -> None:
@@ -57,18 +54,18 @@ def init_app(app: Flask) -> None:
     @click.option("--user", "user_id", required=True, help="the user whose credentials these are")
     def import_env_credentials_command(user_id: str) -> None:
         """Store OPENAI_API_KEY, GROQ_API_KEY and ANTHROPIC_API_KEY from the environment for USER."""
-        found = [(provider, os.environ[var]) for provider, var in ENV_CREDENTIALS if os.environ.get(var, "").strip()]
+        found = svc.settings.env_credentials
         if not found:
-            click.echo("none of " + ", ".join(var for _, var in ENV_CREDENTIALS) + " is set; nothing stored")
+            click.echo("none of " + ", ".join(var for _, var in ENV_API_KEYS) + " is set; nothing stored")
             return
         try:
             with svc.db.transaction(user_id) as cur:
-                for provider, secret in found:
-                    encrypted = svc.vault.encrypt(user_id, provider, "api_key", secret.strip())
+                for provider, secret in found.items():
+                    encrypted = svc.vault.encrypt(user_id, provider, "api_key", secret)
                     store.upsert_credential(cur, user_id, provider, "api_key", encrypted)
         except PilotError as exc:
             raise click.ClickException(exc.message) from exc
-        for provider, _ in found:
+        for provider in found:
             click.echo(f"stored {provider} api_key for {user_id}")
 
     @app.cli.command("list-weekday-schedules")

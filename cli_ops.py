@@ -17,7 +17,7 @@ from flask import Flask
 
 import maintenance
 import tokens
-from auth import USER_ID_PATTERN
+from auth import valid_user_id
 from errors import PilotError
 from services import Services
 
@@ -31,7 +31,7 @@ def _as_click_errors() -> Iterator[None]:
 
 
 def _user_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not USER_ID_PATTERN.match(value) or value.strip() != value:
+    if not valid_user_id(value):
         raise click.BadParameter("must be a non-empty string of at most 255 printable characters")
     return value
 

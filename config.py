@@ -1,13 +1,21 @@
 """Configuration from the environment, read in one place.
 
-Every variable Pilot reads is listed here (and in the README). ``Settings.from_env``
+Every variable Pilot reads is read here (and listed in the README). ``Settings.from_env``
 is called by ``create_app`` and by the CLI; tests pass overrides instead of
-mutating ``os.environ``.
+mutating ``os.environ``. ``deploy/gunicorn.conf.py`` reads gunicorn's own knobs.
+
+One variable is also read by a library: prometheus_client chooses where metric
+values live (memory, or files under ``PROMETHEUS_MULTIPROC_DIR``) when it is first
+imported, before any ``Settings`` exist. ``metrics.py`` therefore reads it at
+import through ``prometheus_multiproc_dir()`` below, so it must be in the
+environment before the process starts; a test override of the setting changes
+where ``/metrics`` reads, never where this process writes.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,15 @@ from typing import Any
 from errors import ConfigurationError
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Read only by `flask --app app import-env-credentials`, which stores them for one user.
+ENV_API_KEYS = (("openai", "OPENAI_API_KEY"), ("groq", "GROQ_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"))
+
+
+def prometheus_multiproc_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` (the name prometheus_client reads at import), or None when unset."""
+    env = os.environ if environ is None else environ
+    return env.get(PROMETHEUS_MULTIPROC_ENV) or None
 
 
 def _env_bool(env: dict[str, str], name: str, default: bool) -> bool:
@@ -37,8 +54,11 @@ class Settings:
     fernet_keys: tuple[str, ...] = ()
     pilot_env: str = "development"
     auth_mode: str = "dev"
-    jwt_secret: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
     jwks_url: str | None = None
+    jwt_audience: tuple[str, ...] = ()
+    jwt_issuer: str | None = None
+    host: str = "127.0.0.1"
     port: int = 5000
     scheduler_enabled: bool = True
     misfire_grace_seconds: int = 300
@@ -46,10 +66,13 @@ class Settings:
     shutdown_timeout: float = 25.0
     log_level: str = "INFO"
     outbound_allowlist: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     provider_base_urls: dict[str, str] = field(default_factory=dict)
     max_request_bytes: int = 1_000_000
     db_pool_size: int = 10
     run_workers: int = 32
+    prometheus_multiproc_dir: str | None = None
+    env_credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def production(self) -> bool:
@@ -87,6 +110,9 @@ class Settings:
             auth_mode=auth_mode,
             jwt_secret=env.get("JWT_SECRET") or None,
             jwks_url=env.get("JWKS_URL") or None,
+            jwt_audience=_env_list(env, "JWT_AUDIENCE"),
+            jwt_issuer=(env.get("JWT_ISSUER") or "").strip() or None,
+            host=(env.get("FLASK_HOST") or "127.0.0.1").strip(),
             port=port,
             scheduler_enabled=_env_bool(env, "SCHEDULER_ENABLED", True),
             misfire_grace_seconds=grace,
@@ -94,10 +120,13 @@ class Settings:
             shutdown_timeout=shutdown_timeout,
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             outbound_allowlist=_env_list(env, "OUTBOUND_ALLOWLIST"),
+            allowed_hosts=tuple(host.lower().strip("[]").removesuffix(".") for host in _env_list(env, "ALLOWED_HOSTS")),
             provider_base_urls=base_urls,
             max_request_bytes=max_bytes,
             db_pool_size=pool,
             run_workers=run_workers,
+            prometheus_multiproc_dir=prometheus_multiproc_dir(env),
+            env_credentials={name: env[var].strip() for name, var in ENV_API_KEYS if env.get(var, "").strip()},
         )
         settings = replace(settings, **overrides)
         settings.check()

@@ -26,10 +26,25 @@ ENVELOPE_VERSION = 1
 
 
 class CredentialDecryptError(PilotError):
-    """A stored credential cannot be decrypted with the configured keys, or belongs to another row."""
+    """A stored credential cannot be decrypted with the configured keys, or belongs to another row.
 
-    status = 500
+    A 409: the request is fine, the stored value is not; storing it again (or
+    deleting it) resolves it.
+    """
+
+    status = 409
     code = "credential_unreadable"
+
+
+def unreadable_credentials(provider: str, failures: dict[str, CredentialDecryptError]) -> CredentialDecryptError:
+    """One error naming every unreadable credential type of ``provider`` and what to do about it."""
+    types = sorted(failures)
+    reasons = "; ".join(failures[type_].message for type_ in types)
+    return CredentialDecryptError(
+        f"{reasons}. Store {'it' if len(types) == 1 else 'them'} again "
+        f"(POST /api/provider-credentials/{provider}) or delete {'it' if len(types) == 1 else 'them'}",
+        details={"provider": provider, "types": types},
+    )
 
 
 class Vault:
@@ -55,7 +70,9 @@ class Vault:
         try:
             envelope = json.loads(self._multi.decrypt(token.encode()))
         except (InvalidToken, ValueError) as exc:
-            raise CredentialDecryptError(f"the stored {provider} {type_} cannot be decrypted") from exc
+            raise CredentialDecryptError(
+                f"the stored {provider} {type_} cannot be decrypted with the configured FERNET_KEY"
+            ) from exc
         if not isinstance(envelope, dict) or (envelope.get("u"), envelope.get("p"), envelope.get("t")) != (
             user_id,
             provider,

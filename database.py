@@ -263,4 +263,34 @@ def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     return applied_now
 
 
+def try_migrate(dsn: str) -> bool:
+    """Apply pending migrations; False (with a warning) when the database cannot be reached.
+
+    Any other failure, e.g. a migration that does not apply, is raised.
+    """
+    try:
+        migrate(dsn)
+    except psycopg2.OperationalError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("the database is not reachable yet (%s); migrating as soon as it answers", reason)
+        return False
+    return True
+
+
+def migrate_when_reachable(
+    dsn: str, stop: threading.Event, *, first_delay: float = 0.5, max_delay: float = 2.0
+) -> bool:
+    """Retry ``try_migrate`` with a backoff (``first_delay`` doubling up to ``max_delay`` s) until it succeeds.
+
+    Returns True once the migrations are applied, False when ``stop`` is set first.
+    """
+    delay = first_delay
+    while not stop.is_set():
+        if try_migrate(dsn):
+            return True
+        stop.wait(delay)
+        delay = min(delay * 2, max_delay)
+    return False
+
+
 db_manager = DatabaseManager()

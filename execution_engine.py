@@ -21,7 +21,7 @@ from typing import Any
 import metrics
 import store
 from config import Settings
-from credentials import CredentialDecryptError, Vault
+from credentials import CredentialDecryptError, Vault, unreadable_credentials
 from database import DatabaseManager
 from errors import NotFound, PilotError, ServiceUnavailable, ValidationError
 from outbound import OutboundClient, OutboundPolicy
@@ -109,11 +109,28 @@ class ExecutionEngine:
                 raise ValidationError(f"{where}.{exc.message}", code=exc.code, details=exc.details) from None
 
     def credentials_for(self, user_id: str, provider: Provider) -> dict[str, str]:
+        """The user's stored credentials for ``provider``, decrypted.
+
+        A stored type the provider declares but that cannot be read (wrong key, a
+        ciphertext copied from another row) raises CredentialDecryptError (409) naming
+        every such type: going on without an unreadable ``base_url`` or ``hmac_secret``
+        would send the key to the default endpoint or post an unsigned webhook.
+        Unreadable types the provider does not use are left out; other providers'
+        credentials are never read here.
+        """
         with self.db.transaction(user_id) as cur:
             rows = store.list_credentials(cur, user_id, provider.name)
-        return {
-            row["type"]: self.vault.decrypt(user_id, provider.name, row["type"], row["encrypted_value"]) for row in rows
-        }
+        readable: dict[str, str] = {}
+        failures: dict[str, CredentialDecryptError] = {}
+        for row in rows:
+            try:
+                readable[row["type"]] = self.vault.decrypt(user_id, provider.name, row["type"], row["encrypted_value"])
+            except CredentialDecryptError as exc:
+                if row["type"] in provider.credential_types:
+                    failures[row["type"]] = exc
+        if failures:
+            raise unreadable_credentials(provider.name, failures)
+        return readable
 
     def execute_step(
         self,

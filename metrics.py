@@ -7,7 +7,8 @@ number of series stays bounded whatever clients send. The engine calls
 ``record_scheduler_firing`` and the engine ``record_run_finished``.
 
 Under gunicorn every worker is its own process: when ``PROMETHEUS_MULTIPROC_DIR``
-is set (before this module is imported) each process writes its values to files
+is set (in the environment before this module is imported: prometheus_client
+reads it at import, see ``config.py``) each process writes its values to files
 there and ``/metrics`` sums them. The directory must be emptied before the
 workers start, and the master must call ``mark_worker_dead(pid)`` when a worker
 exits (``docs/operations.md`` gives the gunicorn hooks).
@@ -16,6 +17,7 @@ exits (``docs/operations.md`` gives the gunicorn hooks).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import time
 from typing import Any
@@ -25,7 +27,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from config import PROMETHEUS_MULTIPROC_ENV, Settings, prometheus_multiproc_dir
+
+log = logging.getLogger(__name__)
+MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and 405s: one series, whatever path was asked for
 STEP_STATUSES = frozenset({"success", "error"})
@@ -36,9 +41,11 @@ RUN_STATUSES = ("success", "error", "interrupted", "skipped")
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-if os.environ.get(MULTIPROC_ENV):
+# What prometheus_client saw when the import above ran: where this process writes its values.
+IMPORTED_MULTIPROC_DIR = prometheus_multiproc_dir()
+if IMPORTED_MULTIPROC_DIR:
     # Every value file lands here; a missing directory would fail the first metric write.
-    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+    os.makedirs(IMPORTED_MULTIPROC_DIR, exist_ok=True)
 
 HTTP_REQUESTS = Counter(
     "pilot_http_requests_total",
@@ -92,8 +99,8 @@ for _trigger in RUN_TRIGGERS:
 
 
 def multiprocess_dir() -> str | None:
-    """The shared value directory when multiprocess mode is on, else None."""
-    return os.environ.get(MULTIPROC_ENV) or None
+    """The shared directory this process writes its values to (multiprocess mode), else None."""
+    return IMPORTED_MULTIPROC_DIR
 
 
 # --- what the engine and the scheduler call ----------------------------------------
@@ -130,10 +137,11 @@ def set_scheduler_jobs(count: int) -> None:
     SCHEDULER_JOBS.set(count)
 
 
-def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges; gunicorn's master calls this from ``child_exit``."""
-    if multiprocess_dir():
-        mark_process_dead(pid)
+def mark_worker_dead(pid: int, path: str | None = None) -> None:
+    """Drop a dead worker's live gauges from ``path`` (default: this process's directory)."""
+    directory = path or multiprocess_dir()
+    if directory:
+        mark_process_dead(pid, directory)
 
 
 def reset_multiprocess_dir(path: str | None = None) -> int:
@@ -183,6 +191,15 @@ def sample_pool(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Measure every request of ``app`` and serve ``GET /metrics``."""
+    settings: Settings = app.config["PILOT_SETTINGS"]
+    if settings.prometheus_multiproc_dir != IMPORTED_MULTIPROC_DIR:
+        log.warning(
+            "PROMETHEUS_MULTIPROC_DIR differs from what prometheus_client saw at import (%s): /metrics reads %s, "
+            "but this process writes %s; set it in the environment before the process starts",
+            IMPORTED_MULTIPROC_DIR or "unset",
+            settings.prometheus_multiproc_dir or "this process's memory",
+            IMPORTED_MULTIPROC_DIR or "to memory",
+        )
 
     @app.before_request
     def start_timer() -> None:
@@ -207,7 +224,7 @@ bp = Blueprint("metrics", __name__)
 
 
 def _registry() -> Any:
-    directory = multiprocess_dir()
+    directory = current_app.extensions["pilot"].settings.prometheus_multiproc_dir
     if directory is None:
         return REGISTRY
     registry = CollectorRegistry()

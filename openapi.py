@@ -39,9 +39,9 @@ PATH_PARAMS: dict[str, str] = {
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "the request is not valid: the message names the field"),
     401: ("Unauthorized", "AUTH_MODE=token and no valid Bearer token was sent"),
-    403: ("Forbidden", "a user_id in the body or query differs from the token's user"),
+    403: ("Forbidden", "a user_id differs from the token's user, or the Host is not allowed (host_not_allowed)"),
     404: ("NotFound", "no such resource for this user"),
-    409: ("Conflict", "a record with the same key already exists"),
+    409: ("Conflict", "a record with the same key exists, or a stored credential is unreadable"),
     413: ("PayloadTooLarge", "the body is larger than MAX_REQUEST_BYTES"),
     415: ("UnsupportedMediaType", "the body must be application/json"),
     503: ("ServiceUnavailable", "the database is unavailable or the run queue is full"),
@@ -109,7 +109,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/api/provider-credentials/{name}/test"): Op(
         "testCredentials", "Check the stored credentials against the provider", "credentials", 200,
         "the provider's answer (success or not)", ref("ProviderResult"), body={"type": "object"},
-        body_required=False, errors=(404,),
+        body_required=False, errors=(404, 409),
     ),
     ("POST", "/api/plans"): Op(
         "createPlan", "Create a plan (steps validated against provider schemas)", "plans", 201, "the plan",
@@ -252,7 +252,7 @@ def _operation(method: str, path: str, params: list[tuple[str, str]]) -> dict[st
     responses: dict[str, Any] = {str(op.ok): ok}
     for status, (description, schema) in op.extra_responses.items():
         responses[str(status)] = {"description": description, "content": _json(schema)}
-    errors = set(op.errors)
+    errors = set(op.errors) | {400, 403}  # every request: query and Host checks (routes/guard.py)
     if op.auth:
         parameters.append({"$ref": "#/components/parameters/UserId"})
         errors |= {400, 401, 403, 503}

@@ -215,11 +215,14 @@ STATIC_SCHEMAS: dict[str, Schema] = {
             "status": {"enum": ["healthy", "unhealthy"]},
             "timestamp": TIMESTAMP,
             "database": _obj({"status": {"enum": ["ok", "down"]}}, ["status"], additionalProperties=True),
-            "scheduler": {"type": "object"},
+            "scheduler": _obj(
+                {"status": {"enum": ["running", "stopped", "disabled"]}}, ["status"], additionalProperties=True
+            ),
+            # Dev mode only: token mode's unauthenticated health shows no more than the fields above.
             "providers": {"type": "array", "items": {"type": "string"}},
             "auth_mode": {"enum": ["dev", "token"], "description": "how callers identify themselves"},
         },
-        ["status", "timestamp", "database", "scheduler", "providers"],
+        ["status", "timestamp", "database", "scheduler", "auth_mode"],
     ),
     "ProviderList": _obj({"providers": {"type": "array", "items": {"type": "string"}}}, ["providers"]),
     "ProviderDescription": _obj(

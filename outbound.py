@@ -144,7 +144,7 @@ def _parse_url(url: str) -> _Target:
         raise InvalidURL(f"only http and https URLs are allowed, not {parts.scheme or 'a URL without scheme'!r}")
     if "@" in parts.netloc:
         raise InvalidURL("credentials in the URL (user:pass@) are not allowed; send them in a header")
-    if not host or (ip_literal(host) is None and (":" in host or not HOSTNAME.match(host))):
+    if not host or (ip_literal(host) is None and (":" in host or not HOSTNAME.fullmatch(host))):
         raise InvalidURL("the URL has no valid host")
     if port is not None and not 0 < port < 65536:
         raise InvalidURL(f"port {port} is out of range")

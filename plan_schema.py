@@ -8,6 +8,7 @@ the provider's JSON Schema is checked by the registry (``validate_steps``).
 from __future__ import annotations
 
 import zoneinfo
+from functools import cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -58,12 +59,15 @@ class Schedule(BaseModel):
     def _cron(cls, value: str | None) -> str | None:
         return value if value is None else check_cron(value)
 
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
         if (self.cron is None) == (self.interval_seconds is None):
             raise ValueError("a schedule needs exactly one of 'cron' or 'interval_seconds'")
-        if self.timezone is not None:
-            check_timezone(self.timezone)
         return self
 
 
@@ -96,11 +100,30 @@ class PlanBody(BaseModel):
         return steps
 
 
+@cache
+def zone_names() -> frozenset[str]:
+    """Every IANA zone name this machine knows (system tzdata and the tzdata package).
+
+    ``localtime`` is a Debian link to the machine's own zone, not an IANA name: a plan
+    must mean the same wherever it runs.
+    """
+    return frozenset(zoneinfo.available_timezones()) - {"localtime"}
+
+
 def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA zone name, e.g. ``Europe/Berlin``.
+
+    Membership is checked before anything is opened: ``ZoneInfo`` takes its key
+    as a path under the zoneinfo tree, so ``Europe`` (a directory) raises
+    IsADirectoryError and other keys raise other OSErrors rather than
+    ZoneInfoNotFoundError.
+    """
+    if name not in zone_names():
+        raise ValueError(f"unknown timezone {name!r}: use an IANA zone name such as 'Europe/Berlin' or 'UTC'")
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown timezone {name!r}") from exc
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"timezone {name!r} cannot be loaded on this server") from exc
     return name
 
 

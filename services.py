@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -20,6 +21,8 @@ class Services:
     registry: Any = None
     engine: Any = None
     scheduler: Any = None
+    # Set while ``python app.py`` waits for an unreachable database to take its migrations.
+    migrations_pending: threading.Event = field(default_factory=threading.Event)
 
 
 def services() -> Services:

@@ -67,14 +67,14 @@ _BLOCKED: tuple[tuple[Network, str], ...] = tuple(
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")
 _V4_TRANSLATED = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))
-HOSTNAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
-_LEGACY_PART = re.compile(r"^(0x[0-9a-f]*|0[0-7]*|[1-9][0-9]*)$")
+HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # fullmatch only
+_LEGACY_PART = re.compile(r"0x[0-9a-f]*|0[0-7]*|[1-9][0-9]*")
 
 
 def _legacy_ipv4(text: str) -> ipaddress.IPv4Address | None:
     """Parse the forms inet_aton accepts (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``)."""
     parts = text.lower().split(".")
-    if not 1 <= len(parts) <= 4 or not all(_LEGACY_PART.match(p) for p in parts):
+    if not 1 <= len(parts) <= 4 or not all(_LEGACY_PART.fullmatch(p) for p in parts):
         return None
     values = [int(p[2:] or "0", 16) if p.startswith("0x") else int(p, 8 if p.startswith("0") else 10) for p in parts]
     *head, last = values
@@ -145,7 +145,7 @@ class OutboundPolicy:
             except ValueError as exc:
                 raise ConfigurationError(f"OUTBOUND_ALLOWLIST entry {raw!r} is not a valid CIDR: {exc}") from None
             name = entry.removeprefix("*.")
-            if ":" in entry or re.fullmatch(r"[0-9.]+", name) or not HOSTNAME.match(name):
+            if ":" in entry or re.fullmatch(r"[0-9.]+", name) or not HOSTNAME.fullmatch(name):
                 raise ConfigurationError(f"OUTBOUND_ALLOWLIST entry {raw!r} is not a host name, IP address or CIDR")
             hosts.add(entry.rstrip("."))
         return cls(networks=tuple(networks), hosts=frozenset(hosts))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import re
 from datetime import datetime
 from typing import Any
 
 from flask import request
 
 from errors import NotFound, UnsupportedMediaType, ValidationError
+from routes.guard import request_json
 
 MAX_DB_ID = 2**63 - 1
+ASCII_INT = re.compile(r"[0-9]{1,19}")
 
 
 def json_body() -> dict[str, Any]:
@@ -20,10 +22,7 @@ def json_body() -> dict[str, Any]:
         raise ValidationError("a JSON body is required")
     if not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"the body is not valid JSON: {exc}") from None
+    data = request_json()
     if not isinstance(data, dict):
         raise ValidationError("the JSON body must be an object")
     return data
@@ -33,12 +32,25 @@ def optional_json_body() -> dict[str, Any]:
     return json_body() if request.get_data(cache=True) else {}
 
 
+def int_arg(name: str) -> int | None:
+    """A non-negative integer query parameter in ASCII digits, or None when absent.
+
+    ``int()`` alone would also take '٣', ' 1' and '1_0', and ``str.isdigit()`` passes '¹',
+    which ``int()`` then refuses.
+    """
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if not ASCII_INT.fullmatch(raw) or int(raw) > MAX_DB_ID:
+        raise ValidationError(f"{name} must be a non-negative integer (ASCII digits)")
+    return int(raw)
+
+
 def paging(default_limit: int = 100, max_limit: int = 500) -> tuple[int, int]:
-    try:
-        limit = int(request.args.get("limit", default_limit))
-        offset = int(request.args.get("offset", 0))
-    except ValueError:
-        raise ValidationError("limit and offset must be integers") from None
+    limit = int_arg("limit")
+    offset = int_arg("offset")
+    limit = default_limit if limit is None else limit
+    offset = 0 if offset is None else offset
     if not 1 <= limit <= max_limit or not 0 <= offset <= 10_000_000:
         raise ValidationError(f"limit must be 1..{max_limit} and offset 0..10000000")
     return limit, offset

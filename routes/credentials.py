@@ -15,12 +15,12 @@ from routes.common import json_body, serialize
 from services import services
 
 bp = Blueprint("credentials", __name__, url_prefix="/api/provider-credentials")
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: '$' would pass a final \n
 MAX_SECRET_CHARS = 10_000
 
 
 def _check_name(value: str, what: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise ValidationError(f"{what} must be 1-64 letters, digits, '_', '.' or '-'")
     return value
 

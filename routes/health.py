@@ -1,8 +1,16 @@
-"""Liveness and readiness for operators: curl, load balancers, systemd."""
+"""Liveness and readiness for operators: curl, load balancers, systemd.
+
+``/api/health`` needs no authentication, so in ``AUTH_MODE=token`` it says only
+what a load balancer needs: overall status, database ok/down, scheduler state,
+the auth mode (a console reads it to know whether to ask for a token). Process
+owner ids, host names, start times and error texts are shown only in dev mode,
+which answers loopback callers only.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
@@ -12,23 +20,33 @@ from services import services
 bp = Blueprint("health", __name__)
 
 
+def _database() -> dict[str, Any]:
+    svc = services()
+    if svc.migrations_pending.is_set():
+        return {"status": "down", "error": "the database is not reachable yet; migrations are pending"}
+    try:
+        svc.db.check()
+    except PilotError as exc:
+        return {"status": "down", "error": exc.message}
+    return {"status": "ok", "embedded": svc.db.embedded}
+
+
 @bp.get("/api/health")
 def health() -> tuple[Response, int]:
     svc = services()
-    try:
-        svc.db.check()
-        database = {"status": "ok", "embedded": svc.db.embedded}
-    except PilotError as exc:
-        database = {"status": "down", "error": exc.message}
+    database = _database()
     scheduler = svc.scheduler.state() if svc.scheduler is not None else {"status": "disabled"}
-    providers = svc.registry.names() if svc.registry is not None else []
     healthy = database["status"] == "ok"
-    body = {
+    body: dict[str, Any] = {
         "status": "healthy" if healthy else "unhealthy",
         "timestamp": datetime.now(UTC).isoformat(),
         "database": database,
         "scheduler": scheduler,
-        "providers": providers,
-        "auth_mode": svc.settings.auth_mode,  # public: the console picks its sign-in form from it
+        "auth_mode": svc.settings.auth_mode,
     }
+    if svc.settings.auth_mode == "dev":
+        body["providers"] = svc.registry.names() if svc.registry is not None else []
+    else:
+        body["database"] = {"status": database["status"]}
+        body["scheduler"] = {"status": scheduler["status"]}
     return jsonify(body), 200 if healthy else 503

@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
 import store
 from auth import current_user_id
 from errors import ValidationError
-from routes.common import paging, serialize
+from routes.common import int_arg, paging, serialize
 from services import services
 
 bp = Blueprint("logs", __name__, url_prefix="/api")
 
 
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit() or int(raw) > 2**63 - 1:
-        raise ValidationError(f"{name} must be a positive integer")
-    return int(raw)
-
-
 def _hours(default: int) -> int:
-    hours = _int_arg("hours") or default
+    hours = int_arg("hours") or default
     if not 1 <= hours <= 24 * 90:
         raise ValidationError("hours must be between 1 and 2160")
     return hours
+
+
+def _since() -> datetime | None:
+    """``since`` as an aware UTC instant (naive means UTC); 400 for text or offsets no timestamp can hold."""
+    raw = request.args.get("since") or None
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        # OverflowError: 0001-01-01T00:00+14:00 lies before the first representable instant.
+        raise ValidationError("since must be an ISO 8601 timestamp between years 1 and 9999") from None
 
 
 @bp.get("/logs")
@@ -38,12 +42,7 @@ def logs() -> Response:
     status = request.args.get("status") or None
     if status not in (None, "success", "error"):
         raise ValidationError("status must be 'success' or 'error'")
-    since = request.args.get("since") or None
-    if since is not None:
-        try:
-            datetime.fromisoformat(since)
-        except ValueError:
-            raise ValidationError("since must be an ISO 8601 timestamp") from None
+    since = _since()
     with services().db.transaction(user_id) as cur:
         rows = store.list_logs(
             cur,
@@ -52,8 +51,8 @@ def logs() -> Response:
             offset=offset,
             provider=request.args.get("provider") or None,
             status=status,
-            plan_id=_int_arg("plan_id") or _int_arg("plan"),
-            run_id=_int_arg("run_id"),
+            plan_id=int_arg("plan_id") or int_arg("plan"),
+            run_id=int_arg("run_id"),
             since=since,
         )
     return jsonify({"logs": [serialize(row) for row in rows], "limit": limit, "offset": offset})

@@ -157,7 +157,6 @@ def test_env_example_lists_every_variable_pilot_reads() -> None:
     read = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', (root / "config.py").read_text())) - {"INFO"}
     gunicorn = (root / "deploy" / "gunicorn.conf.py").read_text()
     read |= set(re.findall(r'(?:_env_int|os\.environ\.get|os\.environ\.setdefault)\(\s*"([A-Z][A-Z0-9_]+)"', gunicorn))
-    read |= {"FLASK_HOST", "PROMETHEUS_MULTIPROC_DIR", "OPENAI_API_KEY", "GROQ_API_KEY", "ANTHROPIC_API_KEY"}
     assert read - documented == set()
     assert not re.search(r"^[A-Z_]+=(sk-|gsk_)", example, re.MULTILINE)  # no real-looking secrets
 

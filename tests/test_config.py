@@ -58,3 +58,31 @@ def test_development_generates_a_private_key_once(tmp_path: Path) -> None:
 def test_settings_reject_an_unknown_auth_mode() -> None:
     with pytest.raises(ConfigurationError, match="AUTH_MODE"):
         Settings.from_env({"AUTH_MODE": "open"})
+
+
+def test_only_config_py_reads_the_environment() -> None:
+    """The README's promise: every variable the app reads is read in config.py (gunicorn's own
+    config file, deploy/gunicorn.conf.py, reads the server's knobs)."""
+    readers = []
+    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("routes/*.py"), *ROOT.glob("providers/*.py")]):
+        text = path.read_text(encoding="utf-8")
+        if path.name != "config.py" and any(needle in text for needle in ("os.environ", "getenv", "environ[")):
+            readers.append(path.name)
+    assert readers == []
+
+
+def test_settings_read_host_api_keys_and_the_metrics_dir() -> None:
+    env = {
+        "FLASK_HOST": "127.0.0.2",
+        "OPENAI_API_KEY": " sk-env-0000000000000001 ",
+        "GROQ_API_KEY": "gsk_env-0000000000000002",
+        "ANTHROPIC_API_KEY": "",
+        "PROMETHEUS_MULTIPROC_DIR": "/run/pilot/prometheus",
+    }
+    settings = Settings.from_env(env)
+    assert settings.host == "127.0.0.2"
+    assert settings.env_credentials == {"openai": "sk-env-0000000000000001", "groq": "gsk_env-0000000000000002"}
+    assert settings.prometheus_multiproc_dir == "/run/pilot/prometheus"
+    assert "sk-env" not in repr(settings) and "gsk_env" not in repr(settings)
+    defaults = Settings.from_env({})
+    assert (defaults.host, defaults.env_credentials, defaults.prometheus_multiproc_dir) == ("127.0.0.1", {}, None)

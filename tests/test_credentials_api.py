@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from credentials import CredentialDecryptError, Vault, mask
 from tests.conftest import make_app
+from tests.fake_upstreams import FakeOpenAI
 
 SECRET = "sk-proj-SECRETVALUE-0123456789abcdefXYZ"
 
@@ -177,3 +178,85 @@ def test_import_env_credentials(
 def test_gen_key_prints_a_usable_fernet_key(app) -> None:
     result = app.test_cli_runner().invoke(args=["gen-key"])
     Fernet(result.output.strip().encode())
+
+
+# --- unreadable credentials (issue 7, item 10) ---------------------------------------------
+
+
+def copy_ciphertext(dsn: str, user: str, provider: str, into_type: str, from_type: str) -> None:
+    """Put another row's ciphertext into ``into_type``: it decrypts, but its envelope names another row."""
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE provider_credentials SET encrypted_value = (SELECT encrypted_value FROM provider_credentials "
+            "WHERE user_id = %(u)s AND provider = %(p)s AND type = %(src)s) "
+            "WHERE user_id = %(u)s AND provider = %(p)s AND type = %(dst)s",
+            {"u": user, "p": provider, "src": from_type, "dst": into_type},
+        )
+        assert cur.rowcount == 1
+    conn.close()
+
+
+def chat_step(provider: str) -> dict:
+    return {"provider": provider, "action": "chat_completion", "params": {"prompt": "hi"}}
+
+
+def test_an_unreadable_credential_fails_its_provider_naming_the_type_and_spares_the_others(
+    client: FlaskClient, session_db: str, user: str
+) -> None:
+    with FakeOpenAI() as fake:
+        for provider in ("openai", "groq"):
+            assert store(client, user, provider, api_key=SECRET, base_url=fake.base_url).status_code == 200
+        copy_ciphertext(session_db, user, "openai", "base_url", "api_key")
+
+        tested = client.post(f"/api/provider-credentials/openai/test?user_id={user}")
+        assert tested.status_code == 409, tested.get_data(as_text=True)
+        error = tested.json["error"]
+        assert error["code"] == "credential_unreadable" and "base_url" in error["message"]
+        assert error["details"] == {"provider": "openai", "types": ["base_url"]}
+        assert SECRET not in tested.get_data(as_text=True)
+
+        ran = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("openai")})
+        assert ran.status_code == 200 and ran.json["success"] is False
+        assert ran.json["error"]["code"] == "credential_unreadable" and "base_url" in ran.json["error"]["message"]
+        assert fake.requests == []  # the key was not sent to the default endpoint instead
+
+        groq_test = client.post(f"/api/provider-credentials/groq/test?user_id={user}")
+        assert groq_test.status_code == 200 and groq_test.json["success"] is True
+        groq = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("groq")})
+        assert groq.status_code == 200 and groq.json["success"] is True, groq.json
+
+        listed = {
+            c["type"]: c["readable"]
+            for c in client.get(f"/api/provider-credentials/openai?user_id={user}").json["credentials"]
+        }
+        assert listed == {"api_key": True, "base_url": False}
+        # Storing the value again is the way out.
+        assert store(client, user, "openai", base_url=fake.base_url).status_code == 200
+        again = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("openai")})
+        assert again.json["success"] is True, again.json
+
+
+def test_an_unreadable_credential_type_the_provider_does_not_use_is_ignored(
+    client: FlaskClient, session_db: str, user: str
+) -> None:
+    with FakeOpenAI() as fake:
+        assert store(client, user, "openai", api_key=SECRET, base_url=fake.base_url, legacy=SECRET).status_code == 200
+        copy_ciphertext(session_db, user, "openai", "legacy", "api_key")
+        assert client.post(f"/api/provider-credentials/openai/test?user_id={user}").json["success"] is True
+        ran = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("openai")})
+        assert ran.json["success"] is True, ran.json
+
+
+def test_credentials_under_a_key_no_longer_configured_are_409_not_500(
+    client: FlaskClient, session_db: str, tmp_path: Path, user: str
+) -> None:
+    assert store(client, user, "openai", api_key=SECRET, base_url="http://127.0.0.1:9/v1").status_code == 200
+    other = make_app(session_db, tmp_path, (Fernet.generate_key().decode(),))
+    try:
+        tested = other.test_client().post(f"/api/provider-credentials/openai/test?user_id={user}")
+        assert tested.status_code == 409, tested.get_data(as_text=True)
+        assert tested.json["error"]["details"]["types"] == ["api_key", "base_url"]
+        assert "FERNET_KEY" in tested.json["error"]["message"]
+    finally:
+        other.extensions["pilot"].db.close()

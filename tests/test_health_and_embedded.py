@@ -58,3 +58,38 @@ def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(tmp_pat
     assert [p["name"] for p in client.get("/api/plans?user_id=newcomer").json["plans"]] == ["kept"]
     second.extensions["pilot"].db.close()
     _embedded_servers.pop((tmp_path / "pgdata").resolve()).cleanup()
+
+
+def test_token_mode_health_says_only_what_a_load_balancer_needs(session_db: str, tmp_path: Path) -> None:
+    """No process owner ids, pids, host names, start times or error texts without authentication."""
+    from execution_engine import process_owner_id
+    from scheduler import start_for_serving, stop_for_serving
+
+    key = (Fernet.generate_key().decode(),)
+    app = make_app(session_db, tmp_path, key, auth_mode="token", jwt_secret="x" * 32, scheduler_enabled=True)
+    try:
+        assert start_for_serving(app) is not None
+        response = app.test_client().get("/api/health")
+        assert response.status_code == 200
+        assert response.json == {
+            "status": "healthy",
+            "timestamp": response.json["timestamp"],
+            "database": {"status": "ok"},
+            "scheduler": {"status": "running"},
+            "auth_mode": "token",
+        }
+        text = response.get_data(as_text=True)
+        for private in (process_owner_id(), process_owner_id().split(":")[0]):
+            assert private not in text
+    finally:
+        stop_for_serving(app, timeout=2)
+        app.extensions["pilot"].db.close()
+    down = make_app("postgresql://postgres@127.0.0.1:1/x?connect_timeout=2", tmp_path, key, auth_mode="token")
+    response = down.test_client().get("/api/health")
+    assert response.status_code == 503
+    assert response.json["database"] == {"status": "down"} and response.json["status"] == "unhealthy"
+
+
+def test_dev_mode_health_keeps_its_details(client: FlaskClient) -> None:
+    body = client.get("/api/health").json
+    assert body["auth_mode"] == "dev" and body["database"]["embedded"] is False and body["providers"]

@@ -73,6 +73,7 @@ def test_non_string_user_id_in_body_is_400(client: FlaskClient, user_id) -> None
         {"credentials": {"api_key": ""}},
         {"credentials": {"api_key": 42}},
         {"credentials": {"bad type!": "x"}},
+        {"credentials": {"api_key\n": "x"}},  # '$' in a .match() pattern let a final newline through
         {"credentials": {"api_key": "x" * 10_001}},
         {},
     ],

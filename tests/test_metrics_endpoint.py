@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import metrics
+from tests.conftest import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +162,7 @@ print(__import__("os").getpid())
 """
 
 
-def test_multiprocess_mode_sums_every_worker(client: FlaskClient, tmp_path: Path, monkeypatch) -> None:
+def test_multiprocess_mode_sums_every_worker(session_db: str, tmp_path: Path, fernet_key: str) -> None:
     directory = tmp_path / "prom"
     env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
     pids = [
@@ -173,17 +174,21 @@ def test_multiprocess_mode_sums_every_worker(client: FlaskClient, tmp_path: Path
         for _ in range(2)
     ]
     assert directory.is_dir()  # created by the first worker
-    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+    # This test process writes to memory (the variable was unset when it imported prometheus_client);
+    # an app whose setting names the directory scrapes what the two workers wrote there.
+    app = make_app(session_db, tmp_path, (fernet_key,), prometheus_multiproc_dir=str(directory))
+    client = app.test_client()
     samples = scrape(client)
     assert value(samples, "pilot_step_executions_total", provider="logic", action="transform", status="success") == 2
     assert value(samples, "pilot_scheduler_firings_total", outcome="claimed") == 2
     assert value(samples, "pilot_db_pool_connections") == 6  # livesum of both workers
 
-    metrics.mark_worker_dead(pids[0])  # what gunicorn's child_exit hook does
+    metrics.mark_worker_dead(pids[0], str(directory))  # what gunicorn's child_exit hook does
     assert value(scrape(client), "pilot_db_pool_connections") == 3
     (directory / "keep.txt").write_text("not a value file")
-    assert metrics.reset_multiprocess_dir() > 0  # what on_starting does
+    assert metrics.reset_multiprocess_dir(str(directory)) > 0  # what on_starting does
     assert [p.name for p in directory.iterdir()] == ["keep.txt"]
+    app.extensions["pilot"].db.close()
 
 
 def _exported_names() -> set[str]:

@@ -124,3 +124,16 @@ def test_templated_params_are_checked_when_the_plan_runs(client: FlaskClient, us
     }
     response = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
     assert response.status_code == 201, response.json
+
+
+def test_the_readme_step_shape_names_every_step_field() -> None:
+    import re
+    from pathlib import Path
+
+    from plan_schema import Step
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    shape = re.search(r"A step is `\{([^}]*)\}`", readme)
+    assert shape is not None
+    documented = {name.strip().rstrip("?") for name in shape.group(1).split(",")}
+    assert documented == set(Step.model_fields)

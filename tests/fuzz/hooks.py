@@ -1,0 +1,84 @@
+"""Schemathesis hooks for tests/fuzz/run_fuzz.sh: put hostile values where the schema allows any.
+
+Schemathesis draws strings from the whole of Unicode but seldom puts a NUL, a lone
+surrogate, a directory of the zoneinfo tree or an overflowing timestamp exactly
+where a route stores or parses it, and never nests JSON more than 100 deep. The outside
+audit of issue 7 found its 500s with such values, so about one generated body or
+query in three gets one of them in a random place (a string leaf or a query value),
+or a random value replaced by deeply nested arrays. Loaded through
+``SCHEMATHESIS_HOOKS=hooks`` with this directory on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import schemathesis
+
+HOSTILE_TEXT = (
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "x\udfff",
+    "Europe",
+    "Etc",
+    "../etc/passwd",
+    "/usr/share/zoneinfo/UTC",
+    "\u00b9",  # '¹': str.isdigit() but not int()
+    "\u0663",  # an Arabic-Indic 3
+    "9" * 30,
+    "-1",
+    "1e999",
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00+14:00",
+    '{{ `"\\u0000"` }}',
+    "alice\n",
+    " ",
+)
+QUERY_TEXT = tuple(text for text in HOSTILE_TEXT if not any("\ud800" <= char <= "\udfff" for char in text))
+DEPTH = 110  # past the server's bound of 100; deeper trips schemathesis's own recursion limits
+_random = random.Random(int(os.environ.get("FUZZ_SEED", "7")))
+
+
+def _deep() -> Any:
+    value: Any = 1
+    for _ in range(DEPTH):
+        value = [value]
+    return value
+
+
+def _slots(value: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key) in ``value`` whose item could be replaced, found without recursion."""
+    found: list[tuple[Any, Any]] = []
+    stack = [value]
+    while stack and len(found) < 500:
+        item = stack.pop()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        for key, child in pairs:
+            found.append((item, key))
+            stack.append(child)
+    return found
+
+
+@schemathesis.hook
+def map_body(context: Any, body: Any) -> Any:
+    if _random.random() > 1 / 3 or not isinstance(body, dict | list):
+        return body
+    slots = _slots(body)
+    if not slots:
+        return body
+    container, key = _random.choice(slots)
+    container[key] = _deep() if _random.random() < 0.2 else _random.choice(HOSTILE_TEXT)
+    return body
+
+
+@schemathesis.hook
+def map_query(context: Any, query: Any) -> Any:
+    if _random.random() > 1 / 3 or not isinstance(query, dict) or not query:
+        return query
+    names = sorted(name for name in query if name != "user_id") or sorted(query)
+    # A lone surrogate cannot be sent in a URL (it has no UTF-8 form), so queries get the rest.
+    query[_random.choice(names)] = _random.choice(QUERY_TEXT)
+    return query

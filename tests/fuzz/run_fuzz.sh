@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Fuzz Pilot's HTTP API with schemathesis, generated from GET /api/openapi.json.
+#
+# Passes when no generated request gets a 5xx answer. Other kinds of check
+# failure (schema conformance, ...) are counted and printed, not failed on.
+# Bounded: FUZZ_MAX_EXAMPLES test cases per operation (default 25) and
+# FUZZ_MAX_TIME seconds in all (default 90).
+#
+# Isolation: the server and schemathesis run in a network namespace of their own
+# with only a loopback interface (`unshare --net`; as root, or through a user
+# namespace otherwise), so no generated webhook URL or base_url host can be
+# reached, whatever the SSRF guard allows. tests/fuzz/netns_lo_up.py brings lo up
+# and refuses to go on if any other interface exists or a public address is
+# reachable. PostgreSQL is reached over its Unix socket (FUZZ_PGHOST, default
+# /var/run/postgresql; FUZZ_PGPORT, default 5432), in a database made for this
+# run and dropped after it.
+#
+# Usage: tests/fuzz/run_fuzz.sh            (from anywhere; uses .venv/bin/python unless PYTHON is set)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+SCHEMATHESIS=${SCHEMATHESIS:-$(dirname "$PYTHON")/schemathesis}
+
+if [[ "${PILOT_FUZZ_IN_NETNS:-}" != 1 ]]; then
+  userns=()
+  [[ $(id -u) == 0 ]] || userns=(--map-root-user)
+  exec unshare --net "${userns[@]}" env PILOT_FUZZ_IN_NETNS=1 "$0" "$@"
+fi
+
+"$PYTHON" tests/fuzz/netns_lo_up.py
+
+PGHOST_DIR=${FUZZ_PGHOST:-/var/run/postgresql}
+PGPORT_NUM=${FUZZ_PGPORT:-5432}
+DB="pilot_fuzz_$$_$RANDOM"
+ADMIN_DSN="postgresql://postgres@/postgres?host=$PGHOST_DIR&port=$PGPORT_NUM"
+WORK=$(mktemp -d /tmp/pilot-fuzz.XXXXXX)
+PORT=5099
+MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-25}
+MAX_TIME=${FUZZ_MAX_TIME:-90}
+SERVER_PID=
+
+sql() { "$PYTHON" -c 'import sys, psycopg2; c = psycopg2.connect(sys.argv[1]); c.autocommit = True; c.cursor().execute(sys.argv[2]); c.close()' "$ADMIN_DSN" "$1"; }
+
+cleanup() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  sql "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
+  if [[ -n "${FUZZ_KEEP:-}" ]]; then echo "fuzz: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+sql "CREATE DATABASE $DB"
+
+# A dev-mode server as the README starts it (python app.py migrates the new database).
+env -u AUTH_MODE -u PILOT_ENV -u JWT_SECRET -u JWKS_URL -u OUTBOUND_ALLOWLIST -u ALLOWED_HOSTS \
+  DATABASE_URL="postgresql://postgres@/$DB?host=$PGHOST_DIR&port=$PGPORT_NUM" \
+  PILOT_DATA_DIR="$WORK/data" FLASK_PORT=$PORT SCHEDULER_ENABLED=false DB_POOL_SIZE=4 RUN_WORKERS=4 \
+  LOG_LEVEL=WARNING "$PYTHON" app.py >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+
+BASE="http://127.0.0.1:$PORT"
+healthy=
+for _ in $(seq 1 300); do
+  if "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$BASE/api/health" \
+    2>/dev/null; then healthy=1; break; fi
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [[ -z "$healthy" ]]; then
+  tail -50 "$WORK/server.log" >&2
+  echo "fuzz: the server did not become healthy" >&2
+  exit 1
+fi
+
+set +e
+# Run from the scratch directory: schemathesis keeps a .schemathesis/ cache in its working directory.
+(cd "$WORK" && PYTHONPATH="$ROOT/tests/fuzz" SCHEMATHESIS_HOOKS=hooks FUZZ_SEED="${FUZZ_SEED:-7}" \
+  "$SCHEMATHESIS" --config-file "$ROOT/tests/fuzz/schemathesis.toml" run "$BASE/api/openapi.json" \
+  --checks all --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed "${FUZZ_SEED:-7}" \
+  --workers 2 --request-timeout 20 --continue-on-failure --no-shrink --suppress-health-check all \
+  --report ndjson --report-ndjson-path "$WORK/events.ndjson" --warnings off >"$WORK/schemathesis.txt" 2>&1)
+st_status=$?
+set -e
+
+sed -n '/^Failures:/,/^$/p; /^Test cases:/,/^$/p' "$WORK/schemathesis.txt"
+"$PYTHON" tests/fuzz/summarize.py "$WORK/events.ndjson" "$WORK/server.log" "$st_status"
