@@ -391,3 +391,35 @@ def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[...,
     assert wait_for(lambda: runs_of(app, user, plan["id"])[0]["status"] == "interrupted", 15.0)
     assert "lease expired" in runs_of(app, user, plan["id"])[0]["error"]
 
+
+def test_checklist_scheduler_jobs_verbatim_without_a_user(
+    apps: Callable[..., Flask], user: str, tmp_path: Path, fernet_key: str, fresh_db: str
+) -> None:
+    """Issue 7 item 11: Phase 6's `curl http://localhost:5000/api/scheduler/jobs`, exactly as written."""
+    disabled = apps(scheduler_enabled=False)
+    response = disabled.test_client().get("/api/scheduler/jobs")
+    assert response.status_code == 200, response.json
+    assert response.json == {"jobs": [], "scheduler": {"status": "disabled", "jobs": 0}}
+
+    serving = apps()
+    plan = create_plan(serving, user, {"interval_seconds": 3600})
+    from scheduler import start_for_serving
+
+    scheduler = start_for_serving(serving)
+    assert scheduler is not None
+    assert wait_for(lambda: scheduler.state()["jobs"] == 1, 5.0)
+    client = serving.test_client()
+    anonymous = client.get("/api/scheduler/jobs")
+    assert anonymous.status_code == 200, anonymous.json
+    assert anonymous.json == {"jobs": [], "scheduler": {"status": "running", "jobs": 1}}
+    named = client.get(f"/api/scheduler/jobs?user_id={user}")
+    assert named.status_code == 200
+    assert [job["plan_id"] for job in named.json["jobs"]] == [plan["id"]]
+    assert named.json["scheduler"] == {"status": "running", "jobs": 1}
+
+    token_mode = make_app(fresh_db, tmp_path, (fernet_key,), auth_mode="token", jwt_secret="s" * 32)
+    try:
+        refused = token_mode.test_client().get("/api/scheduler/jobs")
+        assert refused.status_code == 401 and refused.json["error"]["code"] == "unauthorized"
+    finally:
+        token_mode.extensions["pilot"].db.close()
