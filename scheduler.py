@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -217,6 +218,7 @@ class PilotScheduler:
         engine stops only after every slot claimed here is in it (or, if one is
         stuck past ``timeout``, the engine ends that run instead of leaving it queued).
         """
+        deadline = time.monotonic() + timeout  # one budget for both waits (gunicorn's grace period)
         with self._firings_done:
             self._paused.set()
         self._stop.set()
@@ -225,7 +227,7 @@ class PilotScheduler:
         with self._firings_done:
             if not self._firings_done.wait_for(lambda: self._firing == 0, timeout=timeout):
                 log.warning("%d firing(s) still claiming at shutdown; the engine will end their runs", self._firing)
-        self.svc.engine.stop(timeout)
+        self.svc.engine.stop(max(0.0, deadline - time.monotonic()))
         for thread in self._threads:
             thread.join(timeout=2)
 
