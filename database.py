@@ -35,6 +35,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_ID = 0x50494C4F54  # "PILOT": one migrator per database at a time
 POOL_WAIT_SECONDS = 10.0
 Cursor: TypeAlias = psycopg2.extras.RealDictCursor
+# Both roles are set transaction-locally, so a pooled connection never keeps them.
+APP_ROLE_SETUP = "SET LOCAL ROLE pilot_app; SELECT set_config('app.current_user_id', %s, true)"
+SYSTEM_ROLE_SETUP = "SET LOCAL ROLE pilot_system; SELECT set_config('app.current_user_id', '', true)"
 
 _embedded_servers: dict[Path, Any] = {}
 _embedded_lock = threading.Lock()
@@ -178,16 +181,29 @@ class DatabaseManager:
         ``as_app=False`` stays in the connecting role: for migrations and operator
         commands only, never for requests.
         """
+        setup = APP_ROLE_SETUP if as_app else None
+        with self._transaction(setup, (user_id or "",)) as cur:
+            yield cur
+
+    @contextmanager
+    def system_transaction(self) -> Iterator[Cursor]:
+        """One transaction as ``pilot_system``: Pilot's own work across users (schedules, leases, reaping).
+
+        Never for requests: that role may list every schedule and renew or interrupt
+        runs, and nothing else (migration 006); request transactions use ``transaction``.
+        """
+        with self._transaction(SYSTEM_ROLE_SETUP, None) as cur:
+            yield cur
+
+    @contextmanager
+    def _transaction(self, setup: str | None, params: tuple[str, ...] | None) -> Iterator[Cursor]:
         pool = self._get_pool()
         conn = pool.getconn()
         broken = False
         try:
             with conn.cursor(cursor_factory=Cursor) as cur:
-                if as_app:
-                    cur.execute(
-                        "SET LOCAL ROLE pilot_app; SELECT set_config('app.current_user_id', %s, true)",
-                        (user_id or "",),
-                    )
+                if setup is not None:
+                    cur.execute(setup, params)
                 yield cur
             conn.commit()
         except psycopg2.Error as exc:

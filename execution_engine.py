@@ -2,20 +2,18 @@
 
 Every executed step writes exactly one ``execution_logs`` row; every value that
 leaves the engine (result, log row, run row) has first passed through a
-``Redactor`` built from the credentials that step used.
+``Redactor`` built from the credentials that step used. Whatever fails inside a
+step ends as that step's failed result, logged; whatever fails outside the steps
+ends the run as ``error``. A run is never left ``running`` by a live process: its
+lease is renewed only while this engine holds it (``leases.LeaseKeeper``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import socket
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import metrics
@@ -23,12 +21,13 @@ import store
 from config import Settings
 from credentials import CredentialDecryptError, Vault, unreadable_credentials
 from database import DatabaseManager
-from errors import NotFound, PilotError, ServiceUnavailable, ValidationError
+from errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
 from outbound import OutboundClient, OutboundPolicy
 from plan_schema import Step, parse
 from provider_registry import ExecutionContext, Provider, ProviderRegistry, ProviderResult
 from redaction import Redactor
-from templating import TemplateError, compile_expression, evaluate, render, truthy
+from runs import RunExecution, process_owner_id, unexpected_failure
+from templating import TemplateError, compile_expression, render
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,29 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 MAX_LOGGED_CHARS = 32_000
-_owner: tuple[int, str] | None = None
-
-
-def process_owner_id() -> str:
-    """Identifies this process (host, pid, boot) as the owner of the runs it executes."""
-    global _owner
-    if _owner is None or _owner[0] != os.getpid():
-        _owner = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
-    return _owner[1]
+MAX_RESULT_DEPTH = 128  # deeper results fail their step: nothing downstream must recurse that deep
 
 
 def truncate(value: Any, limit: int = MAX_LOGGED_CHARS) -> Any:
-    """``value`` itself when its JSON is small, else a marked preview of it."""
-    text = json.dumps(value, default=str, ensure_ascii=False)
+    """``value`` itself when its JSON is small, else a marked preview of it; TypeError when it is not JSON."""
+    text = json.dumps(value, ensure_ascii=False)
     if len(text) <= limit:
         return value
     return {"truncated": True, "original_chars": len(text), "preview": text[:limit]}
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in ``value``, counted without recursion and only up to ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            deepest = max(deepest, level + 1)
+            if deepest > limit:
+                break
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float:
@@ -64,8 +69,11 @@ def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float
     return delay
 
 
-class ExecutionEngine:
-    """Executes steps and plans for one app; safe to share between threads."""
+__all__ = ["ExecutionEngine", "process_owner_id", "truncate"]
+
+
+class ExecutionEngine(RunExecution):
+    """Executes steps and plans for one app; safe to share between threads (whole runs: ``runs.py``)."""
 
     def __init__(self, settings: Settings, db: DatabaseManager, vault: Vault, registry: ProviderRegistry) -> None:
         self.settings = settings
@@ -73,10 +81,7 @@ class ExecutionEngine:
         self.vault = vault
         self.registry = registry
         self.http = OutboundClient(OutboundPolicy.from_entries(settings.outbound_allowlist))
-        self._pool = ThreadPoolExecutor(max_workers=settings.run_workers, thread_name_prefix="pilot-run")
-        self._slots = threading.BoundedSemaphore(settings.run_workers * 16)
-        self._inflight = 0
-        self._idle = threading.Condition()
+        self._setup_runs()
 
     # --- one step --------------------------------------------------------------
 
@@ -144,8 +149,9 @@ class ExecutionEngine:
     ) -> ProviderResult:
         """Run one step and log it; raises ValidationError (400) only for a step that is not valid.
 
-        Every other failure (missing reference, missing credentials, upstream error)
-        comes back as a failed ProviderResult, logged like a success.
+        Every other failure (missing reference, missing credentials, upstream error,
+        a result that cannot be stored, any unexpected error) comes back as a failed
+        ProviderResult, logged like a success.
         """
         parsed, provider = self.validate_step(step)
         redactor = Redactor()
@@ -177,14 +183,35 @@ class ExecutionEngine:
             if run_id is None:
                 raise  # execute-step: the caller sent an invalid step
             result = ProviderResult.fail("invalid_params", exc.message)
+        except Exception as exc:  # anything else inside the step is the step's failure, never the run's
+            result = unexpected_failure(exc)
         attempts = max(attempts, 1)  # a step that failed before its call still counts as one attempt
         result.latency_ms = round(elapsed * 1000, 2)  # the provider's time, retries included
         result.metadata["attempts"] = attempts
-        clean = ProviderResult.from_dict(redactor.value(result.to_dict()))
-        status = "success" if clean.success else "error"
-        metrics.record_step(parsed.provider, parsed.action, status, clean.latency_ms, attempts)
-        self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, attempts)
-        return clean
+        clean = self._redacted(result, redactor)
+        where = {"plan_id": plan_id, "run_id": run_id, "step_index": step_index}
+        kept = self._log(user_id, parsed, clean, self._redacted_params(params, redactor), where, attempts)
+        metrics.record_step(
+            parsed.provider, parsed.action, "success" if kept.success else "error", kept.latency_ms, attempts
+        )
+        return kept
+
+    @staticmethod
+    def _redacted(result: ProviderResult, redactor: Redactor) -> ProviderResult:
+        """``result`` redacted; a failure instead when it nests too deeply to redact, store or render from."""
+        if nesting_depth(result.to_dict(), MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH:
+            failed = ProviderResult.fail(
+                "result_too_deep", f"the step's result nests deeper than {MAX_RESULT_DEPTH} levels; it was not kept"
+            )
+            failed.latency_ms, failed.metadata = result.latency_ms, {"attempts": result.metadata.get("attempts", 1)}
+            return failed
+        return ProviderResult.from_dict(redactor.value(result.to_dict()))
+
+    @staticmethod
+    def _redacted_params(params: Any, redactor: Redactor) -> Any:
+        if nesting_depth(params, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH:
+            return {"omitted": f"params nest deeper than {MAX_RESULT_DEPTH} levels"}
+        return redactor.value(params)
 
     def context(self, user_id: str, timeout_s: float, run_context: dict[str, Any] | None = None) -> ExecutionContext:
         """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs."""
@@ -229,16 +256,37 @@ class ExecutionEngine:
         step: Step,
         result: ProviderResult,
         params: Any,
-        plan_id: int | None,
-        run_id: int | None,
-        step_index: int | None,
+        where: dict[str, Any],
         attempts: int,
+    ) -> ProviderResult:
+        """Write the step's one log row; returns the result as kept.
+
+        A result the database cannot store (not JSON, refused by PostgreSQL) is
+        replaced by a failure, logged without input and output, so the step still
+        has its row and the run can still record it. Only a database that is down
+        makes this raise.
+        """
+        try:
+            self._insert_log(user_id, step, result, params, where, attempts)
+            return result
+        except (DatabaseError, ServiceUnavailable):
+            raise
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, PilotError) else type(exc).__name__
+            log.warning("step result of %s.%s could not be stored: %s", step.provider, step.action, reason)
+            kept = ProviderResult.fail(
+                "result_unstorable", f"the step's result could not be stored ({reason}); it was not kept"
+            )
+            kept.latency_ms, kept.metadata = result.latency_ms, {"attempts": attempts}
+            self._insert_log(user_id, step, kept, None, where, attempts)
+            return kept
+
+    def _insert_log(
+        self, user_id: str, step: Step, result: ProviderResult, params: Any, where: dict[str, Any], attempts: int
     ) -> None:
         error = result.error or {}
         entry = {
-            "plan_id": plan_id,
-            "run_id": run_id,
-            "step_index": step_index,
+            **where,
             "step_id": step.id,
             "provider": step.provider,
             "action": step.action,
@@ -252,106 +300,3 @@ class ExecutionEngine:
         }
         with self.db.transaction(user_id) as cur:
             store.insert_log(cur, user_id, entry)
-
-    # --- whole plans -------------------------------------------------------------
-
-    def create_run(self, user_id: str, plan_id: int, trigger: str, scheduled_for: Any = None) -> dict[str, Any] | None:
-        """Insert a queued run; None when a run for this (plan, scheduled_for) already exists."""
-        with self.db.transaction(user_id) as cur:
-            if store.get_plan(cur, user_id, plan_id) is None:
-                raise NotFound(f"plan {plan_id} not found")
-            return store.insert_run(
-                cur, user_id, plan_id, trigger=trigger, owner_id=process_owner_id(), scheduled_for=scheduled_for
-            )
-
-    def submit(self, user_id: str, run_id: int) -> None:
-        """Run a queued run on the bounded worker pool; 503 when the queue is full."""
-        if not self._slots.acquire(blocking=False):
-            with self.db.transaction(user_id) as cur:
-                store.finish_run(cur, user_id, run_id, "error", [], "rejected: the run queue is full")
-            raise ServiceUnavailable("too many runs are queued; try again shortly", code="busy")
-
-        def work() -> None:
-            try:
-                self.run(user_id, run_id)
-            except Exception:
-                log.exception("run %s failed outside its steps", run_id)
-            finally:
-                self._slots.release()
-                with self._idle:
-                    self._inflight -= 1
-                    self._idle.notify_all()
-
-        with self._idle:
-            self._inflight += 1
-        self._pool.submit(work)
-
-    def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for submitted runs to finish; True when none is left."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
-
-    def run(self, user_id: str, run_id: int, input_: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Execute a queued run to the end; returns the finished run row (None if it was not queued)."""
-        with self.db.transaction(user_id) as cur:
-            run = store.start_run(cur, user_id, run_id, process_owner_id())
-            plan = store.get_plan(cur, user_id, run["plan_id"]) if run else None
-        if run is None:
-            return None
-        if plan is None:
-            return self._finish(user_id, run_id, "error", [], "the plan was deleted")
-        context: dict[str, Any] = {"steps": {}, "step_results": {}, "input": input_ or {}}
-        results: list[dict[str, Any]] = []
-        status, error = "success", None
-        for index, step in enumerate(plan["steps"]):
-            entry: dict[str, Any] = {
-                "index": index,
-                "id": step.get("id"),
-                "provider": step.get("provider"),
-                "action": step.get("action"),
-            }
-            try:
-                if step.get("when") and not truthy(evaluate(step["when"], context)):
-                    results.append({**entry, "status": "skipped"})
-                    continue
-                # Recorded before the call: if this process dies now, the step's outcome is known to be unknown.
-                with self.db.transaction(user_id) as cur:
-                    store.progress_run(cur, user_id, run_id, [*results, {**entry, "status": "running"}])
-                result = self.execute_step(user_id, step, context, plan_id=plan["id"], run_id=run_id, step_index=index)
-            except PilotError as exc:
-                result = ProviderResult.fail(exc.code, exc.message)
-            outcome = result.to_dict()
-            context["step_results"][str(index)] = outcome
-            if step.get("id"):
-                context["steps"][step["id"]] = outcome
-            results.append({**entry, "status": "success" if result.success else "error", "result": outcome})
-            if not result.success and not step.get("continue_on_error"):
-                status = "error"
-                error = f"step {step.get('id') or index} failed: {(result.error or {}).get('message', '')}"
-                break
-        return self._finish(user_id, run_id, status, results, error)
-
-    def _finish(
-        self, user_id: str, run_id: int, status: str, results: list[dict[str, Any]], error: str | None
-    ) -> dict[str, Any] | None:
-        with self.db.transaction(user_id) as cur:
-            run = store.finish_run(cur, user_id, run_id, status, results, error)
-            if run is not None and run["trigger"] == "schedule" and status == "error":
-                self._maybe_pause(cur, user_id, run["plan_id"])
-        if run is not None:
-            metrics.record_run_finished(run["trigger"], run["status"])
-        return run
-
-    def _maybe_pause(self, cur: Any, user_id: str, plan_id: int) -> None:
-        """``pause_on_failure: N``: disable the plan after N consecutive failed scheduled runs."""
-        plan = store.get_plan(cur, user_id, plan_id)
-        limit = ((plan or {}).get("schedule") or {}).get("pause_on_failure")
-        if not plan or not limit or not plan["enabled"]:
-            return
-        recent = store.recent_finished_runs(cur, user_id, plan_id, int(limit))
-        if len(recent) == int(limit) and all(status != "success" for status in recent):
-            store.set_plan_enabled(cur, user_id, plan_id, False)
-            log.warning("plan %s paused after %s consecutive failed runs", plan_id, limit)
-
-    def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -160,8 +160,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body={"type": "object"}, body_required=False, errors=(404,),
     ),
     ("GET", "/api/scheduler/jobs"): Op(
-        "listSchedulerJobs", "The caller's scheduled plans and their next run times", "scheduler", 200, "jobs",
-        ref("SchedulerJobs"),
+        "listSchedulerJobs", "The caller's scheduled plans and their next run times, and the scheduler's state "
+        "(dev mode without a user: the state and no jobs)", "scheduler", 200, "jobs", ref("SchedulerJobs"),
     ),
     ("POST", "/api/execute-step"): Op(
         "executeStep", "Run one step now", "runs", 200, "the step ran (successfully or not)", ref("ProviderResult"),

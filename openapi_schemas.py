@@ -149,6 +149,7 @@ RUN: Schema = _obj(
         "finished_at": nullable(TIMESTAMP),
         "step_results": {"type": "array", "items": ref("StepOutcome")},
         "error": nullable({"type": "string"}),
+        "input": {"type": "object", "description": "the input the run was accepted with ({{ input.… }})"},
     },
     ["id", "plan_id", "trigger", "status", "created_at", "step_results"],
     additionalProperties=True,
@@ -355,9 +356,16 @@ STATIC_SCHEMAS: dict[str, Schema] = {
                     },
                     ["id", "plan_id", "next_run_time", "trigger"],
                 ),
-            }
+            },
+            "scheduler": _obj(
+                {
+                    "status": {"enum": ["running", "stopped", "disabled", "not_started"]},
+                    "jobs": {"type": "integer", "description": "schedules loaded in this process (every user's)"},
+                },
+                ["status", "jobs"],
+            ),
         },
-        ["jobs"],
+        ["jobs", "scheduler"],
     ),
 }
 

@@ -6,8 +6,14 @@ each firing inserts ``plan_runs (plan_id, scheduled_for)`` with ``ON CONFLICT DO
 NOTHING`` under a per-plan advisory lock, and only the process whose insert
 returned a row runs it. Schedules reach every process through LISTEN/NOTIFY
 (a trigger on ``execution_plans``) with a periodic reconcile as a safety net;
-runs hold a lease renewed by their owner, and any process marks runs whose
-owner died ``interrupted``.
+runs hold a lease renewed by the engine executing them (``leases.py``), and any
+process's scheduler marks runs whose lease expired ``interrupted``. Listing
+schedules and reaping run as ``pilot_system``, never as a request's role.
+
+Shutdown never strands a claimed slot: a firing claims and hands its run to the
+engine inside one gate, and ``stop`` closes the gate and waits for firings in
+flight before it stops the engine (whose ``submit`` ends, rather than drops, a
+run it can no longer take).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,6 +112,8 @@ class FiringExecutor(BaseExecutor):
         super().__init__()
         self._on_fire = on_fire
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pilot-fire")
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         def fire() -> None:
@@ -115,9 +124,14 @@ class FiringExecutor(BaseExecutor):
                 log.exception("firing %s failed", job.id)
             self._run_job_success(job.id, [JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, "default", run_times[-1])])
 
-        self._pool.submit(fire)
+        with self._lock:
+            if self._closed:  # APScheduler's loop may still hand over a due job while it shuts down
+                return
+            self._pool.submit(fire)
 
     def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
@@ -129,7 +143,7 @@ class PilotScheduler:
         settings = self.svc.settings
         self.grace = timedelta(seconds=settings.misfire_grace_seconds)
         self.lease_seconds = settings.run_lease_seconds
-        self.heartbeat_seconds = max(1.0, settings.run_lease_seconds / 6)
+        self.reap_seconds = max(1.0, settings.run_lease_seconds / 6)
         self.reconcile_seconds = 30.0
         self._aps = APScheduler(BackgroundScheduler())
         self._aps.init_app(app)
@@ -145,6 +159,8 @@ class PilotScheduler:
         self._caught_up = False
         self._stop = threading.Event()
         self._paused = threading.Event()  # no more firings; leases are still renewed
+        self._firing = 0  # firings between their pause check and handing their run over
+        self._firings_done = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.started_at: datetime | None = None
 
@@ -158,18 +174,20 @@ class PilotScheduler:
         """
         try:
             with self.svc.db.transaction(None, as_app=False) as cur:
-                if not store.function_owner_bypasses_rls(cur, "pilot_list_schedules"):
-                    log.error(
-                        "pilot_list_schedules is owned by a role that does not bypass row-level security: the "
-                        "scheduler cannot see any user's schedules; run the migrations as a superuser or a role "
-                        "with BYPASSRLS (README: Database, roles and row-level security)"
-                    )
+                for function in ("pilot_list_schedules", "pilot_interrupt_runs"):
+                    if not store.function_owner_bypasses_rls(cur, function):
+                        log.error(
+                            "%s is owned by a role that does not bypass row-level security: the scheduler "
+                            "cannot see every user's schedules or reap their runs; run the migrations as a "
+                            "superuser or a role with BYPASSRLS (README: Database, roles and row-level security)",
+                            function,
+                        )
             self.reconcile()
         except PilotError as exc:
             log.error("scheduler cannot load schedules yet (%s); it will when the database answers", exc.message)
         self._aps.start()
         self.started_at = datetime.now(UTC)
-        for target, name in ((self._listen, "pilot-listen"), (self._maintain, "pilot-leases")):
+        for target, name in ((self._listen, "pilot-listen"), (self._maintain, "pilot-reaper")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -180,16 +198,22 @@ class PilotScheduler:
         self._paused.set()
 
     def stop(self, timeout: float) -> None:
-        """Stop firing, let in-flight runs finish for up to ``timeout`` s, mark the rest interrupted."""
-        self._paused.set()
+        """Stop firing, let in-flight runs finish for up to ``timeout`` s, mark the rest interrupted.
+
+        Firings already past their pause check hand their runs over first, so the
+        engine stops only after every slot claimed here is in it (or, if one is
+        stuck past ``timeout``, the engine ends that run instead of leaving it queued).
+        """
+        deadline = time.monotonic() + timeout  # one budget for both waits (gunicorn's grace period)
+        with self._firings_done:
+            self._paused.set()
         self._stop.set()
         if self._aps.running:
             self._aps.shutdown(wait=False)
-        finished = self.svc.engine.drain(timeout)
-        if not finished:
-            rows = self._interrupt(process_owner_id(), 0, "interrupted: the server shut down before the run finished")
-            log.warning("shutdown interrupted %d run(s)", len(rows))
-        self.svc.engine.shutdown(wait=False)
+        with self._firings_done:
+            if not self._firings_done.wait_for(lambda: self._firing == 0, timeout=timeout):
+                log.warning("%d firing(s) still claiming at shutdown; the engine will end their runs", self._firing)
+        self.svc.engine.stop(max(0.0, deadline - time.monotonic()))
         for thread in self._threads:
             thread.join(timeout=2)
 
@@ -218,10 +242,24 @@ class PilotScheduler:
         """Claim the latest due slot within the grace window (older ones are recorded as skipped).
 
         Returns the run this process won and queued, or None when another process
-        won, the slot was too old, or the previous run is still going (then a
-        ``skipped`` row records it).
+        won, the slot was too old, the previous run is still going (then a
+        ``skipped`` row records it), or this scheduler is stopping (then nothing
+        is claimed).
         """
-        now = now or datetime.now(UTC)
+        with self._firings_done:
+            if self._paused.is_set():
+                return None
+            self._firing += 1
+        try:
+            return self._claim_and_submit(plan_id, user_id, due, now or datetime.now(UTC), won)
+        finally:
+            with self._firings_done:
+                self._firing -= 1
+                self._firings_done.notify_all()
+
+    def _claim_and_submit(
+        self, plan_id: int, user_id: str, due: list[datetime], now: datetime, won: str
+    ) -> dict[str, Any] | None:
         latest = due[-1] if due and now - due[-1] <= self.grace else None
         missed = due[:-1] if latest is not None else due
         with self.svc.db.transaction(user_id) as cur:
@@ -237,7 +275,11 @@ class PilotScheduler:
                     status="skipped",
                     error="missed: the scheduler was not running at this time",
                 )
-            run = None if latest is None else store.claim_slot(cur, user_id, plan_id, latest, process_owner_id())
+            run = (
+                None
+                if latest is None
+                else store.claim_slot(cur, user_id, plan_id, latest, process_owner_id(), self.lease_seconds)
+            )
         for _ in missed[-MAX_RECORDED_MISSES:]:
             metrics.record_scheduler_firing("skipped_misfire")
         if latest is None:
@@ -258,7 +300,7 @@ class PilotScheduler:
     # --- schedule sync ------------------------------------------------------------
 
     def _list_schedules(self, plan_id: int | None) -> list[dict[str, Any]]:
-        with self.svc.db.transaction(None) as cur:
+        with self.svc.db.system_transaction() as cur:
             return store.list_schedules(cur, plan_id)
 
     def _sync_row(self, row: dict[str, Any], now: datetime) -> None:
@@ -336,17 +378,14 @@ class PilotScheduler:
                 if conn is not None:
                     conn.close()
 
-    # --- leases -------------------------------------------------------------------
-
-    def _interrupt(self, owner: str | None, lease_seconds: int, reason: str) -> list[dict[str, Any]]:
-        with self.svc.db.transaction(None) as cur:
-            return store.interrupt_runs(cur, owner, lease_seconds, reason)
+    # --- reaping -----------------------------------------------------------------
 
     def reap(self) -> list[dict[str, Any]]:
-        """Mark runs whose owner stopped renewing its lease as interrupted."""
-        rows = self._interrupt(
-            None, self.lease_seconds, "interrupted: the process running it stopped (its lease expired)"
-        )
+        """Mark interrupted the runs whose lease expired (their executor stopped renewing it)."""
+        with self.svc.db.system_transaction() as cur:
+            rows = store.interrupt_runs(
+                cur, None, self.lease_seconds, "interrupted: the process running it stopped (its lease expired)"
+            )
         if rows:
             log.warning("marked %d run(s) interrupted after their owner died", len(rows))
         return rows
@@ -354,17 +393,15 @@ class PilotScheduler:
     def _maintain(self) -> None:
         last_reconcile = 0.0
         elapsed = 0.0
-        while not self._stop.wait(self.heartbeat_seconds):
-            elapsed += self.heartbeat_seconds
+        while not self._stop.wait(self.reap_seconds):
+            elapsed += self.reap_seconds
             try:
-                with self.svc.db.transaction(None) as cur:
-                    store.heartbeat(cur, process_owner_id())
                 self.reap()
                 if elapsed - last_reconcile >= self.reconcile_seconds:
                     last_reconcile = elapsed
                     self.reconcile()
             except PilotError as exc:
-                log.warning("lease keeping failed: %s", exc.message)
+                log.warning("reaping or reconciling failed: %s", exc.message)
 
 
 def _never_called(plan_id: int) -> None:
@@ -396,4 +433,4 @@ def stop_for_serving(app: Flask, timeout: float = 30.0) -> None:
     if svc.scheduler is not None:
         svc.scheduler.stop(timeout)
     else:
-        svc.engine.drain(timeout)
+        svc.engine.stop(timeout)

@@ -3,10 +3,16 @@
 Callers open the transaction (``db_manager.transaction(user_id)``) and pass its
 cursor, so one request can group several calls atomically. The SQL itself
 lives in ``sql/queries.sql``.
+
+PostgreSQL refuses U+0000 in text and jsonb (psycopg2 raises ``ValueError`` for
+a text parameter, the server a DataError for jsonb). Upstream replies and
+rendered values may contain it, so every parameter passes through here, where
+NUL is replaced by U+FFFD: no writer can fail on it, whoever forgot to check.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 from pathlib import Path
@@ -18,8 +24,36 @@ from database import Cursor
 
 QUERIES_FILE = Path(__file__).resolve().parent / "sql" / "queries.sql"
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"
+# Every backslash in JSON text starts a two-character escape (\uXXXX continues with
+# plain hex digits), so matching escapes left to right finds exactly the NULs.
+_JSON_ESCAPE = re.compile(r"\\(u0000|.)", re.DOTALL)
 
 Row = dict[str, Any]
+DEFAULT_LEASE_SECONDS = 30
+
+
+class PgJson(Json):
+    """A jsonb parameter with every U+0000 (in keys and values) replaced by U+FFFD."""
+
+    def dumps(self, obj: Any) -> str:
+        text = json.dumps(obj)
+        if "\\u0000" not in text:
+            return text
+        return _JSON_ESCAPE.sub(lambda m: "\\ufffd" if m.group(1) == "u0000" else m.group(0), text)
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with NUL replaced in every text value (jsonb values are PgJson already)."""
+    return {
+        key: value.replace(NUL, NUL_REPLACEMENT) if isinstance(value, str) and NUL in value else value
+        for key, value in params.items()
+    }
+
+
+def _execute(cur: Cursor, name: str, params: dict[str, Any]) -> None:
+    cur.execute(queries()[name], _clean(params))
 
 
 @cache
@@ -31,13 +65,13 @@ def queries() -> dict[str, str]:
 
 
 def _one(cur: Cursor, name: str, /, **params: Any) -> Row | None:
-    cur.execute(queries()[name], params)
+    _execute(cur, name, params)
     row = cur.fetchone()
     return dict(row) if row is not None else None
 
 
 def _all(cur: Cursor, name: str, /, **params: Any) -> list[Row]:
-    cur.execute(queries()[name], params)
+    _execute(cur, name, params)
     return [dict(row) for row in cur.fetchall()]
 
 
@@ -66,7 +100,7 @@ def all_credentials_for_update(cur: Cursor) -> list[Row]:
 
 
 def set_encrypted_value(cur: Cursor, credential_id: int, encrypted_value: str) -> None:
-    cur.execute(queries()["set_encrypted_value"], {"id": credential_id, "encrypted_value": encrypted_value})
+    _execute(cur, "set_encrypted_value", {"id": credential_id, "encrypted_value": encrypted_value})
 
 
 # --- plans -------------------------------------------------------------------
@@ -76,8 +110,8 @@ PLAN_FIELDS = ("name", "original_prompt", "steps", "schedule", "timezone", "enab
 
 def _plan_params(user_id: str, plan: dict[str, Any]) -> dict[str, Any]:
     params = {field: plan.get(field) for field in PLAN_FIELDS}
-    params["steps"] = Json(plan.get("steps") or [])
-    params["schedule"] = Json(plan["schedule"]) if plan.get("schedule") is not None else None
+    params["steps"] = PgJson(plan.get("steps") or [])
+    params["schedule"] = PgJson(plan["schedule"]) if plan.get("schedule") is not None else None
     params["user_id"] = user_id
     return params
 
@@ -123,8 +157,8 @@ def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
         "error_code": entry.get("error_code"),
         "error": entry.get("error"),
         "attempt": entry.get("attempt", 1),
-        "input": Json(entry.get("input")),
-        "output": Json(entry.get("output")),
+        "input": PgJson(entry.get("input")),
+        "output": PgJson(entry.get("output")),
     }
     row = _one(cur, "insert_log", **params)
     assert row is not None
@@ -161,8 +195,10 @@ def insert_run(
     scheduled_for: Any = None,
     status: str = "queued",
     error: str | None = None,
+    input_: dict[str, Any] | None = None,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
 ) -> Row | None:
-    """The new run, or None when a run for this (plan, scheduled_for) already exists."""
+    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one."""
     return _one(
         cur,
         "insert_run",
@@ -173,22 +209,27 @@ def insert_run(
         status=status,
         owner_id=owner_id,
         error=error,
+        input=PgJson(input_ or {}),
+        lease_seconds=lease_seconds,
     )
 
 
-def start_run(cur: Cursor, user_id: str, run_id: int, owner_id: str) -> Row | None:
-    return _one(cur, "start_run", user_id=user_id, id=run_id, owner_id=owner_id)
+def start_run(
+    cur: Cursor, user_id: str, run_id: int, owner_id: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> Row | None:
+    """The run, now running and leased to ``owner_id``; None unless it was queued."""
+    return _one(cur, "start_run", user_id=user_id, id=run_id, owner_id=owner_id, lease_seconds=lease_seconds)
 
 
 def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
-    cur.execute(queries()["progress_run"], {"user_id": user_id, "id": run_id, "step_results": Json(step_results)})
+    _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
 
 
 def finish_run(
     cur: Cursor, user_id: str, run_id: int, status: str, step_results: list[Any], error: str | None
 ) -> Row | None:
     return _one(
-        cur, "finish_run", user_id=user_id, id=run_id, status=status, step_results=Json(step_results), error=error
+        cur, "finish_run", user_id=user_id, id=run_id, status=status, step_results=PgJson(step_results), error=error
     )
 
 
@@ -228,12 +269,27 @@ def list_user_runs(
 
 def lock_plan(cur: Cursor, plan_id: int) -> None:
     """Serialize claims for one plan until the transaction ends."""
-    cur.execute(queries()["lock_plan"], {"plan_id": plan_id})
+    _execute(cur, "lock_plan", {"plan_id": plan_id})
 
 
-def claim_slot(cur: Cursor, user_id: str, plan_id: int, scheduled_for: Any, owner_id: str) -> Row | None:
+def claim_slot(
+    cur: Cursor,
+    user_id: str,
+    plan_id: int,
+    scheduled_for: Any,
+    owner_id: str,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> Row | None:
     """The run row this process created for the slot (queued, or skipped when the plan is busy), else None."""
-    return _one(cur, "claim_slot", user_id=user_id, plan_id=plan_id, scheduled_for=scheduled_for, owner_id=owner_id)
+    return _one(
+        cur,
+        "claim_slot",
+        user_id=user_id,
+        plan_id=plan_id,
+        scheduled_for=scheduled_for,
+        owner_id=owner_id,
+        lease_seconds=lease_seconds,
+    )
 
 
 def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
@@ -245,17 +301,22 @@ def set_plan_enabled(cur: Cursor, user_id: str, plan_id: int, enabled: bool) -> 
 
 
 def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
-    """Every user's enabled schedules (through a SECURITY DEFINER function; works as pilot_app)."""
+    """Every user's enabled schedules (SECURITY DEFINER; only in a ``system_transaction``)."""
     return _all(cur, "list_schedules", plan_id=plan_id)
 
 
-def heartbeat(cur: Cursor, owner: str) -> int:
-    row = _one(cur, "heartbeat", owner=owner)
+def heartbeat(cur: Cursor, owner: str, run_ids: list[int], lease_seconds: int) -> int:
+    """Renew for ``lease_seconds`` the leases of those of ``run_ids`` that ``owner`` holds and are unfinished.
+
+    Only in a ``system_transaction``; returns how many were renewed.
+    """
+    row = _one(cur, "heartbeat", owner=owner, run_ids=list(run_ids), lease_seconds=lease_seconds)
     return int(row["renewed"]) if row else 0
 
 
 def interrupt_runs(cur: Cursor, owner: str | None, lease_seconds: int, reason: str) -> list[Row]:
-    """Mark interrupted the unfinished runs of ``owner``, or (owner None) those whose lease expired."""
+    """Mark interrupted the unfinished runs of ``owner``, or (owner None) those whose own lease expired
+    and that were not renewed for ``lease_seconds`` either. Only in a ``system_transaction``."""
     return _all(cur, "interrupt_runs", owner=owner, lease_seconds=lease_seconds, reason=reason)
 
 

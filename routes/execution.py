@@ -70,9 +70,15 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     if not isinstance(input_, dict):
         raise ValidationError("input must be an object")
     engine = services().engine
-    run = engine.create_run(user_id, plan_id, "api" if body.get("trigger") == "api" else "manual")
+    trigger = "api" if body.get("trigger") == "api" else "manual"
+    run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
     if request.args.get("wait", "").lower() in {"1", "true", "yes"}:
-        finished = engine.run(user_id, run["id"], input_)
+        finished = engine.run(user_id, run["id"])
+        if finished is None:  # not queued any more (ended by someone else): answer what it is now
+            with services().db.transaction(user_id) as cur:
+                finished = store.get_run(cur, user_id, run["id"])
+            if finished is None:
+                raise NotFound(f"run {run['id']} not found")
         return jsonify(_run_view(user_id, finished)), 200
     engine.submit(user_id, run["id"])
     return jsonify(serialize(run)), 202

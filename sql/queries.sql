@@ -101,14 +101,19 @@ GROUP BY 1, 2
 ORDER BY hour DESC, provider;
 
 -- name: insert_run
-INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, error, finished_at)
-VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now(), %(error)s,
-        CASE WHEN %(status)s = 'skipped' THEN now() END)
+-- The run's input is kept on its row; the engine reads it when it executes the run.
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, lease_expires_at,
+                       error, finished_at, input)
+VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now(),
+        now() + make_interval(secs => %(lease_seconds)s), %(error)s,
+        CASE WHEN %(status)s = 'skipped' THEN now() END, %(input)s)
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
 -- name: start_run
-UPDATE plan_runs SET status = 'running', started_at = now(), owner_id = %(owner_id)s, heartbeat_at = now()
+UPDATE plan_runs
+SET status = 'running', started_at = now(), owner_id = %(owner_id)s, heartbeat_at = now(),
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'queued'
 RETURNING *;
 
@@ -150,10 +155,11 @@ SELECT pg_advisory_xact_lock(%(plan_id)s);
 -- One firing of a schedule, run under lock_plan: queued when the plan is idle,
 -- skipped when an earlier run is still queued or running, nothing at all when
 -- another process already claimed this slot or the plan is no longer scheduled.
-INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, error, finished_at)
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, lease_expires_at,
+                       error, finished_at)
 SELECT p.id, p.user_id, 'schedule', %(scheduled_for)s,
        CASE WHEN busy.id IS NULL THEN 'queued' ELSE 'skipped' END,
-       %(owner_id)s, now(),
+       %(owner_id)s, now(), now() + make_interval(secs => %(lease_seconds)s),
        CASE WHEN busy.id IS NOT NULL THEN format('skipped: run %%s of this plan was still %%s', busy.id, busy.status) END,
        CASE WHEN busy.id IS NOT NULL THEN now() END
 FROM execution_plans p
@@ -181,7 +187,7 @@ RETURNING *;
 SELECT * FROM pilot_list_schedules(%(plan_id)s);
 
 -- name: heartbeat
-SELECT pilot_heartbeat(%(owner)s) AS renewed;
+SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS renewed;
 
 -- name: interrupt_runs
 SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);

@@ -20,6 +20,25 @@ from tests.fake_upstreams import Reply, WebhookReceiver
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_until_healthy(base_url: str, timeout: float = 60.0) -> requests.Response | None:
+    """Poll ``/api/health`` until it answers 200 or ``timeout`` s pass; the last answer (None if none came).
+
+    A busy machine can start the server slowly and answer slowly: any requests error
+    (refused, reset, read timeout) means "not yet", and each poll may take 10 s.
+    """
+    deadline = time.monotonic() + timeout
+    answer: requests.Response | None = None
+    while time.monotonic() < deadline:
+        try:
+            answer = requests.get(f"{base_url}/api/health", timeout=10)
+            if answer.status_code == 200:
+                return answer
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return answer
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -40,13 +59,9 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/api/health", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        answer = wait_until_healthy(self.url)
+        if answer is not None and answer.status_code == 200:
+            return
         self.stop(signal.SIGKILL)
         raise AssertionError(f"server did not become healthy: {log_path.read_text()[-2000:]}")
 

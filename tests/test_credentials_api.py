@@ -177,7 +177,11 @@ def test_import_env_credentials(
 
 def test_gen_key_prints_a_usable_fernet_key(app) -> None:
     result = app.test_cli_runner().invoke(args=["gen-key"])
-    Fernet(result.output.strip().encode())
+    assert result.exit_code == 0, result.output
+    key = result.output.strip()
+    assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"round trip")) == b"round trip"
+    second = app.test_cli_runner().invoke(args=["gen-key"])
+    assert second.exit_code == 0 and second.output.strip() != key  # a new key each time
 
 
 # --- unreadable credentials (issue 7, item 10) ---------------------------------------------

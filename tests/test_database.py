@@ -18,6 +18,27 @@ from tests.conftest import create_database, drop_database
 ROOT = Path(__file__).resolve().parent.parent
 USER_TABLES = ("provider_credentials", "execution_plans", "plan_runs", "execution_logs", "api_tokens")
 NOT_USER_DATA = ("schema_migrations",)
+ROLES = ("pilot_app", "pilot_system")
+# Every function in the schema: (SECURITY DEFINER?, which of ROLES may execute it). A new
+# function must be added here, so who can call it is decided, not inherited from PUBLIC.
+FUNCTIONS = {
+    "current_user_id": (False, {"pilot_app", "pilot_system"}),
+    "pilot_protect_user_table": (False, set()),
+    "pilot_notify_schedule_change": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
+    "pilot_token_user": (True, {"pilot_app"}),  # the one lookup before identity is known
+    "pilot_list_schedules": (True, {"pilot_system"}),
+    "pilot_interrupt_runs": (True, {"pilot_system"}),
+    "pilot_heartbeat": (False, {"pilot_system"}),
+}
+# Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
+SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}
+SYSTEM_COLUMN_RIGHTS = {
+    ("plan_runs", "id", "SELECT"),
+    ("plan_runs", "owner_id", "SELECT"),
+    ("plan_runs", "status", "SELECT"),
+    ("plan_runs", "heartbeat_at", "UPDATE"),
+    ("plan_runs", "lease_expires_at", "UPDATE"),
+}
 
 
 def query(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
@@ -93,17 +114,122 @@ def test_every_user_table_has_forced_rls_and_exactly_four_policies(session_db: s
     assert sorted(rows) == sorted((t, True, True) for t in USER_TABLES)
     policies = query(
         session_db,
-        "SELECT tablename, array_agg(cmd ORDER BY cmd) FROM pg_policies WHERE tablename = ANY(%s) GROUP BY 1",
+        "SELECT tablename, array_agg(cmd ORDER BY cmd) FROM pg_policies "
+        "WHERE tablename = ANY(%s) AND roles = '{public}' GROUP BY 1",
         (list(USER_TABLES),),
     )
     assert sorted(policies) == sorted((t, ["DELETE", "INSERT", "SELECT", "UPDATE"]) for t in USER_TABLES)
+    others = query(
+        session_db,
+        "SELECT tablename, cmd, unnest(roles) FROM pg_policies WHERE schemaname = 'public' AND roles <> '{public}'",
+    )
+    assert set(others) == SYSTEM_POLICIES
 
 
-def test_app_role_owns_nothing_and_cannot_bypass_rls(session_db: str) -> None:
-    role = query(session_db, "SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = 'pilot_app'")
-    assert role == [(False, False, False)]
-    owned = query(session_db, "SELECT count(*) FROM pg_class WHERE relowner = 'pilot_app'::regrole")
+@pytest.mark.parametrize("role", ROLES)
+def test_pilot_roles_own_nothing_and_cannot_bypass_rls(session_db: str, role: str) -> None:
+    attributes = query(
+        session_db, "SELECT rolcanlogin, rolbypassrls, rolsuper FROM pg_roles WHERE rolname = %s", (role,)
+    )
+    assert attributes == [(False, False, False)]
+    owned = query(session_db, "SELECT count(*) FROM pg_class WHERE relowner = %s::regrole", (role,))
     assert owned == [(0,)]
+    other = next(r for r in ROLES if r != role)
+    assert query(session_db, "SELECT pg_has_role(%s, %s, 'MEMBER')", (role, other)) == [(False,)]
+
+
+def test_every_function_is_declared_with_who_may_execute_it(session_db: str) -> None:
+    """No SECURITY DEFINER function reaching other users' rows is executable by pilot_app (issue 7, item 7)."""
+    rows = query(
+        session_db,
+        "SELECT p.proname, p.prosecdef, has_function_privilege('pilot_app', p.oid, 'EXECUTE'), "
+        "has_function_privilege('pilot_system', p.oid, 'EXECUTE') "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'",
+    )
+    found = {
+        name: (definer, {r for r, ok in zip(ROLES, (app, system), strict=True) if ok})
+        for name, definer, app, system in rows
+    }
+    assert len(rows) == len(found), "one signature per function name"
+    assert found == FUNCTIONS
+
+
+def test_system_role_has_exactly_its_column_rights(session_db: str) -> None:
+    tables = query(
+        session_db,
+        "SELECT table_name, privilege_type FROM information_schema.table_privileges WHERE grantee = 'pilot_system'",
+    )
+    assert tables == []
+    columns = query(
+        session_db,
+        "SELECT table_name, column_name, privilege_type FROM information_schema.column_privileges "
+        "WHERE grantee = 'pilot_system'",
+    )
+    assert set(columns) == SYSTEM_COLUMN_RIGHTS
+
+
+def _as_role(conn: psycopg2.extensions.connection, role: str, user_id: str = "") -> psycopg2.extensions.cursor:
+    cur = conn.cursor()
+    cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+    cur.execute("SELECT set_config('app.current_user_id', %s, true)", (user_id,))
+    return cur
+
+
+def test_a_request_transaction_cannot_reach_other_users_through_system_functions(
+    fresh_db: str, user: str, other_user: str
+) -> None:
+    alice, bob = user, other_user
+    conn = psycopg2.connect(fresh_db)
+    try:
+        cur = _as_role(conn, "pilot_app", alice)
+        cur.execute(
+            "INSERT INTO execution_plans (user_id, name, schedule) VALUES (%s, 'p', %s) RETURNING id",
+            (alice, '{"interval_seconds": 60}'),
+        )
+        plan_id = cur.fetchone()[0]
+        cur.execute(
+            "INSERT INTO plan_runs (plan_id, user_id, trigger, status, owner_id, heartbeat_at, lease_expires_at) "
+            "VALUES (%s, %s, 'manual', 'running', 'alice-host:1:a', now(), now() + interval '1 hour') RETURNING id",
+            (plan_id, alice),
+        )
+        run_id = cur.fetchone()[0]
+        conn.commit()
+        calls = [
+            ("SELECT * FROM pilot_list_schedules()", ()),
+            ("SELECT * FROM pilot_interrupt_runs(NULL, -100000, 'x')", ()),
+            ("SELECT pilot_heartbeat('alice-host:1:a', ARRAY[%s]::bigint[], 30)", (run_id,)),
+        ]
+        for statement, params in calls:
+            cur = _as_role(conn, "pilot_app", bob)
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(statement, params)
+            conn.rollback()
+        cur = _as_role(conn, "pilot_app", bob)
+        with pytest.raises(psycopg2.errors.UndefinedFunction):  # the old one-argument heartbeat is gone
+            cur.execute("SELECT pilot_heartbeat('alice-host:1:a')")
+        conn.rollback()
+        cur = _as_role(conn, "pilot_app", bob)
+        cur.execute("UPDATE plan_runs SET status = 'interrupted' WHERE user_id = %s", (alice,))
+        assert cur.rowcount == 0
+        conn.commit()
+
+        # The system role does its work, and no more: a negative lease interrupts nothing alive.
+        cur = _as_role(conn, "pilot_system")
+        cur.execute("SELECT plan_id, user_id FROM pilot_list_schedules()")
+        assert (plan_id, alice) in cur.fetchall()
+        cur.execute("SELECT * FROM pilot_interrupt_runs(NULL, -100000, 'x')")
+        assert cur.fetchall() == []
+        cur.execute("SELECT pilot_heartbeat('alice-host:1:a', ARRAY[%s]::bigint[], 30)", (run_id,))
+        assert cur.fetchone()[0] == 1
+        conn.commit()
+        for statement in ("SELECT step_results FROM plan_runs", "SELECT * FROM provider_credentials"):
+            cur = _as_role(conn, "pilot_system")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(statement)
+            conn.rollback()
+    finally:
+        conn.close()
+    assert query(fresh_db, "SELECT status FROM plan_runs WHERE id = %s", (run_id,)) == [("running",)]
 
 
 def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> None:

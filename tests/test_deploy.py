@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.test_crash_recovery import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,22 +55,18 @@ def test_gunicorn_production_config_serves_the_checklist_minute_0_checks(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        health = None
-        while time.monotonic() < deadline:
-            try:
-                health = requests.get(f"{base}/api/health", timeout=2)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        health = wait_until_healthy(base)
         assert health is not None and health.status_code == 200, (tmp_path / "gunicorn.log").read_text()[-3000:]
         assert health.json()["status"] == "healthy" and health.json()["timestamp"]
         assert health.json()["scheduler"]["status"] == "running"  # started in the worker, after the fork
-        jobs = requests.get(f"{base}/api/scheduler/jobs?user_id=test_user_123", timeout=5)
+        jobs = requests.get(f"{base}/api/scheduler/jobs", timeout=10)  # Phase 6, verbatim: no user named
+        assert jobs.status_code == 200, jobs.text
+        assert jobs.json()["jobs"] == [] and jobs.json()["scheduler"]["status"] == "running"
+        jobs = requests.get(f"{base}/api/scheduler/jobs?user_id=test_user_123", timeout=10)
         assert jobs.status_code == 200 and isinstance(jobs.json()["jobs"], list)
-        providers = requests.get(f"{base}/api/providers", timeout=5).json()["providers"]
+        providers = requests.get(f"{base}/api/providers", timeout=10).json()["providers"]
         assert {"openai", "groq", "webhook"} <= set(providers)
-        plans = requests.get(f"{base}/api/plans?user_id=test_user_123", timeout=5)
+        plans = requests.get(f"{base}/api/plans?user_id=test_user_123", timeout=10)
         assert plans.status_code == 200 and isinstance(plans.json()["plans"], list)
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
 
@@ -31,15 +35,30 @@ def test_health_is_503_when_the_database_is_down(tmp_path: Path) -> None:
     assert plans.status_code == 503 and plans.json["error"]["code"] == "database_error"
 
 
-def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(tmp_path: Path) -> None:
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir outside pytest's temp root, which other pytest sessions of this user change under us.
+
+    As root, pgserver runs PostgreSQL as the user ``pgserver`` and opens every parent
+    of the data dir for traversal (g+rx, o+rx). Any pytest session of the same user
+    that starts meanwhile resets ``/tmp/pytest-of-<user>`` to 0700, and the server
+    can then no longer reach its data ("Permission denied"). A directory of its own
+    under the system temp dir has no such neighbour.
+    """
+    path = Path(tempfile.mkdtemp(prefix="pilot-embedded-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(data_dir: Path) -> None:
     """DATABASE_URL unset: pgserver under the data dir, migrated on first use; data survives a new process."""
     from database import _embedded_servers
 
-    first = make_app(None, tmp_path, (), pilot_env="development")
+    first = make_app(None, data_dir, (), pilot_env="development")
     client = first.test_client()
     health = client.get("/api/health")
     assert health.status_code == 200 and health.json["database"]["embedded"] is True
-    assert (tmp_path / "fernet.key").stat().st_mode & 0o777 == 0o600
+    assert (data_dir / "fernet.key").stat().st_mode & 0o777 == 0o600
     stored = client.post(
         "/api/provider-credentials/openai",
         json={"user_id": "newcomer", "credentials": {"api_key": "sk-embedded-000000000001"}},
@@ -48,16 +67,16 @@ def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(tmp_pat
     plan = client.post("/api/plans", json={"user_id": "newcomer", "name": "kept", "steps": []})
     assert plan.status_code == 201
     first.extensions["pilot"].db.close()
-    server = _embedded_servers.pop((tmp_path / "pgdata").resolve())
+    server = _embedded_servers.pop((data_dir / "pgdata").resolve())
     server.cleanup()  # stop the server, as a process exit would
 
-    second = make_app(None, tmp_path, (), pilot_env="development")
+    second = make_app(None, data_dir, (), pilot_env="development")
     client = second.test_client()
     creds = client.get("/api/provider-credentials/openai?user_id=newcomer")
     assert creds.status_code == 200 and creds.json["credentials"][0]["masked_value"] == "sk-…0001"
     assert [p["name"] for p in client.get("/api/plans?user_id=newcomer").json["plans"]] == ["kept"]
     second.extensions["pilot"].db.close()
-    _embedded_servers.pop((tmp_path / "pgdata").resolve()).cleanup()
+    _embedded_servers.pop((data_dir / "pgdata").resolve()).cleanup()
 
 
 def test_token_mode_health_says_only_what_a_load_balancer_needs(session_db: str, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -643,10 +644,20 @@ def test_https_refuses_a_certificate_for_another_name(tls: dict[str, Path], make
         assert https.log == []
 
 
-def test_thread_local_adapters_are_closed(make_client: type) -> None:
+def test_thread_local_adapters_are_closed(server: HTTPServer, make_client: type) -> None:
+    server.expect_request("/ping").respond_with_data("pong")
     client = make_client(LOOPBACK_1)
-    client._adapter()
-    thread = threading.Thread(target=client._adapter)
+    adapters: list[Any] = []
+
+    def call() -> None:
+        assert client.request("GET", server.url_for("/ping"), timeout=10).text == "pong"
+        adapters.append(client._adapter())
+
+    call()
+    thread = threading.Thread(target=call)
     thread.start()
-    thread.join(timeout=5)
+    thread.join(timeout=30)
+    assert len(adapters) == 2 and adapters[0] is not adapters[1]  # one pool per thread ...
+    assert [len(adapter.poolmanager.pools) for adapter in adapters] == [1, 1]  # ... each holding its connection
     client.close()
+    assert [len(adapter.poolmanager.pools) for adapter in adapters] == [0, 0]  # both closed, not only this thread's

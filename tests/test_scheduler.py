@@ -216,7 +216,12 @@ def test_runs_of_a_dead_owner_are_interrupted_with_the_step_in_flight_named(
         store.start_run(cur, user, run["id"], "dead-host:1:x")
         store.progress_run(cur, user, run["id"], in_flight)
         fresh = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="alive-host:2:y")
-    admin(fresh_db, "UPDATE plan_runs SET heartbeat_at = now() - interval '10 seconds' WHERE id = %s", (run["id"],))
+    admin(
+        fresh_db,
+        "UPDATE plan_runs SET heartbeat_at = now() - interval '10 seconds', "
+        "lease_expires_at = now() - interval '7 seconds' WHERE id = %s",
+        (run["id"],),
+    )
     reaped = PilotScheduler(app).reap()
     assert [r["run_id"] for r in reaped] == [run["id"]]
     with app.extensions["pilot"].db.transaction(user) as cur:
@@ -323,3 +328,98 @@ def test_scheduler_start_survives_a_database_that_is_down(
     finally:
         scheduler.stop(timeout=1)
         down.extensions["pilot"].db.close()
+
+
+def test_a_firing_that_races_shutdown_never_leaves_its_run_queued(
+    apps: Callable[..., Flask], user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 7 item 14: shutdown starts after a firing claimed its slot and before it hands the run over."""
+    app = apps()
+    scheduler = PilotScheduler(app)
+    plan = create_plan(app, user, {"interval_seconds": 3600})
+    real_claim = store.claim_slot
+    stoppers: list[threading.Thread] = []
+
+    def claim_then_shut_down(*args: Any, **kwargs: Any) -> Any:
+        row = real_claim(*args, **kwargs)
+        stopper = threading.Thread(target=scheduler.stop, kwargs={"timeout": 10})
+        stoppers.append(stopper)
+        stopper.start()
+        # An unfixed stop() returns at once and shuts the engine down before this firing
+        # submits its run; a fixed one waits for the firing, so this wait runs out.
+        stopper.join(timeout=1.0)
+        return row
+
+    monkeypatch.setattr(store, "claim_slot", claim_then_shut_down)
+    moment = slot(datetime.now(UTC))
+    failures: list[BaseException] = []
+    try:
+        scheduler.fire(plan["id"], user, [moment], now=moment)
+    except Exception as exc:  # asserted below: a firing must not fail this way
+        failures.append(exc)
+    assert len(stoppers) == 1
+    stoppers[0].join(timeout=30)
+    assert not stoppers[0].is_alive()
+    assert failures == []
+    runs = runs_of(app, user, plan["id"])
+    assert len(runs) == 1 and runs[0]["scheduled_for"] == moment
+    assert runs[0]["status"] in ("success", "interrupted"), runs[0]  # run, or ended: never left queued
+
+
+def test_a_run_accepted_after_the_engine_stopped_is_ended_with_503(apps: Callable[..., Flask], user: str) -> None:
+    app = apps()
+    plan = create_plan(app, user, {"interval_seconds": 3600})
+    app.extensions["pilot"].engine.shutdown(wait=True)
+    client = app.test_client()
+    response = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": user})
+    assert response.status_code == 503, response.json
+    assert [r["status"] for r in runs_of(app, user, plan["id"])] == ["interrupted"]
+
+
+def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[..., Flask], user: str) -> None:
+    """Issue 7 item 3: never a run left running by a live process; its lease is renewed only while executed."""
+    from execution_engine import process_owner_id
+
+    app = apps(run_lease_seconds=2)
+    scheduler = PilotScheduler(app)
+    plan = create_plan(app, user, {"interval_seconds": 3600})
+    with app.extensions["pilot"].db.transaction(user) as cur:
+        orphan = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id=process_owner_id(), lease_seconds=2)
+        store.start_run(cur, user, orphan["id"], process_owner_id(), lease_seconds=2)
+    scheduler.start()  # this process is alive and keeps leases, but nothing executes the orphan
+    app.extensions["pilot"].scheduler = scheduler
+    assert wait_for(lambda: runs_of(app, user, plan["id"])[0]["status"] == "interrupted", 15.0)
+    assert "lease expired" in runs_of(app, user, plan["id"])[0]["error"]
+
+
+def test_checklist_scheduler_jobs_verbatim_without_a_user(
+    apps: Callable[..., Flask], user: str, tmp_path: Path, fernet_key: str, fresh_db: str
+) -> None:
+    """Issue 7 item 11: Phase 6's `curl http://localhost:5000/api/scheduler/jobs`, exactly as written."""
+    disabled = apps(scheduler_enabled=False)
+    response = disabled.test_client().get("/api/scheduler/jobs")
+    assert response.status_code == 200, response.json
+    assert response.json == {"jobs": [], "scheduler": {"status": "disabled", "jobs": 0}}
+
+    serving = apps()
+    plan = create_plan(serving, user, {"interval_seconds": 3600})
+    from scheduler import start_for_serving
+
+    scheduler = start_for_serving(serving)
+    assert scheduler is not None
+    assert wait_for(lambda: scheduler.state()["jobs"] == 1, 5.0)
+    client = serving.test_client()
+    anonymous = client.get("/api/scheduler/jobs")
+    assert anonymous.status_code == 200, anonymous.json
+    assert anonymous.json == {"jobs": [], "scheduler": {"status": "running", "jobs": 1}}
+    named = client.get(f"/api/scheduler/jobs?user_id={user}")
+    assert named.status_code == 200
+    assert [job["plan_id"] for job in named.json["jobs"]] == [plan["id"]]
+    assert named.json["scheduler"] == {"status": "running", "jobs": 1}
+
+    token_mode = make_app(fresh_db, tmp_path, (fernet_key,), auth_mode="token", jwt_secret="s" * 32)
+    try:
+        refused = token_mode.test_client().get("/api/scheduler/jobs")
+        assert refused.status_code == 401 and refused.json["error"]["code"] == "unauthorized"
+    finally:
+        token_mode.extensions["pilot"].db.close()
