@@ -48,12 +48,16 @@ def process_owner_id() -> str:
     return _owner[1]
 
 
-def truncate(value: Any, limit: int = MAX_LOGGED_CHARS) -> Any:
-    """``value`` itself when its JSON is small, else a marked preview of it."""
+def truncate(value: Any, limit: int = MAX_LOGGED_CHARS, redactor: Redactor | None = None) -> Any:
+    """``value`` itself when its JSON is small, else a marked preview of it.
+
+    ``value`` is expected to be redacted already; the preview is cut with ``redactor`` anyway,
+    so that whatever it holds is redacted before the cut and no piece of a secret ends it.
+    """
     text = json.dumps(value, default=str, ensure_ascii=False)
     if len(text) <= limit:
         return value
-    return {"truncated": True, "original_chars": len(text), "preview": text[:limit]}
+    return {"truncated": True, "original_chars": len(text), "preview": (redactor or Redactor()).cut(text, limit)}
 
 
 def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float:
@@ -152,7 +156,7 @@ class ExecutionEngine:
                 )
             else:
                 started = time.monotonic()
-                result, attempts = self._attempt(parsed, provider, params, credentials, user_id, run_context)
+                result, attempts = self._attempt(parsed, provider, params, credentials, user_id, run_context, redactor)
                 elapsed = time.monotonic() - started
         except (TemplateError, CredentialDecryptError) as exc:
             result = ProviderResult.fail(exc.code, exc.message)
@@ -166,17 +170,25 @@ class ExecutionEngine:
         clean = ProviderResult.from_dict(redactor.value(result.to_dict()))
         status = "success" if clean.success else "error"
         metrics.record_step(parsed.provider, parsed.action, status, clean.latency_ms, attempts)
-        self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, attempts)
+        self._log(user_id, parsed, clean, redactor.value(params), plan_id, run_id, step_index, attempts, redactor)
         return clean
 
-    def context(self, user_id: str, timeout_s: float, run_context: dict[str, Any] | None = None) -> ExecutionContext:
-        """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs."""
+    def context(
+        self,
+        user_id: str,
+        timeout_s: float,
+        run_context: dict[str, Any] | None = None,
+        redactor: Redactor | None = None,
+    ) -> ExecutionContext:
+        """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs,
+        and the redactor of the call's secrets (for cutting upstream text)."""
         return ExecutionContext(
             user_id=user_id,
             http=self.http,
             timeout_s=timeout_s,
             run_context=run_context or {},
             base_urls=dict(self.settings.provider_base_urls),
+            redactor=redactor or Redactor(),
         )
 
     def _attempt(
@@ -187,10 +199,11 @@ class ExecutionEngine:
         credentials: dict[str, str],
         user_id: str,
         run_context: dict[str, Any],
+        redactor: Redactor,
     ) -> tuple[ProviderResult, int]:
         max_attempts = step.retry.max_attempts if step.retry else DEFAULT_ATTEMPTS
         base = step.retry.backoff_s if step.retry else DEFAULT_BACKOFF_S
-        context = self.context(user_id, step.timeout_s or DEFAULT_TIMEOUT_S, run_context)
+        context = self.context(user_id, step.timeout_s or DEFAULT_TIMEOUT_S, run_context, redactor)
         attempt = 0
         while True:
             attempt += 1
@@ -216,6 +229,7 @@ class ExecutionEngine:
         run_id: int | None,
         step_index: int | None,
         attempts: int,
+        redactor: Redactor | None = None,
     ) -> None:
         error = result.error or {}
         entry = {
@@ -230,8 +244,8 @@ class ExecutionEngine:
             "error_code": error.get("code"),
             "error": error.get("message"),
             "attempt": attempts,
-            "input": truncate(params),
-            "output": truncate({"data": result.data, "metadata": result.metadata}),
+            "input": truncate(params, redactor=redactor),
+            "output": truncate({"data": result.data, "metadata": result.metadata}, redactor=redactor),
         }
         with self.db.transaction(user_id) as cur:
             store.insert_log(cur, user_id, entry)

@@ -24,6 +24,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as SchemaViolation
 
 from errors import NotFound, ValidationError
+from redaction import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -126,7 +127,9 @@ class ExecutionContext:
 
     ``http`` is the only way out to the network (it enforces the SSRF policy);
     ``run_context`` is ``{"steps", "step_results", "input"}`` and never holds credentials;
-    ``base_urls`` are the server's default endpoints keyed by provider name.
+    ``base_urls`` are the server's default endpoints keyed by provider name; ``redactor``
+    knows this call's secrets: a provider that shortens upstream text does it with
+    ``redactor.cut`` so that no piece of a key is left at the cut.
     """
 
     user_id: str
@@ -134,6 +137,7 @@ class ExecutionContext:
     timeout_s: float = 30.0
     run_context: dict[str, Any] = field(default_factory=dict)
     base_urls: dict[str, str] = field(default_factory=dict)
+    redactor: Redactor = field(default_factory=Redactor)
 
 
 class Provider(ABC):
@@ -161,7 +165,8 @@ class Provider(ABC):
         ``context.timeout_s``. Upstream failures (HTTP errors, timeouts, refused or blocked
         connections, malformed replies) and unknown actions are returned as
         ``ProviderResult.fail``, never raised; error messages never contain credentials the
-        provider added itself (upstream text may echo them; the engine redacts by value).
+        provider added itself (upstream text may echo them; the engine redacts by value, and
+        upstream text is shortened only with ``context.redactor.cut``).
         The engine retries; a provider makes exactly one attempt.
         """
 

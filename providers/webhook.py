@@ -103,13 +103,13 @@ class WebhookProvider(Provider):
             "status": reply.status,
             "headers": dict(reply.headers),
             "json": self._json(reply),
-            "body": text[:BODY_CHARS],
+            "body": context.redactor.cut(text, BODY_CHARS),  # redacted before it is cut
         }
         meta: dict[str, Any] = {"http_status": reply.status, "body_truncated": len(text) > BODY_CHARS}
         if reply.status < 400:
             result = ProviderResult.ok(data, **meta)
         else:
-            result = self._failure(reply, meta)
+            result = self._failure(reply, meta, context)
             result.data = data
         result.latency_ms = elapsed
         return result
@@ -131,9 +131,9 @@ class WebhookProvider(Provider):
             return None
 
     @staticmethod
-    def _failure(reply: OutboundResponse, meta: dict[str, Any]) -> ProviderResult:
+    def _failure(reply: OutboundResponse, meta: dict[str, Any], context: ExecutionContext) -> ProviderResult:
         status = reply.status
-        detail = upstream_message(reply)
+        detail = upstream_message(reply, context.redactor)
         message = f"webhook returned HTTP {status}" + (f": {detail}" if detail else "")
         if status == 429:
             retry_after = reply.retry_after()
