@@ -143,10 +143,7 @@ class ExecutionEngine:
             params = render(parsed.params, run_context)
             self.registry.validate_params(parsed.provider, parsed.action, params)
             credentials = self.credentials_for(user_id, provider) if provider.credential_types else {}
-            secret_types = {name for name, spec in provider.credential_types.items() if spec.secret}
-            redactor = Redactor(
-                v for k, v in credentials.items() if k in secret_types or k not in provider.credential_types
-            )
+            redactor = Redactor(provider.secret_values(credentials))
             missing = [name for name in provider.required_credentials() if name not in credentials]
             if missing:
                 result = ProviderResult.fail(

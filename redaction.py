@@ -4,6 +4,10 @@ Upstream errors often echo the key that was sent ("Incorrect API key provided:
 sk-..."), so the engine builds a ``Redactor`` from the decrypted credential
 values of each call, and also masks strings shaped like well-known key formats.
 
+Header values whose names look secret (authorization, cookie, *key*, *token*, *secret*, …)
+are replaced wherever a ``headers`` object appears (a webhook's params as logged, a reply's
+headers), even when the value was written inline and is not a stored credential.
+
 Text is redacted *before* it is cut: ``Redactor.cut`` redacts, then shortens. A piece of
 a secret at either end of a string (what a cut made before redaction leaves behind) is
 redacted too, as is a well-known key prefix cut short at the end.
@@ -31,6 +35,7 @@ KEY_SHAPES = re.compile(
         ]
     )
 )
+SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|credential|session", re.IGNORECASE)
 # What a key of a known shape looks like when a cut leaves only its beginning.
 _KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _KEY_PREFIXES = (
@@ -125,11 +130,28 @@ class Redactor:
         return value[:-length] + REDACTED if length else value
 
     def value(self, value: Any) -> Any:
-        """A copy of ``value`` with every string (keys included) redacted."""
+        """A copy of ``value`` with every string (keys included) redacted, and secret-named header values."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {self.text(str(k)): self.value(v) for k, v in value.items()}
+            return {
+                self.text(str(k)): self.headers(v) if str(k).lower() == "headers" else self.value(v)
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self.value(v) for v in value]
         return value
+
+    def headers(self, value: Any) -> Any:
+        """``value`` redacted; when it is a mapping of header names, secret-looking names' values replaced whole."""
+        if not isinstance(value, dict):
+            return self.value(value)
+        return {
+            self.text(str(name)): REDACTED if secret_header(str(name)) and v not in (None, "") else self.value(v)
+            for name, v in value.items()
+        }
+
+
+def secret_header(name: str) -> bool:
+    """Whether a header of this name carries a secret (authorization, cookies, keys, tokens, …)."""
+    return SECRET_HEADER.search(name) is not None
