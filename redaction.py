@@ -22,6 +22,7 @@ from typing import Any
 REDACTED = "[REDACTED]"
 MIN_SECRET_CHARS = 6  # shorter values would mangle ordinary text and protect nothing
 MIN_FRAGMENT_CHARS = 6  # a piece of a secret at least this long, left at a cut, is redacted too
+MIN_PIECE_ANYWHERE = 8  # the same anywhere in a text (history only: a shorter piece is too likely by chance)
 KEY_SHAPES = re.compile(
     "|".join(
         [
@@ -76,6 +77,36 @@ def _suffix_at_start(text: str, secret: str, shortest: int) -> int:
     return best
 
 
+def _pieces_inside(text: str, secret: str, shortest: int) -> list[tuple[int, int]]:
+    """Spans of ``text`` holding a proper prefix or suffix of ``secret`` at least ``shortest`` long, anywhere."""
+    spans = []
+    for start in _occurrences(text, secret[:shortest]):
+        length, most = shortest, min(len(secret) - 1, len(text) - start)
+        while length < most and text[start + length] == secret[length]:
+            length += 1
+        spans.append((start, start + length))
+    for start in _occurrences(text, secret[-shortest:]):
+        end, length = start + shortest, shortest
+        most = min(len(secret) - 1, end)
+        while length < most and text[end - length - 1] == secret[-length - 1]:
+            length += 1
+        spans.append((end - length, end))
+    return spans
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    out, position = [], 0
+    for start, end in sorted(spans):
+        if end <= position:
+            continue
+        out.append(text[position : max(start, position)])
+        if start >= position:
+            out.append(REDACTED)
+        position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
 def _cut_key_at_end(text: str) -> int:
     """Length of a known key prefix, with what follows of the key, that ends ``text`` (0 if none)."""
     head = text.rstrip(_KEY_CHARS)  # C speed: no backtracking regex over long runs of key characters
@@ -88,9 +119,15 @@ def _cut_key_at_end(text: str) -> int:
 
 
 class Redactor:
-    """Replaces the given secret values, then key-shaped strings, anywhere in a JSON-like value."""
+    """Replaces the given secret values, then key-shaped strings, anywhere in a JSON-like value.
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    With ``pieces_anywhere`` (for rows written before redaction came before every cut, where
+    a piece of a key may sit anywhere in a stored preview) a prefix or suffix of a secret at
+    least ``MIN_PIECE_ANYWHERE`` long is redacted wherever it appears, not only at an end.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, pieces_anywhere: bool = False) -> None:
+        self._anywhere = pieces_anywhere
         values = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_CHARS}
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = sorted(values, key=len, reverse=True)
@@ -101,6 +138,9 @@ class Redactor:
         """``value`` with every secret and key-shaped string replaced, and the pieces of them at its ends."""
         if self._pattern is not None:
             value = self._pattern.sub(REDACTED, value)
+        if self._anywhere:
+            spans = [span for secret in self._secrets for span in _pieces_inside(value, secret, MIN_PIECE_ANYWHERE)]
+            value = _replace_spans(value, spans) if spans else value
         return self._edges(KEY_SHAPES.sub(REDACTED, value))
 
     def cut(self, text: str, limit: int) -> str:
