@@ -38,6 +38,7 @@ MAX_CHARS = 1_000_000
 MAX_DEPTH = 128
 MAX_CPU_SECONDS = 1.0
 _CLOCK_EVERY = 256  # visits between deadline checks for cheap nodes
+_SHARED_STRING_CHARS = 64  # longer strings are tracked by id when measured, to see them repeated
 # Nodes whose visit builds a new value (measured) or may do work proportional to its inputs (clocked).
 _BUILDERS = frozenset(
     {
@@ -104,6 +105,9 @@ class Budget:
         self.max_depth = max_depth
         self.cpu_seconds = cpu_seconds
         self.visits = 0
+        self._walked = 0
+        self._reused = False  # whether the current walk met a container (or long string) it had seen before
+        self._strings: dict[int, str] = {}
         self._deadline = time.thread_time() + cpu_seconds
         self._sizes: dict[int, tuple[Any, int, int]] = {}
         self._allowances: dict[int, tuple[Any, int]] = {}
@@ -128,48 +132,56 @@ class Budget:
         """``(expanded JSON chars, nesting depth)`` of ``value``.
 
         Each distinct container is walked once however often it is referenced. The walk
-        recurses at most ``max_depth`` levels: deeper values raise BudgetExceeded.
+        recurses at most ``max_depth`` levels (so a value that contains itself ends there
+        too): deeper values raise BudgetExceeded, as does running out of CPU time.
         """
         if not isinstance(value, (list, dict)):
             return _scalar_chars(value), 0
         hit = self._sizes.get(id(value))
         if hit is not None:
             return hit[1], hit[2]
-        return self._walk(value, 0, set())
+        return self._walk(value, 0)
 
     def _too_deep(self) -> BudgetExceeded:
         return BudgetExceeded("depth", f"the value is nested deeper than {self.max_depth} levels", self.max_depth)
 
-    def _walk(self, node: list[Any] | dict[str, Any], level: int, open_: set[int]) -> tuple[int, int]:
+    def _walk(self, node: list[Any] | dict[str, Any], level: int) -> tuple[int, int]:
         if level > self.max_depth:
             raise self._too_deep()
-        open_.add(id(node))  # a container met again while still open would be a cycle
+        self._walked += 1
+        if self._walked % 4096 == 0:
+            self.visit("measure")  # a walk of a huge value counts against the CPU deadline too
+        sizes = self._sizes
         chars, depth = 2, 0
         pairs = node.items() if isinstance(node, dict) else enumerate(node)
         for key, child in pairs:
             if type(key) is str:
                 chars += len(key) + 3
-            if type(child) is str:
+            kind = type(child)
+            if kind is str:
                 chars += len(child) + 3
                 depth = depth or 1
-                continue
-            if isinstance(child, (list, dict)):
-                hit = self._sizes.get(id(child))
+                if len(child) > _SHARED_STRING_CHARS:  # one long string listed many times expands too
+                    if id(child) in self._strings:
+                        self._reused = True
+                    else:
+                        self._strings[id(child)] = child
+            elif kind is dict or kind is list or isinstance(child, (dict, list)):
+                hit = sizes.get(id(child))
                 if hit is None:
-                    if id(child) in open_:
-                        raise BudgetExceeded("size", "the value refers to itself", self.max_chars)
-                    child_chars, child_depth = self._walk(child, level + 1, open_)
+                    child_chars, child_depth = self._walk(child, level + 1)
                 else:
                     child_chars, child_depth = hit[1], hit[2]
+                    self._reused = True
                 chars += child_chars + 1
-                depth = max(depth, child_depth + 1)
+                if child_depth >= depth:
+                    depth = child_depth + 1
             else:
                 chars += _scalar_chars(child) + 1
                 depth = depth or 1
-        open_.discard(id(node))
         if depth > self.max_depth:  # reached through memoised children, which the level does not count
             raise self._too_deep()
-        self._sizes[id(node)] = (node, chars, depth)
+        sizes[id(node)] = (node, chars, depth)
         return chars, depth
 
     def allowance(self, data: Any) -> int:
@@ -181,8 +193,25 @@ class Budget:
         return hit[1]
 
     def check(self, value: Any, data: Any) -> None:
-        """BudgetExceeded when ``value`` is too large or too deep for an evaluation over ``data``."""
-        self.check_chars(self.measure(value)[0], data)
+        """BudgetExceeded when ``value`` is too large or too deep for an evaluation over ``data``.
+
+        A scalar is refused only when it is not a finite number: a string is as large as the
+        memory it holds, and the functions that build long strings are checked before they run.
+        A container measured before passed then (as itself or inside a larger value). One
+        whose walk met no container (nor long string) seen before is a plain tree, as large as the memory
+        it really holds: it cannot expand when serialised, so only its depth is checked and
+        the data's size need not be computed. Otherwise it may repeat shared parts and must
+        stay within the allowance.
+        """
+        if not isinstance(value, (list, dict)):
+            _scalar_chars(value)  # a string is as large as the memory it holds (builders are prechecked)
+            return
+        if id(value) in self._sizes:
+            return
+        self._reused = False
+        chars, _ = self._walk(value, 0)
+        if self._reused:
+            self.check_chars(chars, data)
 
     def check_chars(self, chars: int, data: Any) -> None:
         """BudgetExceeded when a value of ``chars`` characters is too large for an evaluation over ``data``."""

@@ -118,6 +118,15 @@ def test_functions_and_projections_over_shared_data_are_bounded(expression: str)
     assert evaluate("length(a)", {"a": shared(60)}) == 2
 
 
+def test_one_long_string_listed_many_times_is_bounded() -> None:
+    data = {"s": "x" * 20_000}
+    many = "[" + ",".join(["s"] * 100) + "]"  # 100 references to a 20 KB string: 2 MB as JSON
+    with pytest.raises(TemplateError) as caught:
+        evaluate(many, data)
+    assert caught.value.code == "expression_too_large"
+    assert evaluate("[s, s]", data) == ["x" * 20_000] * 2
+
+
 def test_projection_work_is_bounded_even_when_results_are_small() -> None:
     # Every element runs ~200 comparisons; 20k elements would be ~4M node visits for a tiny result.
     condition = " || ".join(f"@ == `{n}`" for n in range(60))
