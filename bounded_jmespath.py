@@ -53,7 +53,7 @@ _BUILDERS = frozenset(
         "literal",
     }
 )
-_COSTLY = _BUILDERS | {"comparator"}
+_COSTLY = _BUILDERS | {"comparator", "measure"}
 
 
 class BudgetExceeded(Exception):
@@ -198,10 +198,10 @@ class Budget:
         A scalar is refused only when it is not a finite number: a string is as large as the
         memory it holds, and the functions that build long strings are checked before they run.
         A container measured before passed then (as itself or inside a larger value). One
-        whose walk met no container (nor long string) seen before is a plain tree, as large as the memory
-        it really holds: it cannot expand when serialised, so only its depth is checked and
-        the data's size need not be computed. Otherwise it may repeat shared parts and must
-        stay within the allowance.
+        whose walk met no container (nor long string) seen before is a plain tree, as large
+        as the memory it really holds: it cannot expand when serialised, so only its depth is
+        checked and the data's size need not be computed. Otherwise it may repeat shared
+        parts and must stay within the allowance.
         """
         if not isinstance(value, (list, dict)):
             _scalar_chars(value)  # a string is as large as the memory it holds (builders are prechecked)
