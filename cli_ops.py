@@ -1,6 +1,6 @@
 """Operator commands for tokens and housekeeping.
 
-``flask --app app create-token | list-tokens | revoke-token | prune-logs``.
+``flask --app app create-token | list-tokens | revoke-token | prune-logs | redact-history``.
 
 Registered by ``cli.init_app``. Each command is a thin wrapper: parse options,
 call ``tokens`` or ``maintenance``, print; a ``PilotError`` becomes a click
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import click
 from flask import Flask
 
+import history_redaction
 import maintenance
 import tokens
 from auth import valid_user_id
@@ -95,3 +96,32 @@ def init_app(app: Flask) -> None:
                 svc.db, older_than_days, include_runs=not keep_runs, batch_size=batch_size
             )
         click.echo(maintenance.describe(result))
+
+    @app.cli.command("redact-history")
+    @click.option(
+        "--batch-size",
+        type=int,
+        default=history_redaction.DEFAULT_BATCH_SIZE,
+        show_default=True,
+        help="rows per transaction",
+    )
+    @click.option(
+        "--move-plan-headers",
+        is_flag=True,
+        help="move inline secret webhook headers of plans into their owners' webhook credentials (header:<Name>) "
+        "and point the steps' auth at them; without it plans are only reported",
+    )
+    def redact_history_command(batch_size: int, move_plan_headers: bool) -> None:
+        """Redact secrets that leaked into stored logs and runs before this version; report plans holding them.
+
+        Run once after upgrading; safe to re-run (a second run changes nothing). Redacts every user's
+        execution logs and plan runs by the value of each stored credential (pieces of it too), by
+        key shape and by secret header name. Prints counts and where plans hold secrets, never a secret.
+        Needs a role that bypasses row-level security (superuser or BYPASSRLS). Rotate exposed keys.
+        """
+        with _as_click_errors():
+            report = history_redaction.redact_history(
+                svc.db, svc.vault, svc.registry, batch_size=batch_size, move_plan_headers=move_plan_headers
+            )
+        for line in history_redaction.describe(report):
+            click.echo(line)

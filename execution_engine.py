@@ -39,12 +39,17 @@ MAX_LOGGED_CHARS = 32_000
 MAX_RESULT_DEPTH = 128  # deeper results fail their step: nothing downstream must recurse that deep
 
 
-def truncate(value: Any, limit: int = MAX_LOGGED_CHARS) -> Any:
-    """``value`` itself when its JSON is small, else a marked preview of it; TypeError when it is not JSON."""
+def truncate(value: Any, limit: int = MAX_LOGGED_CHARS, redactor: Redactor | None = None) -> Any:
+    """``value`` itself when its JSON is small, else a marked preview of it.
+
+    ``value`` is expected to be redacted already; the preview is cut with ``redactor`` anyway,
+    so that whatever it holds is redacted before the cut and no piece of a secret ends it.
+    Raises TypeError when ``value`` is not JSON (the caller logs the step without it).
+    """
     text = json.dumps(value, ensure_ascii=False)
     if len(text) <= limit:
         return value
-    return {"truncated": True, "original_chars": len(text), "preview": text[:limit]}
+    return {"truncated": True, "original_chars": len(text), "preview": (redactor or Redactor()).cut(text, limit)}
 
 
 def nesting_depth(value: Any, limit: int) -> int:
@@ -162,10 +167,7 @@ class ExecutionEngine(RunExecution):
             params = render(parsed.params, run_context)
             self.registry.validate_params(parsed.provider, parsed.action, params)
             credentials = self.credentials_for(user_id, provider) if provider.credential_types else {}
-            secret_types = {name for name, spec in provider.credential_types.items() if spec.secret}
-            redactor = Redactor(
-                v for k, v in credentials.items() if k in secret_types or k not in provider.credential_types
-            )
+            redactor = Redactor(provider.secret_values(credentials))
             missing = [name for name in provider.required_credentials() if name not in credentials]
             if missing:
                 result = ProviderResult.fail(
@@ -175,7 +177,7 @@ class ExecutionEngine(RunExecution):
                 )
             else:
                 started = time.monotonic()
-                result, attempts = self._attempt(parsed, provider, params, credentials, user_id, run_context)
+                result, attempts = self._attempt(parsed, provider, params, credentials, user_id, run_context, redactor)
                 elapsed = time.monotonic() - started
         except (TemplateError, CredentialDecryptError) as exc:
             result = ProviderResult.fail(exc.code, exc.message)
@@ -190,7 +192,7 @@ class ExecutionEngine(RunExecution):
         result.metadata["attempts"] = attempts
         clean = self._redacted(result, redactor)
         where = {"plan_id": plan_id, "run_id": run_id, "step_index": step_index}
-        kept = self._log(user_id, parsed, clean, self._redacted_params(params, redactor), where, attempts)
+        kept = self._log(user_id, parsed, clean, self._redacted_params(params, redactor), where, attempts, redactor)
         metrics.record_step(
             parsed.provider, parsed.action, "success" if kept.success else "error", kept.latency_ms, attempts
         )
@@ -213,14 +215,22 @@ class ExecutionEngine(RunExecution):
             return {"omitted": f"params nest deeper than {MAX_RESULT_DEPTH} levels"}
         return redactor.value(params)
 
-    def context(self, user_id: str, timeout_s: float, run_context: dict[str, Any] | None = None) -> ExecutionContext:
-        """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs."""
+    def context(
+        self,
+        user_id: str,
+        timeout_s: float,
+        run_context: dict[str, Any] | None = None,
+        redactor: Redactor | None = None,
+    ) -> ExecutionContext:
+        """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs,
+        and the redactor of the call's secrets (for cutting upstream text)."""
         return ExecutionContext(
             user_id=user_id,
             http=self.http,
             timeout_s=timeout_s,
             run_context=run_context or {},
             base_urls=dict(self.settings.provider_base_urls),
+            redactor=redactor or Redactor(),
         )
 
     def _attempt(
@@ -231,10 +241,11 @@ class ExecutionEngine(RunExecution):
         credentials: dict[str, str],
         user_id: str,
         run_context: dict[str, Any],
+        redactor: Redactor,
     ) -> tuple[ProviderResult, int]:
         max_attempts = step.retry.max_attempts if step.retry else DEFAULT_ATTEMPTS
         base = step.retry.backoff_s if step.retry else DEFAULT_BACKOFF_S
-        context = self.context(user_id, step.timeout_s or DEFAULT_TIMEOUT_S, run_context)
+        context = self.context(user_id, step.timeout_s or DEFAULT_TIMEOUT_S, run_context, redactor)
         attempt = 0
         while True:
             attempt += 1
@@ -258,6 +269,7 @@ class ExecutionEngine(RunExecution):
         params: Any,
         where: dict[str, Any],
         attempts: int,
+        redactor: Redactor | None = None,
     ) -> ProviderResult:
         """Write the step's one log row; returns the result as kept.
 
@@ -267,7 +279,7 @@ class ExecutionEngine(RunExecution):
         makes this raise.
         """
         try:
-            self._insert_log(user_id, step, result, params, where, attempts)
+            self._insert_log(user_id, step, result, params, where, attempts, redactor)
             return result
         except (DatabaseError, ServiceUnavailable):
             raise
@@ -278,11 +290,18 @@ class ExecutionEngine(RunExecution):
                 "result_unstorable", f"the step's result could not be stored ({reason}); it was not kept"
             )
             kept.latency_ms, kept.metadata = result.latency_ms, {"attempts": attempts}
-            self._insert_log(user_id, step, kept, None, where, attempts)
+            self._insert_log(user_id, step, kept, None, where, attempts, redactor)
             return kept
 
     def _insert_log(
-        self, user_id: str, step: Step, result: ProviderResult, params: Any, where: dict[str, Any], attempts: int
+        self,
+        user_id: str,
+        step: Step,
+        result: ProviderResult,
+        params: Any,
+        where: dict[str, Any],
+        attempts: int,
+        redactor: Redactor | None = None,
     ) -> None:
         error = result.error or {}
         entry = {
@@ -295,8 +314,8 @@ class ExecutionEngine(RunExecution):
             "error_code": error.get("code"),
             "error": error.get("message"),
             "attempt": attempts,
-            "input": truncate(params),
-            "output": truncate({"data": result.data, "metadata": result.metadata}),
+            "input": truncate(params, redactor=redactor),
+            "output": truncate({"data": result.data, "metadata": result.metadata}, redactor=redactor),
         }
         with self.db.transaction(user_id) as cur:
             store.insert_log(cur, user_id, entry)

@@ -34,7 +34,7 @@ PATH_PARAMS: dict[str, str] = {
     "run_id": "the run's id",
     "provider": "a provider name, e.g. openai",
     "name": "a provider name, e.g. openai",
-    "type_": "a credential type, e.g. api_key",
+    "type_": "a credential type, e.g. api_key or header:X-Api-Key",
 }
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "the request is not valid: the message names the field"),

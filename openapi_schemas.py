@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from plan_schema import PlanBody, Step
+from provider_registry import CREDENTIAL_TYPE
 
 Schema = dict[str, Any]
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -206,7 +207,7 @@ CREDENTIAL: Schema = _obj(
     ["provider", "type", "masked_value", "readable", "created_at", "updated_at"],
 )
 
-NAME: Schema = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
+CREDENTIAL_TYPE_NAME: Schema = {"type": "string", "pattern": f"^(?:{CREDENTIAL_TYPE.pattern})$"}
 
 STATIC_SCHEMAS: dict[str, Schema] = {
     "Error": ERROR_SCHEMA,
@@ -253,7 +254,7 @@ STATIC_SCHEMAS: dict[str, Schema] = {
             "credentials": {
                 "type": "object",
                 "minProperties": 1,
-                "propertyNames": NAME,
+                "propertyNames": CREDENTIAL_TYPE_NAME,
                 "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 10_000},
                 "description": "{type: secret}, e.g. {api_key: sk-…}; stored encrypted",
             },

@@ -24,6 +24,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as SchemaViolation
 
 from errors import NotFound, ValidationError
+from redaction import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HEADER_CREDENTIAL = "header:"
+# A credential type: a plain name, or ``header:<Name>`` for a header a provider sends as stored
+# (the only place a ':' may appear; a header name is a plain token, so no CR/LF or spaces).
+CREDENTIAL_TYPE = re.compile(r"[A-Za-z0-9_.-]{1,64}|header:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 P = TypeVar("P", bound="type[Provider]")
 
 
@@ -126,7 +131,9 @@ class ExecutionContext:
 
     ``http`` is the only way out to the network (it enforces the SSRF policy);
     ``run_context`` is ``{"steps", "step_results", "input"}`` and never holds credentials;
-    ``base_urls`` are the server's default endpoints keyed by provider name.
+    ``base_urls`` are the server's default endpoints keyed by provider name; ``redactor``
+    knows this call's secrets: a provider that shortens upstream text does it with
+    ``redactor.cut`` so that no piece of a key is left at the cut.
     """
 
     user_id: str
@@ -134,6 +141,7 @@ class ExecutionContext:
     timeout_s: float = 30.0
     run_context: dict[str, Any] = field(default_factory=dict)
     base_urls: dict[str, str] = field(default_factory=dict)
+    redactor: Redactor = field(default_factory=Redactor)
 
 
 class Provider(ABC):
@@ -161,13 +169,32 @@ class Provider(ABC):
         ``context.timeout_s``. Upstream failures (HTTP errors, timeouts, refused or blocked
         connections, malformed replies) and unknown actions are returned as
         ``ProviderResult.fail``, never raised; error messages never contain credentials the
-        provider added itself (upstream text may echo them; the engine redacts by value).
+        provider added itself (upstream text may echo them; the engine redacts by value, and
+        upstream text is shortened only with ``context.redactor.cut``).
         The engine retries; a provider makes exactly one attempt.
         """
 
     def test_credentials(self, credentials: dict[str, str], context: ExecutionContext) -> ProviderResult:
         """Cheaply check that ``credentials`` work (e.g. list models); never raises for upstream failures."""
         return ProviderResult.fail("not_supported", f"provider {self.name!r} cannot test credentials")
+
+    def check_credential(self, type_: str, value: str) -> None:
+        """Raise ValidationError (400) when ``value`` cannot be stored as this provider's ``type_``.
+
+        By default any well-formed type is accepted except ``header:<Name>`` ones, which only a
+        provider that sends stored headers (and overrides this) takes.
+        """
+        if type_.startswith(HEADER_CREDENTIAL):
+            raise ValidationError(f"provider {self.name!r} does not send stored headers ({type_!r})")
+
+    def secret_values(self, credentials: dict[str, str]) -> list[str]:
+        """Every string derived from ``credentials`` that must never appear in logs or answers.
+
+        By default the values of the types declared secret and of any undeclared type; a
+        provider that sends a credential in another form (e.g. base64) adds that form.
+        """
+        declared = self.credential_types
+        return [value for type_, value in credentials.items() if type_ not in declared or declared[type_].secret]
 
     def describe(self) -> dict[str, Any]:
         """The public description served by ``GET /api/providers/<name>``."""

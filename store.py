@@ -376,3 +376,45 @@ def prune_logs_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> lis
 def prune_runs_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> list[int]:
     """Delete up to ``limit`` finished runs older than ``cutoff`` (never a plan's latest); their ids."""
     return [row["id"] for row in _all(cur, "prune_runs_batch", cutoff=cutoff, after_id=after_id, limit=limit)]
+
+
+# --- redact-history (operator command: connecting role, every user's rows) ------------------
+
+
+def all_credentials(cur: Cursor) -> list[Row]:
+    """Every user's credentials, unlocked (id, user_id, provider, type, encrypted_value)."""
+    return _all(cur, "all_credentials")
+
+
+def logs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` execution logs with id > ``after_id``, locked: id, user_id, error, input, output."""
+    return _all(cur, "logs_to_redact", after_id=after_id, limit=limit)
+
+
+def _json_or_null(value: Any) -> Json | None:
+    """SQL NULL stays NULL (``Json(None)`` would store a JSON null)."""
+    return None if value is None else Json(value)
+
+
+def set_log_redacted(cur: Cursor, log_id: int, error: str | None, input_: Any, output: Any) -> None:
+    params = {"id": log_id, "error": error, "input": _json_or_null(input_), "output": _json_or_null(output)}
+    cur.execute(queries()["set_log_redacted"], params)
+
+
+def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results."""
+    return _all(cur, "runs_to_redact", after_id=after_id, limit=limit)
+
+
+def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any) -> None:
+    params = {"id": run_id, "error": error, "step_results": _json_or_null(step_results)}
+    cur.execute(queries()["set_run_redacted"], params)
+
+
+def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` plans with id > ``after_id``, locked: id, user_id, steps."""
+    return _all(cur, "plans_to_redact", after_id=after_id, limit=limit)
+
+
+def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
+    cur.execute(queries()["set_plan_steps"], {"id": plan_id, "steps": Json(steps)})

@@ -19,9 +19,11 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
+from bounded_jmespath import MAX_DEPTH, Budget, BudgetExceeded, NotFinite, search
 from errors import PilotError
 
 MAX_EXPRESSION_CHARS = 1_000
+MAX_TREE_DEPTH = 300  # syntax tree levels; evaluating one level takes ~3 Python frames of the 1,000 allowed
 _MESSAGE_CHARS = 300  # jmespath type errors quote whole values; keep our messages short
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _QUOTES = "'\"`"
@@ -40,13 +42,51 @@ class MissingReference(TemplateError):
     code = "missing_reference"
 
 
+class ExpressionTooLarge(TemplateError):
+    """Evaluating the expression would take more steps, time, size or nesting than allowed.
+
+    ``details["reason"]`` is ``size``, ``depth``, ``steps`` or ``time``.
+    """
+
+    code = "expression_too_large"
+
+
+def _nested_too_deeply(expression: str) -> ExpressionTooLarge:
+    return ExpressionTooLarge(
+        f"expression {expression[:50]!r}… is nested too deeply", details={"reason": "depth", "limit": MAX_DEPTH}
+    )
+
+
+def _check_nesting(expression: str, parsed: Any) -> None:
+    """Refuse literals nested deeper than MAX_DEPTH or not finite, and syntax trees too deep to evaluate.
+
+    A pipe chain is as deep as it is long, so the tree may be deeper than a value may be.
+    """
+    budget = Budget()
+    stack = [(parsed.parsed, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise _nested_too_deeply(expression)
+        if node["type"] == "literal":
+            try:
+                budget.measure(node["value"])
+            except BudgetExceeded:
+                raise _nested_too_deeply(expression) from None
+            except NotFinite as exc:
+                raise TemplateError(f"invalid expression {expression[:60]!r}: {exc}") from None
+        stack.extend((child, depth + 1) for child in node.get("children", []) if isinstance(child, dict))
+
+
 @functools.lru_cache(maxsize=512)
 def _compile(expression: str) -> Any:
-    return jmespath.compile(expression)
+    parsed = jmespath.compile(expression)
+    _check_nesting(expression, parsed)
+    return parsed
 
 
 def compile_expression(expression: str) -> Any:
-    """The compiled JMESPath ``expression``; TemplateError when it is empty, too long or invalid."""
+    """The compiled JMESPath ``expression``; TemplateError when it is empty, too long, too deep or invalid."""
     if not expression.strip():
         raise TemplateError("empty expression")
     if len(expression) > MAX_EXPRESSION_CHARS:
@@ -57,23 +97,33 @@ def compile_expression(expression: str) -> Any:
         reason = str(exc).splitlines()[0][:_MESSAGE_CHARS]
         raise TemplateError(f"invalid expression {expression!r}: {reason}") from None
     except RecursionError:
-        raise TemplateError(f"expression {expression[:50]!r}… is nested too deeply") from None
+        raise _nested_too_deeply(expression) from None
 
 
-def evaluate(expression: str, data: Any) -> Any:
+def evaluate(expression: str, data: Any, budget: Budget | None = None) -> Any:
     """Return the JMESPath ``expression`` searched over ``data`` (None when nothing matches).
 
-    Raises TemplateError for an empty, too long, invalid or failing expression; no jmespath
-    exception escapes.
+    Evaluation is bounded (see ``bounded_jmespath``): ``budget`` is what it may spend, shared
+    with the other evaluations of one render; by default a fresh one. Raises
+    ExpressionTooLarge when the bound is reached, TemplateError for an empty, too long,
+    invalid or failing expression; nothing else escapes.
     """
     compiled = compile_expression(expression)
+    short = expression if len(expression) <= 60 else expression[:57] + "..."
     try:
-        return compiled.search(data)
+        return search(compiled, data, budget or Budget())
+    except BudgetExceeded as exc:
+        details = {"reason": exc.reason, "limit": exc.limit}
+        raise ExpressionTooLarge(f"expression {short!r} refused: {exc.message}", details=details) from None
     except JMESPathError as exc:
         reason = str(exc).splitlines()[0][:_MESSAGE_CHARS]
         raise TemplateError(f"invalid expression {expression!r}: {reason}") from None
     except RecursionError:
-        raise TemplateError(f"expression {expression[:50]!r}… is nested too deeply") from None
+        raise _nested_too_deeply(expression) from None
+    except (NotFinite, TypeError, ValueError, ArithmeticError) as exc:
+        # A jmespath function given values it does not handle (e.g. ceil of infinity).
+        reason = str(exc).splitlines()[0][:_MESSAGE_CHARS] if str(exc) else type(exc).__name__
+        raise TemplateError(f"expression {short!r} failed: {reason}") from None
 
 
 def truthy(value: Any) -> bool:
@@ -131,16 +181,17 @@ class _Renderer:
         self.max_output_chars = max_output_chars
         self.max_expressions = max_expressions
         self.count = 0
+        self.budget = Budget()  # one budget for all of a step's params, not one per expression
 
     def value(self, expression: str, path: str) -> Any:
         self.count += 1
         if self.count > self.max_expressions:
             raise TemplateError(f"{path}: more than {self.max_expressions} expressions in params")
         try:
-            result = evaluate(expression, self.context)
+            result = evaluate(expression, self.context, self.budget)
         except TemplateError as exc:
-            details = {"path": path, "expression": expression[:100]}
-            raise TemplateError(f"{path}: {exc.message}", details=details) from None
+            details = {**(exc.details or {}), "path": path, "expression": expression[:100]}
+            raise type(exc)(f"{path}: {exc.message}", code=exc.code, details=details) from None
         if result is None:
             raise MissingReference(
                 f"{path}: {{{{ {expression} }}}} resolved to nothing",

@@ -18,6 +18,7 @@ from provider_registry import ActionSpec, CredentialSpec, ExecutionContext, Prov
 
 if TYPE_CHECKING:
     from outbound import OutboundResponse
+    from redaction import Redactor
 
 UPSTREAM_MESSAGE_CHARS = 500
 
@@ -70,8 +71,12 @@ def base_url(provider: str, default: str, credentials: dict[str, str], context: 
     return (credentials.get("base_url") or context.base_urls.get(provider) or default).rstrip("/")
 
 
-def upstream_message(response: OutboundResponse) -> str:
-    """The error text an upstream put in its body (OpenAI and Anthropic shapes), shortened."""
+def upstream_message(response: OutboundResponse, redactor: Redactor) -> str:
+    """The error text an upstream put in its body (OpenAI and Anthropic shapes), redacted, then shortened.
+
+    Upstreams echo the key they were sent: cutting first would leave a piece of it that
+    redaction by value no longer recognises, so ``redactor.cut`` redacts before it cuts.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -82,14 +87,16 @@ def upstream_message(response: OutboundResponse) -> str:
         message = error.get("message") if isinstance(error, dict) else error
         message = message or body.get("message") or body.get("detail")
     if not isinstance(message, str) or not message:
-        message = response.content[:UPSTREAM_MESSAGE_CHARS].decode("utf-8", "replace").strip()
-    return message[:UPSTREAM_MESSAGE_CHARS]
+        # Decoding a window (not the whole body) bounds the work; a key cut by the window is
+        # a piece at the end of the text, which the redactor also removes.
+        message = response.content[: UPSTREAM_MESSAGE_CHARS * 8].decode("utf-8", "replace")
+    return redactor.cut(message.strip(), UPSTREAM_MESSAGE_CHARS).strip()
 
 
-def http_failure(response: OutboundResponse, label: str) -> ProviderResult:
+def http_failure(response: OutboundResponse, label: str, redactor: Redactor) -> ProviderResult:
     """Map an upstream status >= 400 to a failure: credentials, rate limit, server or request error."""
     status = response.status
-    detail = upstream_message(response)
+    detail = upstream_message(response, redactor)
     suffix = f": {detail}" if detail else ""
     if status in (401, 403):
         return ProviderResult.fail(
@@ -145,7 +152,7 @@ def exchange(
     reply, elapsed = send(context, method, url, **kwargs)
     if isinstance(reply, ProviderResult):
         return reply
-    result = http_failure(reply, vendor) if reply.status >= 400 else parse(reply)
+    result = http_failure(reply, vendor, context.redactor) if reply.status >= 400 else parse(reply)
     result.latency_ms = elapsed
     return result
 

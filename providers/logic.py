@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from provider_registry import ActionSpec, CredentialSpec, ExecutionContext, Provider, ProviderResult
-from templating import TemplateError, evaluate, truthy
+from templating import ExpressionTooLarge, TemplateError, evaluate, truthy
 
 _EXPRESSION = {"type": "string", "minLength": 1, "description": "JMESPath expression"}
 _DATA = {"description": "value to evaluate over; default the run context {steps, step_results, input}"}
@@ -52,6 +52,8 @@ class LogicProvider(Provider):
         data = params.get("data", context.run_context)
         try:
             value = evaluate(params["expression"], data)
+        except ExpressionTooLarge as exc:
+            return ProviderResult.fail(exc.code, exc.message)
         except TemplateError as exc:
             return ProviderResult.fail("expression_error", exc.message)
         return ProviderResult.ok({"result": truthy(value)} if action == "condition" else value)

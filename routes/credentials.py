@@ -11,6 +11,7 @@ import store
 from auth import current_user_id
 from credentials import CredentialDecryptError, mask
 from errors import NotFound, ValidationError
+from provider_registry import CREDENTIAL_TYPE
 from routes.common import json_body, serialize
 from services import services
 
@@ -22,6 +23,15 @@ MAX_SECRET_CHARS = 10_000
 def _check_name(value: str, what: str) -> str:
     if not NAME.fullmatch(value):
         raise ValidationError(f"{what} must be 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _check_type(value: str) -> str:
+    if not CREDENTIAL_TYPE.fullmatch(value):
+        raise ValidationError(
+            "credential type must be 1-64 letters, digits, '_', '.' or '-', or 'header:<Name>' with a header name "
+            "of letters, digits, '-', '_' or '.'"
+        )
     return value
 
 
@@ -55,10 +65,16 @@ def store_credentials(provider: str) -> tuple[Response, int]:
     creds = body.get("credentials")
     if not isinstance(creds, dict) or not creds:
         raise ValidationError("credentials must be a non-empty object of {type: secret}")
+    registry = services().registry
     for type_, secret in creds.items():
-        _check_name(type_, "credential type")
+        _check_type(type_)
         if not isinstance(secret, str) or not secret.strip() or len(secret) > MAX_SECRET_CHARS:
             raise ValidationError(f"credentials.{type_} must be a non-empty string of at most {MAX_SECRET_CHARS} chars")
+        if registry is not None:
+            try:
+                registry.get(provider).check_credential(type_, secret)
+            except ValidationError as exc:
+                raise ValidationError(f"credentials.{type_}: {exc.message}") from None
     vault = services().vault
     with services().db.transaction(user_id) as cur:
         rows = [
@@ -93,7 +109,7 @@ def delete(provider: str, type_: str | None = None) -> tuple[str, int]:
     user_id = current_user_id()
     _check_name(provider, "provider")
     if type_ is not None:
-        _check_name(type_, "credential type")
+        _check_type(type_)
     with services().db.transaction(user_id) as cur:
         deleted = store.delete_credentials(cur, user_id, provider, type_)
     if not deleted:

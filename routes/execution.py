@@ -51,8 +51,9 @@ def test_credentials(name: str) -> Response:
     credentials = engine.credentials_for(user_id, provider_)
     if not credentials:
         raise NotFound(f"no credentials stored for {name}")
-    result = provider_.test_credentials(credentials, engine.context(user_id, timeout_s=15.0))
-    return jsonify(Redactor(credentials.values()).value(result.to_dict()))
+    redactor = Redactor([*credentials.values(), *provider_.secret_values(credentials)])
+    result = provider_.test_credentials(credentials, engine.context(user_id, timeout_s=15.0, redactor=redactor))
+    return jsonify(redactor.value(result.to_dict()))
 
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:

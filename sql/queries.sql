@@ -247,3 +247,28 @@ WITH batch AS (
 )
 DELETE FROM plan_runs r USING batch WHERE r.id = batch.id
 RETURNING r.id;
+
+-- name: all_credentials
+-- Every user's credentials, not locked: redact-history reads them once to know each user's secrets.
+SELECT id, user_id, provider, type, encrypted_value FROM provider_credentials ORDER BY id;
+
+-- name: logs_to_redact
+SELECT id, user_id, error, input, output FROM execution_logs
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
+
+-- name: set_log_redacted
+UPDATE execution_logs SET error = %(error)s, input = %(input)s, output = %(output)s WHERE id = %(id)s;
+
+-- name: runs_to_redact
+SELECT id, user_id, error, step_results FROM plan_runs
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
+
+-- name: set_run_redacted
+UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s WHERE id = %(id)s;
+
+-- name: plans_to_redact
+SELECT id, user_id, steps FROM execution_plans
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
+
+-- name: set_plan_steps
+UPDATE execution_plans SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s;

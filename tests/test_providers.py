@@ -38,6 +38,7 @@ from errors import ValidationError  # noqa: E402
 from outbound import OutboundClient, OutboundPolicy  # noqa: E402
 from provider_registry import ExecutionContext, Provider, ProviderResult, UnknownActionError  # noqa: E402
 from providers import registry  # noqa: E402
+from redaction import Redactor  # noqa: E402
 
 BUILTIN = {"openai", "groq", "anthropic", "webhook", "logic"}
 FAST_TIMEOUT = 0.3  # the fakes' SLOW replies take 1.5 s
@@ -253,9 +254,20 @@ def test_chat_malformed_json(chat: Provider, fake_openai: FakeOpenAI) -> None:
 
 
 def test_chat_error_echoing_the_key_keeps_upstream_text(chat: Provider, fake_openai: FakeOpenAI) -> None:
-    """The upstream text is kept as is: redacting secrets by value is the engine's job."""
+    """The upstream text is kept, shortened with the context's redactor: this one knows no secret,
+    so only the key-shaped end of the message is masked (redacting by value is the engine's job)."""
     error = assert_failure(chat_call(chat, fake_openai.script(ECHO_KEY)), "invalid_credentials", retryable=False)
-    assert "Incorrect API key provided: sk-test-123" in error["message"]
+    assert error["message"].endswith("Incorrect API key provided: [REDACTED]")
+    secret = make_context(redactor=Redactor(["sk-test-123"]))
+    fake_openai.script(ECHO_KEY)
+    error = assert_failure(
+        chat.execute(
+            "chat_completion", {"prompt": "Hi"}, {"api_key": "sk-test-123", "base_url": fake_openai.base_url}, secret
+        ),
+        "invalid_credentials",
+        retryable=False,
+    )
+    assert error["message"].endswith("Incorrect API key provided: [REDACTED]")
 
 
 def test_chat_connection_refused(chat: Provider) -> None:
