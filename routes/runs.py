@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify, request
 import store
 from auth import current_user_id
 from errors import ValidationError
-from routes.common import MAX_DB_ID, serialize
+from routes.common import int_arg, serialize
 from services import services
 
 bp = Blueprint("runs", __name__, url_prefix="/api")
@@ -18,12 +18,10 @@ DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 
 def _positive_int(name: str) -> int | None:
     """The query parameter ``name`` as an id-sized positive integer, None when absent; 400 otherwise."""
-    raw = request.args.get(name, "")
-    if raw == "":
-        return None
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_DB_ID:
+    value = int_arg(name)
+    if value == 0:
         raise ValidationError(f"{name} must be a positive integer")
-    return int(raw)
+    return value
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str | None:

@@ -99,7 +99,19 @@ def test_another_users_runs_are_never_listed(client: FlaskClient, user: str, oth
 
 @pytest.mark.parametrize(
     "query",
-    ["status=done", "trigger=cron", "limit=0", "limit=501", "limit=x", "before=-1", "before=abc", "plan_id=1.5"],
+    [
+        "status=done",
+        "trigger=cron",
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "before=-1",
+        "before=abc",
+        "plan_id=1.5",
+        "before=%C2%B9",
+        "plan_id=%C2%B9",
+        "limit=%C2%B9",
+    ],
 )
 def test_bad_filters_are_400_naming_the_parameter(client: FlaskClient, user: str, query: str) -> None:
     response = client.get(f"/api/runs?user_id={user}&{query}")
