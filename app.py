@@ -18,27 +18,25 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-import cli
-import console
-import metrics
-import openapi
 import scheduler
-from config import Settings
-from credentials import Vault, load_keys
 from database import DatabaseManager, db_manager, migrate_when_reachable, try_migrate
-from errors import ConfigurationError, PilotError
 from execution_engine import ExecutionEngine
-from logging_setup import configure_logging
+from pilot import console
+from pilot.errors import ConfigurationError, PilotError
+from pilot.http import guard, openapi
+from pilot.http.routes import credentials as credentials_routes
+from pilot.http.routes import execution as execution_routes
+from pilot.http.routes import health as health_routes
+from pilot.http.routes import logs as logs_routes
+from pilot.http.routes import plans as plans_routes
+from pilot.http.routes import runs as runs_routes
+from pilot.http.routes import scheduler as scheduler_routes
+from pilot.ops import cli, metrics
+from pilot.ops.logging_setup import configure_logging
+from pilot.security.vault import Vault, load_keys
+from pilot.services import Services
+from pilot.settings import Settings
 from providers import registry
-from routes import credentials as credentials_routes
-from routes import execution as execution_routes
-from routes import guard
-from routes import health as health_routes
-from routes import logs as logs_routes
-from routes import plans as plans_routes
-from routes import runs as runs_routes
-from routes import scheduler as scheduler_routes
-from services import Services
 
 log = logging.getLogger("pilot")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")

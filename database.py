@@ -25,8 +25,8 @@ import psycopg2.extras
 import psycopg2.pool
 import psycopg2.sql
 
-from config import Settings
-from errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.settings import Settings
 
 log = logging.getLogger(__name__)
 logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO

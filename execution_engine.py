@@ -16,18 +16,18 @@ import random
 import time
 from typing import Any
 
-import metrics
-import store
-from config import Settings
-from credentials import CredentialDecryptError, Vault, unreadable_credentials
 from database import DatabaseManager
-from errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
-from outbound import OutboundClient, OutboundPolicy
-from plan_schema import Step, parse
+from pilot.data import store
+from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.execution.runs import RunExecution, process_owner_id, unexpected_failure
+from pilot.ops import metrics
+from pilot.security.outbound import OutboundClient, OutboundPolicy
+from pilot.security.redaction import Redactor
+from pilot.security.vault import CredentialDecryptError, Vault, unreadable_credentials
+from pilot.settings import Settings
+from pilot.steps.plan_schema import Step, parse
+from pilot.steps.templating import TemplateError, compile_expression, render
 from provider_registry import ExecutionContext, Provider, ProviderRegistry, ProviderResult
-from redaction import Redactor
-from runs import RunExecution, process_owner_id, unexpected_failure
-from templating import TemplateError, compile_expression, render
 
 log = logging.getLogger(__name__)
 

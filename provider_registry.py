@@ -23,13 +23,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as SchemaViolation
 
-from errors import NotFound, ValidationError
-from redaction import Redactor
+from pilot.errors import NotFound, ValidationError
+from pilot.security.redaction import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from outbound import OutboundClient
+    from pilot.security.outbound import OutboundClient
 
 logger = logging.getLogger(__name__)
 

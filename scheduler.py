@@ -37,12 +37,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 from flask_apscheduler import APScheduler
 
-import cron
-import metrics
-import store
-from errors import PilotError
 from execution_engine import process_owner_id
-from services import Services
+from pilot.data import store
+from pilot.errors import PilotError
+from pilot.ops import metrics
+from pilot.services import Services
+from pilot.steps import cron
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 DATA_DIR = tempfile.mkdtemp(prefix="pilot-metrics-bench-")  # importing app may write a development key here
 os.environ.setdefault("PILOT_DATA_DIR", DATA_DIR)
 
-import store  # noqa: E402
 from bench.common import fresh_database  # noqa: E402
+from pilot.data import store  # noqa: E402
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HEAVY = "heavy-user"

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from errors import PilotError
+from pilot.errors import PilotError
 from provider_registry import ActionSpec, CredentialSpec, ExecutionContext, Provider, ProviderResult
 
 if TYPE_CHECKING:
-    from outbound import OutboundResponse
-    from redaction import Redactor
+    from pilot.security.outbound import OutboundResponse
+    from pilot.security.redaction import Redactor
 
 UPSTREAM_MESSAGE_CHARS = 500
 

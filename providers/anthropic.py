@@ -16,7 +16,7 @@ from providers._openai_compat import (
 )
 
 if TYPE_CHECKING:
-    from outbound import OutboundResponse
+    from pilot.security.outbound import OutboundResponse
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024

@@ -154,7 +154,7 @@ def test_env_example_lists_every_variable_pilot_reads() -> None:
     root = Path(__file__).resolve().parent.parent
     example = (root / "deploy" / "pilot.env.example").read_text()
     documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
-    read = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', (root / "config.py").read_text())) - {"INFO"}
+    read = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', (root / "pilot" / "settings.py").read_text())) - {"INFO"}
     gunicorn = (root / "deploy" / "gunicorn.conf.py").read_text()
     read |= set(re.findall(r'(?:_env_int|os\.environ\.get|os\.environ\.setdefault)\(\s*"([A-Z][A-Z0-9_]+)"', gunicorn))
     assert read - documented == set()

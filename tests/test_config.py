@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from config import Settings
-from errors import ConfigurationError
+from pilot.errors import ConfigurationError
+from pilot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,14 +60,17 @@ def test_settings_reject_an_unknown_auth_mode() -> None:
         Settings.from_env({"AUTH_MODE": "open"})
 
 
-def test_only_config_py_reads_the_environment() -> None:
-    """The README's promise: every variable the app reads is read in config.py (gunicorn's own
+def test_only_the_settings_module_reads_the_environment() -> None:
+    """The README's promise: every variable the app reads is read in pilot/settings.py (gunicorn's own
     config file, deploy/gunicorn.conf.py, reads the server's knobs)."""
     readers = []
-    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("routes/*.py"), *ROOT.glob("providers/*.py")]):
+    modules = [*ROOT.glob("*.py"), *ROOT.glob("pilot/**/*.py"), *ROOT.glob("providers/*.py")]
+    # The screenshots script is a developer tool run by hand, not part of the server.
+    skipped = {ROOT / "pilot" / "settings.py", ROOT / "pilot" / "console" / "screenshots.py"}
+    for path in sorted(set(modules) - skipped):
         text = path.read_text(encoding="utf-8")
-        if path.name != "config.py" and any(needle in text for needle in ("os.environ", "getenv", "environ[")):
-            readers.append(path.name)
+        if any(needle in text for needle in ("os.environ", "getenv", "environ[")):
+            readers.append(str(path.relative_to(ROOT)))
     assert readers == []
 
 

@@ -9,10 +9,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import openapi
+from pilot.http import openapi
 from tests.conftest import make_app
 
-CONSOLE = Path(__file__).resolve().parent.parent / "console"
+CONSOLE = Path(__file__).resolve().parent.parent / "pilot" / "console"
 
 
 @pytest.mark.parametrize("mode", ["dev", "token"])

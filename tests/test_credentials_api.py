@@ -10,7 +10,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from flask.testing import FlaskClient
 
-from credentials import CredentialDecryptError, Vault, mask
+from pilot.security.vault import CredentialDecryptError, Vault, mask
 from tests.conftest import make_app
 from tests.fake_upstreams import FakeOpenAI
 

@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-import store
+from pilot.data import store
 from tests.fake_upstreams import (
     ECHO_KEY,
     RATE_LIMITED,

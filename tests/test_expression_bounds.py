@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from templating import TemplateError, evaluate, render
+from pilot.steps.templating import TemplateError, evaluate, render
 
 
 def doubling(stages: int) -> str:
@@ -239,7 +239,7 @@ def test_jmespath_type_errors_through_the_api_are_failed_steps(client: FlaskClie
 def test_the_cpu_deadline_refuses_evaluation_once_passed() -> None:
     import jmespath
 
-    from bounded_jmespath import Budget, BudgetExceeded, search
+    from pilot.steps.bounded_jmespath import Budget, BudgetExceeded, search
 
     with pytest.raises(BudgetExceeded) as caught:
         search(jmespath.compile("[a, a]"), {"a": 1}, Budget(cpu_seconds=-1.0))  # a deadline already in the past

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-import store
+from pilot.data import store
 from scheduler import PilotScheduler
 from tests.conftest import make_app
 from tests.fake_upstreams import Reply, WebhookReceiver

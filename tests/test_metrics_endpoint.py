@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import metrics
+from pilot.ops import metrics
 from tests.conftest import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ def test_pool_gauges_follow_the_app(app: Flask, client: FlaskClient, user: str) 
 
 
 WORKER = """
-import metrics
+from pilot.ops import metrics
 metrics.record_step("logic", "transform", "success", 5.0, 1)
 metrics.record_scheduler_firing("claimed")
 metrics.DB_POOL_SIZE.set(3)

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator
 
-import openapi
+from pilot.http import openapi
 from providers import registry
 from tests.conftest import make_app
 

@@ -24,9 +24,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from config import Settings
-from errors import ConfigurationError, PilotError, ValidationError
-from outbound import (
+from pilot.errors import ConfigurationError, PilotError, ValidationError
+from pilot.security.outbound import (
     Headers,
     InvalidURL,
     IPAddress,
@@ -41,6 +40,7 @@ from outbound import (
     check_address,
     resolve,
 )
+from pilot.settings import Settings
 
 EMPTY = OutboundPolicy()
 LOOPBACK_1 = OutboundPolicy.from_entries(["127.0.0.1/32"])

@@ -130,7 +130,7 @@ def test_the_readme_step_shape_names_every_step_field() -> None:
     import re
     from pathlib import Path
 
-    from plan_schema import Step
+    from pilot.steps.plan_schema import Step
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     shape = re.search(r"A step is `\{([^}]*)\}`", readme)

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 from typing import Any, ClassVar  # noqa: E402
 
-from errors import NotFound, ValidationError  # noqa: E402
-from outbound import OutboundClient, OutboundPolicy  # noqa: E402
+from pilot.errors import NotFound, ValidationError  # noqa: E402
+from pilot.security.outbound import OutboundClient, OutboundPolicy  # noqa: E402
 from provider_registry import (  # noqa: E402
     ActionSpec,
     CredentialSpec,

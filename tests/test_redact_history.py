@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from psycopg2 import sql
 from psycopg2.extras import Json
 
-from redaction import REDACTED
+from pilot.security.redaction import REDACTED
 from tests.conftest import admin_execute, make_app
 from tests.fake_upstreams import Reply, WebhookReceiver
 
@@ -236,8 +236,8 @@ def test_refuses_a_role_that_cannot_see_every_user(
 
 
 def test_preview_headers_and_pieces_anywhere() -> None:
-    from history_redaction import redact_preview_headers
-    from redaction import Redactor
+    from pilot.ops.history_redaction import redact_preview_headers
+    from pilot.security.redaction import Redactor
 
     text = '{"url": "u", "headers": {"X-Trace": "a\\"b", "Cookie": "s=\\"1\\"", "X-Api-Key": "cut-off-va'
     assert redact_preview_headers(text) == (

@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import store
 from execution_engine import ExecutionEngine
+from pilot.data import store
 from provider_registry import ActionSpec, ExecutionContext, Provider, ProviderRegistry, ProviderResult
 from providers.logic import LogicProvider
 from tests.fake_upstreams import Reply, WebhookReceiver

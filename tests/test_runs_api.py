@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import store
+from pilot.data import store
 
 OK_STEP = {"id": "hello", "provider": "logic", "action": "transform", "params": {"template": "hi"}}
 # A missing reference is a step error, so a run of this plan ends in 'error' with no network involved.

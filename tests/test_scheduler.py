@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from flask import Flask
 
-import store
+from pilot.data import store
 from scheduler import PilotScheduler, build_trigger, fire_times, slot
 from tests.conftest import make_app
 from tests.fake_upstreams import Reply, WebhookReceiver

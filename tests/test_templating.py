@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-import templating
-from templating import MissingReference, TemplateError, evaluate, references, render, truthy
+from pilot.steps import templating
+from pilot.steps.templating import MissingReference, TemplateError, evaluate, references, render, truthy
 
 
 @pytest.fixture

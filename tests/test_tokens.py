@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import tokens
+from pilot.security import tokens
 from tests.conftest import make_app
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"

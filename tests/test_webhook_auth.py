@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 from flask.testing import FlaskClient
 
-from redaction import REDACTED
+from pilot.security.redaction import REDACTED
 from tests.fake_upstreams import FakeServer, RecordedRequest, Reply, WebhookReceiver
 
 TOKEN = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
