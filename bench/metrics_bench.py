@@ -202,8 +202,8 @@ def main() -> int:
         finally:
             query.close()
             owner.close()
-            app.extensions["pilot"].db.close()
-            app.extensions["pilot"].engine.shutdown(wait=False)
+            app.db.close()
+            app.engine.shutdown(wait=False)
 
     by_label = {label: median for label, median, _ in results}
     base = by_label["query only, hours=24, index scans off"]

@@ -1,6 +1,6 @@
 """Gunicorn settings for serving Pilot in production.
 
-    gunicorn -c deploy/gunicorn.conf.py app:app
+    gunicorn -c deploy/gunicorn.conf.py "app:create_app()"
 
 Model calls take seconds and hold no database connection while they wait, so
 one process serves many of them at once: ``gthread`` workers with many threads
@@ -79,9 +79,9 @@ worker_connections = _env_int("PILOT_WORKER_CONNECTIONS", 1000)
 # PostgreSQL's max_connections (100 by default): 2 x 10 x 2 = 40.
 os.environ.setdefault("DB_POOL_SIZE", "10")
 
-# The app must be imported in each worker, after the fork: the scheduler, the
-# database pool and the engine's run threads belong to one process, and gevent
-# must patch the standard library before the app imports it.
+# The app must be built in each worker, after the fork (gunicorn calls create_app()
+# there): the scheduler, the database pool and the engine's run threads belong to
+# one process, and gevent must patch the standard library before the app imports it.
 preload_app = False
 
 # --- time -----------------------------------------------------------------------
@@ -174,7 +174,18 @@ def _own_directory(path: str, uid: int, gid: int) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Choose and empty the metrics directory: values of an earlier run must not be summed again."""
+    """Check the configuration, then choose and empty the metrics directory.
+
+    A bad setting stops the master here with one line, before any worker is forked.
+    Values of an earlier run must not be summed again.
+    """
+    from app import check_configuration
+    from pilot.errors import ConfigurationError
+
+    try:
+        check_configuration()
+    except ConfigurationError as exc:
+        raise SystemExit(f"pilot: configuration error: {exc.message}") from None
     if not os.environ.get(PROMETHEUS_DIR_ENV):
         where = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(server.cfg.bind))  # the final bind, flags included
         os.environ[PROMETHEUS_DIR_ENV] = os.path.join(tempfile.gettempdir(), f"pilot-prometheus-{os.getuid()}-{where}")
@@ -203,16 +214,12 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def _flask_app(worker: Any) -> Any:
-    """The Pilot app this worker serves: worker.wsgi itself (gunicorn 27 gives the loaded
-    callable, the Flask app for ``app:app``), or the module's app if it was wrapped."""
-    wsgi = getattr(worker, "wsgi", None)
-    if wsgi is None:
-        return None
-    if hasattr(wsgi, "extensions"):
-        return wsgi
-    import app
+    """The Pilot app this worker serves: what gunicorn loaded (``app:create_app()`` calls the factory),
+    or None before it is loaded or when gunicorn serves something else."""
+    from pilot.application import PilotApp
 
-    return app.app
+    wsgi = getattr(worker, "wsgi", None)
+    return wsgi if isinstance(wsgi, PilotApp) else None
 
 
 def post_worker_init(worker: Any) -> None:
@@ -232,7 +239,9 @@ def post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
-    scheduler.start_for_serving(_flask_app(worker))
+    app = _flask_app(worker)
+    if app is not None:
+        scheduler.start_for_serving(app)
 
 
 def worker_int(worker: Any) -> None:

@@ -1,8 +1,9 @@
-"""One exception root for Pilot; each subclass carries an HTTP status and an error code.
+"""One exception root for Pilot; each subclass says what went wrong (its ``code``), never an HTTP status.
 
-The single error handler in ``app.py`` turns any ``PilotError`` into
-``{"error": {"code", "message", "details"}}``. Library errors (psycopg2, requests)
-are translated into these where they happen, never in views.
+Domain code (engine, scheduler, templating, vault, outbound client, data layer) raises
+these; the HTTP layer alone decides what status each class answers with
+(``pilot.http.errors.STATUS``), and the CLI turns them into click errors. Library
+errors (psycopg2, requests) are translated into these where they happen, never in views.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from typing import Any
 
 
 class PilotError(Exception):
-    """Base of every error Pilot raises on purpose."""
+    """Base of every error Pilot raises on purpose: a stable ``code``, a message for people, ``details``."""
 
-    status = 500
     code = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
@@ -28,39 +28,44 @@ class PilotError(Exception):
 
 
 class ValidationError(PilotError, ValueError):
-    status = 400
+    """The caller's input is not valid; the message names the field."""
+
     code = "invalid_request"
 
 
 class Unauthorized(PilotError):
-    status = 401
+    """No usable credentials identify the caller."""
+
     code = "unauthorized"
 
 
 class Forbidden(PilotError):
-    status = 403
+    """The caller is known but may not do this."""
+
     code = "forbidden"
 
 
 class NotFound(PilotError, LookupError):
-    status = 404
+    """No such record for this user."""
+
     code = "not_found"
 
 
 class Conflict(PilotError):
-    status = 409
+    """The request clashes with what is stored (a duplicate key, say)."""
+
     code = "conflict"
 
 
 class ServiceUnavailable(PilotError):
-    status = 503
+    """Pilot cannot take this now (run queue full, shutting down, database slow); try again shortly."""
+
     code = "service_unavailable"
 
 
 class DatabaseError(PilotError):
     """A database failure that is not the caller's fault."""
 
-    status = 503
     code = "database_error"
 
 
@@ -71,5 +76,6 @@ class ConfigurationError(PilotError):
 
 
 class UnsupportedMediaType(PilotError):
-    status = 415
+    """The request body is not in a format Pilot reads."""
+
     code = "unsupported_media_type"

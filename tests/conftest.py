@@ -26,7 +26,7 @@ from flask.testing import FlaskClient
 from psycopg2 import sql
 
 RUN_TAG = uuid.uuid4().hex[:8]
-# Importing app builds the module-level app, which may write a development key:
+# The checklist's lazy ``app`` (built on first use) may write a development key:
 # keep that out of the working tree.
 os.environ.setdefault("PILOT_DATA_DIR", tempfile.mkdtemp(prefix="pilot-data-"))
 
@@ -134,7 +134,7 @@ def make_app(dsn: str | None, data_dir: Path, keys: tuple[str, ...], **overrides
 def app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
     app = make_app(session_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture

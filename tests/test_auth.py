@@ -44,7 +44,7 @@ def token_app_factory(session_db: str, tmp_path: Path, fernet_key: str) -> Itera
 
     yield build
     for app in apps:
-        app.extensions["pilot"].db.close()
+        app.db.close()
 
 
 def plans_as(client: FlaskClient, token: str) -> Any:

@@ -33,7 +33,7 @@ def execute(dsn: str, statement: str | sql.Composable, params: tuple = ()) -> li
 def ops_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
     app = make_app(fresh_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_prune_logs_refuses_a_role_that_cannot_see_every_user(
     try:
         result = app.test_cli_runner().invoke(args=["prune-logs", "--older-than-days", "30"])
     finally:
-        app.extensions["pilot"].db.close()
+        app.db.close()
     assert result.exit_code == 1
     assert "bypasses row-level security" in result.output
     assert execute(fresh_db, "SELECT count(*) FROM execution_logs") == [(8,)]
@@ -214,6 +214,6 @@ def test_list_weekday_schedules_refuses_a_role_that_cannot_see_every_user(
     try:
         result = app.test_cli_runner().invoke(args=["list-weekday-schedules"])
     finally:
-        app.extensions["pilot"].db.close()
+        app.db.close()
     assert result.exit_code == 1
     assert "bypasses row-level security" in result.output

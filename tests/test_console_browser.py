@@ -65,8 +65,8 @@ def serve(app: Flask) -> Iterator[Served]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-        app.extensions["pilot"].engine.shutdown()
-        app.extensions["pilot"].db.close()
+        app.engine.shutdown()
+        app.db.close()
 
 
 @pytest.fixture(scope="module")

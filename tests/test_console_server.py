@@ -23,7 +23,7 @@ def test_health_says_the_auth_mode_so_the_console_can_sign_in(
     try:
         body = app.test_client().get("/api/health").json
     finally:
-        app.extensions["pilot"].db.close()
+        app.db.close()
     assert body["auth_mode"] == mode
 
 

@@ -88,7 +88,7 @@ def test_plaintext_appears_nowhere_in_database_responses_or_logs(
         client.get("/api/provider-credentials?user_id=alice").get_data(as_text=True),
         client.get("/api/provider-credentials/openai?user_id=alice").get_data(as_text=True),
     ]
-    app.extensions["pilot"].db.close()
+    app.db.close()
     assert all(SECRET not in body for body in bodies)
     assert all(SECRET not in record.getMessage() for record in caplog.records)
     conn = psycopg2.connect(fresh_db)
@@ -125,7 +125,7 @@ def test_copied_ciphertext_does_not_decrypt_for_another_user(fresh_db: str, tmp_
         )
     conn.close()
     listed = client.get("/api/provider-credentials/openai?user_id=mallory").json["credentials"]
-    app.extensions["pilot"].db.close()
+    app.db.close()
     assert listed[0]["readable"] is False and listed[0]["masked_value"] == "…"
 
 
@@ -134,7 +134,7 @@ def test_rotate_key_reencrypts_under_the_new_key(fresh_db: str, tmp_path: Path) 
     app = make_app(fresh_db, tmp_path, (old,))
     for name in ("alice", "bob"):
         assert store(app.test_client(), name, api_key=f"{name}-secret-0000000000").status_code == 200
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
     rotating = make_app(fresh_db, tmp_path, (new, old))
     result = rotating.test_cli_runner().invoke(args=["rotate-key"])
@@ -142,7 +142,7 @@ def test_rotate_key_reencrypts_under_the_new_key(fresh_db: str, tmp_path: Path) 
     assert "re-encrypted 2 credential(s)" in result.output
     again = rotating.test_cli_runner().invoke(args=["rotate-key"])
     assert "re-encrypted 2 credential(s) under the first key (2 were already under it)" in again.output
-    rotating.extensions["pilot"].db.close()
+    rotating.db.close()
 
     conn = psycopg2.connect(fresh_db)
     with conn, conn.cursor() as cur:
@@ -156,7 +156,7 @@ def test_rotate_key_reencrypts_under_the_new_key(fresh_db: str, tmp_path: Path) 
 
     only_new = make_app(fresh_db, tmp_path, (new,))
     listed = only_new.test_client().get("/api/provider-credentials?user_id=alice").json["credentials"]
-    only_new.extensions["pilot"].db.close()
+    only_new.db.close()
     assert listed[0]["readable"] is True and listed[0]["masked_value"] == "ali…0000"
 
 
@@ -171,7 +171,7 @@ def test_import_env_credentials(
     assert result.exit_code == 0, result.output
     assert "sk-env-openai" not in result.output
     listed = app.test_client().get("/api/provider-credentials?user_id=carol").json["credentials"]
-    app.extensions["pilot"].db.close()
+    app.db.close()
     assert {(c["provider"], c["masked_value"]) for c in listed} == {("openai", "sk-…0001"), ("groq", "gsk…0002")}
 
 
@@ -263,4 +263,4 @@ def test_credentials_under_a_key_no_longer_configured_are_409_not_500(
         assert tested.json["error"]["details"]["types"] == ["api_key", "base_url"]
         assert "FERNET_KEY" in tested.json["error"]["message"]
     finally:
-        other.extensions["pilot"].db.close()
+        other.db.close()

@@ -214,8 +214,8 @@ def test_jobs_shows_the_next_weekday_9_berlin(client: FlaskClient, user: str) ->
 def scheduler_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
     app = make_app(fresh_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].engine.shutdown(wait=True)
-    app.extensions["pilot"].db.close()
+    app.engine.shutdown(wait=True)
+    app.db.close()
 
 
 @pytest.mark.parametrize("cron", ["0 9 * * 1-5", "0 0 1 * 0", "@weekly", "0 9 * * 7"])

@@ -46,7 +46,7 @@ def test_gunicorn_production_config_serves_the_checklist_minute_0_checks(
     log = (tmp_path / "gunicorn.log").open("w")
     gunicorn = Path(sys.executable).with_name("gunicorn")
     process = subprocess.Popen(
-        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:app"],
+        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -66,7 +66,7 @@ def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(data_di
     assert stored.status_code == 200
     plan = client.post("/api/plans", json={"user_id": "newcomer", "name": "kept", "steps": []})
     assert plan.status_code == 201
-    first.extensions["pilot"].db.close()
+    first.db.close()
     server = _embedded_servers.pop((data_dir / "pgdata").resolve())
     server.cleanup()  # stop the server, as a process exit would
 
@@ -75,7 +75,7 @@ def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(data_di
     creds = client.get("/api/provider-credentials/openai?user_id=newcomer")
     assert creds.status_code == 200 and creds.json["credentials"][0]["masked_value"] == "sk-…0001"
     assert [p["name"] for p in client.get("/api/plans?user_id=newcomer").json["plans"]] == ["kept"]
-    second.extensions["pilot"].db.close()
+    second.db.close()
     _embedded_servers.pop((data_dir / "pgdata").resolve()).cleanup()
 
 
@@ -102,7 +102,7 @@ def test_token_mode_health_says_only_what_a_load_balancer_needs(session_db: str,
             assert private not in text
     finally:
         stop_for_serving(app, timeout=2)
-        app.extensions["pilot"].db.close()
+        app.db.close()
     down = make_app("postgresql://postgres@127.0.0.1:1/x?connect_timeout=2", tmp_path, key, auth_mode="token")
     response = down.test_client().get("/api/health")
     assert response.status_code == 503

@@ -44,7 +44,7 @@ def test_a_process_without_scheduler_keeps_its_long_run_alive_against_another_re
                 f"{executor.url}/api/plans", json={"user_id": user, "name": "slow", "steps": [step]}, timeout=10
             ).json()
             # A run whose owner is gone, so the reaper is seen at work while the slow run goes on.
-            with reaper_app.extensions["pilot"].db.transaction(user) as cur:
+            with reaper_app.db.transaction(user) as cur:
                 dead = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="gone-host:1:x")
             admin(
                 fresh_db,
@@ -61,5 +61,5 @@ def test_a_process_without_scheduler_keeps_its_long_run_alive_against_another_re
             assert len(receiver.requests) == 1
         finally:
             reaper.stop(timeout=5)
-            reaper_app.extensions["pilot"].db.close()
+            reaper_app.db.close()
             assert executor.stop(signal.SIGTERM) == 0

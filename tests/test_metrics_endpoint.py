@@ -149,7 +149,7 @@ def test_scheduler_and_run_counters(client: FlaskClient) -> None:
 def test_pool_gauges_follow_the_app(app: Flask, client: FlaskClient, user: str) -> None:
     client.get(f"/api/plans?user_id={user}")
     samples = scrape(client)
-    assert value(samples, "pilot_db_pool_connections") == app.extensions["pilot"].settings.db_pool_size
+    assert value(samples, "pilot_db_pool_connections") == app.settings.db_pool_size
     assert value(samples, "pilot_db_pool_in_use") == 0
 
 
@@ -157,7 +157,7 @@ WORKER = """
 from pilot.ops import metrics
 metrics.record_step("logic", "transform", "success", 5.0, 1)
 metrics.record_scheduler_firing("claimed")
-metrics.DB_POOL_SIZE.set(3)
+metrics.collectors().db_pool_size.set(3)
 print(__import__("os").getpid())
 """
 
@@ -188,16 +188,12 @@ def test_multiprocess_mode_sums_every_worker(session_db: str, tmp_path: Path, fe
     (directory / "keep.txt").write_text("not a value file")
     assert metrics.reset_multiprocess_dir(str(directory)) > 0  # what on_starting does
     assert [p.name for p in directory.iterdir()] == ["keep.txt"]
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 def _exported_names() -> set[str]:
     names = set()
-    for collector in (
-        metrics.HTTP_REQUESTS, metrics.HTTP_LATENCY, metrics.STEPS, metrics.STEP_LATENCY, metrics.STEP_RETRIES,
-        metrics.SCHEDULER_FIRINGS, metrics.RUNS_FINISHED, metrics.SCHEDULER_JOBS, metrics.DB_POOL_SIZE,
-        metrics.DB_POOL_IN_USE,
-    ):  # fmt: skip
+    for collector in metrics.collectors().all():
         for family in collector.describe():
             names.add(family.name)
             names.update(family.name + suffix for suffix in ("_total", "_bucket", "_count", "_sum"))

@@ -44,10 +44,10 @@ def test_plans_survive_a_new_app_on_the_same_database(session_db: str, tmp_path,
 
     first = make_app(session_db, tmp_path, (fernet_key,))
     plan_id = create(first.test_client(), user).json["id"]
-    first.extensions["pilot"].db.close()
+    first.db.close()
     second = make_app(session_db, tmp_path, (fernet_key,))
     assert second.test_client().get(f"/api/plans/{plan_id}?user_id={user}").status_code == 200
-    second.extensions["pilot"].db.close()
+    second.db.close()
 
 
 def test_another_user_can_never_read_change_or_delete_a_plan(client: FlaskClient, user: str, other_user: str) -> None:

@@ -61,7 +61,7 @@ def history(dsn: str) -> str:
 def ops_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
     app = make_app(fresh_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_refuses_a_role_that_cannot_see_every_user(
     try:
         result = app.test_cli_runner().invoke(args=["redact-history"])
     finally:
-        app.extensions["pilot"].db.close()
+        app.db.close()
     assert result.exit_code == 1
     assert "bypasses row-level security" in result.output
 

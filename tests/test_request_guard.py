@@ -205,7 +205,7 @@ def app_with(session_db: str, tmp_path, fernet_key: str):
 
     yield build
     for app in apps:
-        app.extensions["pilot"].db.close()
+        app.db.close()
 
 
 LOOPBACK_HOSTS = ["localhost", "localhost:5000", "LocalHost:1", "127.0.0.1", "127.0.0.1:5000", "127.9.8.7:80", "[::1]"]

@@ -167,13 +167,12 @@ def test_a_result_postgres_cannot_store_fails_only_its_step_with_its_log_row(app
     registry = ProviderRegistry()
     registry.register(ReturnsBytes)
     registry.register(LogicProvider)
-    svc = app.extensions["pilot"]
-    engine = ExecutionEngine(svc.settings, svc.db, svc.vault, registry)
+    engine = ExecutionEngine(app.settings, app.db, app.vault, registry)
     steps = [
         {"id": "bug", "provider": "returns_bytes", "action": "go", "params": {}, "continue_on_error": True},
         {"id": "after", "provider": "logic", "action": "transform", "params": {"template": "still runs"}},
     ]
-    with svc.db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         plan = store.insert_plan(cur, user, {"name": "p", "steps": steps, "timezone": "UTC", "enabled": True})
     try:
         run = engine.create_run(user, plan["id"], "manual")
@@ -184,7 +183,7 @@ def test_a_result_postgres_cannot_store_fails_only_its_step_with_its_log_row(app
     assert finished is not None and finished["status"] == "success"
     assert [(s["id"], s["status"]) for s in finished["step_results"]] == [("bug", "error"), ("after", "success")]
     assert finished["step_results"][0]["result"]["error"]["code"] == "result_unstorable"
-    with svc.db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         logged = store.run_logs(cur, user, run["id"])
     assert [(row["step_id"], row["status"], row["error_code"]) for row in logged] == [
         ("bug", "error", "result_unstorable"),

@@ -39,7 +39,7 @@ def history(app: Flask, client: FlaskClient, user: str) -> dict[str, Any]:
     good = make_plan(client, user, "Good plan", OK_STEP)
     bad = make_plan(client, user, "Bad plan", BAD_STEP)
     runs = [run(client, user, good), run(client, user, bad), run(client, user, good, trigger="api")]
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         scheduled = store.insert_run(
             cur, user, good, trigger="schedule", owner_id="test", scheduled_for="2026-01-01T09:00:00Z"
         )

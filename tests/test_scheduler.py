@@ -44,11 +44,10 @@ def apps(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Callable[..
 
     yield build
     for app in built:
-        svc = app.extensions["pilot"]
-        if svc.scheduler is not None:
-            svc.scheduler.stop(timeout=5)
-        svc.engine.shutdown(wait=True)
-        svc.db.close()
+        if app.scheduler is not None:
+            app.scheduler.stop(timeout=5)
+        app.engine.shutdown(wait=True)
+        app.db.close()
 
 
 def create_plan(app: Flask, user: str, schedule: dict[str, Any], steps: list | None = None) -> dict[str, Any]:
@@ -60,7 +59,7 @@ def create_plan(app: Flask, user: str, schedule: dict[str, Any], steps: list | N
 
 
 def runs_of(app: Flask, user: str, plan_id: int) -> list[dict[str, Any]]:
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         return list(reversed(store.list_runs(cur, user, plan_id, limit=10_000, offset=0)))
 
 
@@ -93,7 +92,7 @@ def test_concurrent_firings_of_one_slot_run_exactly_once(apps: Callable[..., Fla
         for t in threads:
             t.join(timeout=30)
         for app in instances:  # the run finishes before the next slot, as a 60 s interval allows
-            app.extensions["pilot"].engine.drain(10)
+            app.engine.drain(10)
     assert len([w for w in won if w is not None]) == len(slots)
     runs = runs_of(instances[0], user, plan["id"])
     assert sorted(r["scheduled_for"] for r in runs) == slots
@@ -104,7 +103,7 @@ def test_a_plan_still_running_is_not_started_twice(apps: Callable[..., Flask], u
     app = apps()
     scheduler = PilotScheduler(app)
     plan = create_plan(app, user, {"interval_seconds": 1})
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         running = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="someone")
     now = slot(datetime.now(UTC))
     assert scheduler.fire(plan["id"], user, [now], now=now) is None
@@ -137,8 +136,8 @@ def test_downtime_gives_one_catch_up_run_and_records_the_rest_skipped(
     for t in threads:
         t.join(timeout=30)
     assert len([r for r in results if r is not None]) == 1  # one process won the catch-up
-    a.extensions["pilot"].engine.drain(10)
-    b.extensions["pilot"].engine.drain(10)
+    a.engine.drain(10)
+    b.engine.drain(10)
     runs = runs_of(a, user, plan["id"])
     assert [r["scheduled_for"] for r in runs if r["status"] == "success"] == [missed[-1]]
     assert sorted(r["scheduled_for"] for r in runs if r["status"] == "skipped") == missed[:-1]
@@ -162,10 +161,10 @@ def test_two_started_schedulers_run_every_slot_once(apps: Callable[..., Flask], 
     for app in (a, b):
         scheduler = PilotScheduler(app)
         scheduler.start()
-        app.extensions["pilot"].scheduler = scheduler
+        app.scheduler = scheduler
     time.sleep(3.2)
     for app in (a, b):
-        app.extensions["pilot"].scheduler.stop(timeout=5)
+        app.scheduler.stop(timeout=5)
     stopped = datetime.now(UTC)
     for plan in plans:
         runs = runs_of(a, user, plan["id"])
@@ -184,7 +183,7 @@ def test_schedule_changes_reach_another_process_within_two_seconds(apps: Callabl
     a, b = apps(), apps()
     watcher = PilotScheduler(b)
     watcher.start()
-    b.extensions["pilot"].scheduler = watcher
+    b.scheduler = watcher
     plan = create_plan(a, user, {"interval_seconds": 3600})
     job_id = f"plan-{plan['id']}"
 
@@ -209,7 +208,7 @@ def test_runs_of_a_dead_owner_are_interrupted_with_the_step_in_flight_named(
     app = apps()
     plan = create_plan(app, user, {"interval_seconds": 3600})
     in_flight = [{"index": 0, "id": "notify", "provider": "webhook", "action": "request", "status": "running"}]
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         run = store.insert_run(
             cur, user, plan["id"], trigger="schedule", owner_id="dead-host:1:x", scheduled_for=slot(datetime.now(UTC))
         )
@@ -224,7 +223,7 @@ def test_runs_of_a_dead_owner_are_interrupted_with_the_step_in_flight_named(
     )
     reaped = PilotScheduler(app).reap()
     assert [r["run_id"] for r in reaped] == [run["id"]]
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         dead = store.get_run(cur, user, run["id"])
         alive = store.get_run(cur, user, fresh["id"])
     assert dead["status"] == "interrupted" and dead["finished_at"] is not None
@@ -257,7 +256,7 @@ def test_pause_on_failure_disables_the_plan(apps: Callable[..., Flask], user: st
     now = slot(datetime.now(UTC))
     for moment in (now - timedelta(minutes=1), now):
         assert scheduler.fire(plan["id"], user, [moment], now=moment) is not None
-        app.extensions["pilot"].engine.drain(10)
+        app.engine.drain(10)
     fetched = app.test_client().get(f"/api/plans/{plan['id']}?user_id={user}").json
     assert fetched["enabled"] is False
     assert scheduler.fire(plan["id"], user, [now + timedelta(minutes=1)], now=now + timedelta(minutes=1)) is None
@@ -300,7 +299,7 @@ def test_pause_for_shutdown_stops_firing_but_keeps_leases(apps: Callable[..., Fl
     plan = create_plan(app, user, {"interval_seconds": 1})
     assert wait_for(lambda: runs_of(app, user, plan["id"]), 5.0), "the schedule never fired"
     pause_for_shutdown(app)
-    app.extensions["pilot"].engine.drain(5)
+    app.engine.drain(5)
     fired = len(runs_of(app, user, plan["id"]))
     time.sleep(2.2)
     assert len(runs_of(app, user, plan["id"])) == fired
@@ -327,7 +326,7 @@ def test_scheduler_start_survives_a_database_that_is_down(
         assert all(thread.is_alive() for thread in scheduler._threads)  # the listener keeps reconnecting
     finally:
         scheduler.stop(timeout=1)
-        down.extensions["pilot"].db.close()
+        down.db.close()
 
 
 def test_a_firing_that_races_shutdown_never_leaves_its_run_queued(
@@ -369,7 +368,7 @@ def test_a_firing_that_races_shutdown_never_leaves_its_run_queued(
 def test_a_run_accepted_after_the_engine_stopped_is_ended_with_503(apps: Callable[..., Flask], user: str) -> None:
     app = apps()
     plan = create_plan(app, user, {"interval_seconds": 3600})
-    app.extensions["pilot"].engine.shutdown(wait=True)
+    app.engine.shutdown(wait=True)
     client = app.test_client()
     response = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": user})
     assert response.status_code == 503, response.json
@@ -383,11 +382,11 @@ def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[...,
     app = apps(run_lease_seconds=2)
     scheduler = PilotScheduler(app)
     plan = create_plan(app, user, {"interval_seconds": 3600})
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         orphan = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id=process_owner_id(), lease_seconds=2)
         store.start_run(cur, user, orphan["id"], process_owner_id(), lease_seconds=2)
     scheduler.start()  # this process is alive and keeps leases, but nothing executes the orphan
-    app.extensions["pilot"].scheduler = scheduler
+    app.scheduler = scheduler
     assert wait_for(lambda: runs_of(app, user, plan["id"])[0]["status"] == "interrupted", 15.0)
     assert "lease expired" in runs_of(app, user, plan["id"])[0]["error"]
 
@@ -422,4 +421,4 @@ def test_checklist_scheduler_jobs_verbatim_without_a_user(
         refused = token_mode.test_client().get("/api/scheduler/jobs")
         assert refused.status_code == 401 and refused.json["error"]["code"] == "unauthorized"
     finally:
-        token_mode.extensions["pilot"].db.close()
+        token_mode.db.close()

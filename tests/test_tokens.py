@@ -23,7 +23,7 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
 def token_app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
     app = make_app(session_db, tmp_path, (fernet_key,), auth_mode="token", jwt_secret=JWT_SECRET)
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture

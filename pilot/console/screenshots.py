@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             with serving(app) as url:
                 written = shoot(url, args.out, ids, SCHEMES if args.dark else ("light",))
         finally:
-            app.extensions["pilot"].engine.shutdown()
-            app.extensions["pilot"].db.close()
+            app.engine.shutdown()
+            app.db.close()
     for path in written:
         print(path)
     return 0

@@ -68,17 +68,10 @@ class RunExecution:
         self._closed = False
         self.leases = LeaseKeeper(self.db, self.settings.run_lease_seconds, process_owner_id)
 
-    def execute_step(
-        self,
-        user_id: str,
-        step: Any,
-        run_context: dict[str, Any],
-        *,
-        plan_id: int | None = None,
-        run_id: int | None = None,
-        step_index: int | None = None,
+    def execute_run_step(
+        self, user_id: str, step: Any, run_context: dict[str, Any], *, plan_id: int, run_id: int, step_index: int
     ) -> ProviderResult:
-        """Run one step and write its log row; a failed result for every failure (ExecutionEngine)."""
+        """Run one step of a run and write its log row; a failed result for every failure (ExecutionEngine)."""
         raise NotImplementedError
 
     def _insert_log(
@@ -219,7 +212,7 @@ class RunExecution:
             running |= {"provider": step.get("provider"), "action": step.get("action")}
             with self.db.transaction(user_id) as cur:
                 store.progress_run(cur, user_id, run_id, [*results, running])
-            return self.execute_step(user_id, step, context, plan_id=plan_id, run_id=run_id, step_index=index)
+            return self.execute_run_step(user_id, step, context, plan_id=plan_id, run_id=run_id, step_index=index)
         except Exception as exc:  # before or around the call: still this step's failure, with its log row
             result = unexpected_failure(exc)
             where = {"plan_id": plan_id, "run_id": run_id, "step_index": index}

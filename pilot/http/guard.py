@@ -22,8 +22,9 @@ import json
 import re
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 
+from pilot.application import current_pilot
 from pilot.errors import Forbidden, ValidationError
 from pilot.settings import Settings
 
@@ -147,7 +148,7 @@ def host_allowed(header: str, settings: Settings) -> bool:
 
 
 def check_host() -> None:
-    settings: Settings = current_app.config["PILOT_SETTINGS"]
+    settings = current_pilot().settings
     if not host_allowed(request.headers.get("Host", ""), settings):
         where = "AUTH_MODE=dev answers only" if settings.auth_mode == "dev" else "this server answers only"
         raise Forbidden(

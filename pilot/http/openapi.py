@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from pilot.application import PilotApp, current_pilot
 from pilot.http.openapi_schemas import (
     RUN_STATUSES,
     RUN_TRIGGERS,
@@ -274,12 +275,12 @@ def _operation(method: str, path: str, params: list[tuple[str, str]]) -> dict[st
     return operation
 
 
-def build_document(app: Flask) -> dict[str, Any]:
+def build_document(app: PilotApp) -> dict[str, Any]:
     """The OpenAPI 3.1 document for ``app`` as it is routed now."""
     paths: dict[str, dict[str, Any]] = {}
     for method, path, params in _routes(app):
         paths.setdefault(path, {})[method.lower()] = _operation(method, path, params)
-    schemas = {**model_schemas(), **STATIC_SCHEMAS, **provider_schemas(app.extensions["pilot"].registry)}
+    schemas = {**model_schemas(), **STATIC_SCHEMAS, **provider_schemas(app.registry)}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -328,7 +329,7 @@ bp = Blueprint("openapi", __name__)
 def document() -> Response:
     """Built on first use and kept: routes cannot change once the app serves."""
     if "pilot_openapi" not in current_app.extensions:
-        current_app.extensions["pilot_openapi"] = build_document(current_app)
+        current_app.extensions["pilot_openapi"] = build_document(current_pilot())
     return jsonify(current_app.extensions["pilot_openapi"])
 
 

@@ -64,15 +64,15 @@ Resolver = Callable[[str, int], list[IPAddress]]
 
 
 class InvalidURL(OutboundError, ValidationError):
-    status, code = 400, "invalid_url"
+    code = "invalid_url"
 
 
 class OutboundTimeout(OutboundError):
-    status, code, retryable = 504, "timeout", True
+    code, retryable = "timeout", True
 
 
 class OutboundConnectionError(OutboundError):
-    status, code, retryable = 502, "connection_error", True
+    code, retryable = "connection_error", True
 
 
 class ResponseTooLarge(OutboundError):

@@ -28,7 +28,6 @@ class OutboundError(PilotError):
     request may have reached the server before the failure, so its effect is unknown.
     """
 
-    status = 502
     code = "outbound_error"
     retryable = False
 
@@ -42,7 +41,7 @@ class OutboundError(PilotError):
 
 
 class SSRFBlocked(OutboundError):
-    status, code = 400, "ssrf_blocked"
+    code = "ssrf_blocked"
 
 
 _METADATA_REASON = "a cloud metadata address"

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -28,11 +29,10 @@ ENVELOPE_VERSION = 1
 class CredentialDecryptError(PilotError):
     """A stored credential cannot be decrypted with the configured keys, or belongs to another row.
 
-    A 409: the request is fine, the stored value is not; storing it again (or
-    deleting it) resolves it.
+    The request is fine, the stored value is not; storing it again (or deleting it)
+    resolves it.
     """
 
-    status = 409
     code = "credential_unreadable"
 
 
@@ -40,10 +40,9 @@ def unreadable_credentials(provider: str, failures: dict[str, CredentialDecryptE
     """One error naming every unreadable credential type of ``provider`` and what to do about it."""
     types = sorted(failures)
     reasons = "; ".join(failures[type_].message for type_ in types)
+    them = "it" if len(types) == 1 else "them"
     return CredentialDecryptError(
-        f"{reasons}. Store {'it' if len(types) == 1 else 'them'} again "
-        f"(POST /api/provider-credentials/{provider}) or delete {'it' if len(types) == 1 else 'them'}",
-        details={"provider": provider, "types": types},
+        f"{reasons}. Store {them} again or delete {them}", details={"provider": provider, "types": types}
     )
 
 
@@ -94,6 +93,14 @@ class Vault:
         except InvalidToken:
             return False
         return True
+
+
+def masked(vault: Vault, user_id: str, row: dict[str, Any]) -> str | None:
+    """The display form of a stored credential row's value, or None when it cannot be decrypted."""
+    try:
+        return mask(vault.decrypt(user_id, row["provider"], row["type"], row["encrypted_value"]))
+    except CredentialDecryptError:
+        return None
 
 
 def mask(secret: str) -> str:

@@ -32,7 +32,6 @@ _QUOTES = "'\"`"
 class TemplateError(PilotError):
     """A param template is malformed, too large, or its expression failed."""
 
-    status = 400
     code = "template_error"
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import NotFound, ValidationError
+from pilot.http.auth import current_user_id
 from pilot.http.common import json_body, serialize
-from pilot.security.auth import current_user_id
-from pilot.security.vault import CredentialDecryptError, mask
-from pilot.services import services
+from pilot.security.vault import masked
 from provider_registry import CREDENTIAL_TYPE
 
 bp = Blueprint("credentials", __name__, url_prefix="/api/provider-credentials")
@@ -37,23 +37,16 @@ def _check_type(value: str) -> str:
 
 def _check_provider(provider: str) -> str:
     _check_name(provider, "provider")
-    registry = services().registry
-    if registry is not None and provider not in registry.providers:
+    if provider not in current_pilot().registry:
         raise NotFound(f"unknown provider {provider!r}", code="unknown_provider")
     return provider
 
 
 def _public(user_id: str, row: dict[str, Any]) -> dict[str, Any]:
-    """A credential as responses show it: masked, with timestamps."""
-    try:
-        shown, readable = (
-            mask(services().vault.decrypt(user_id, row["provider"], row["type"], row["encrypted_value"])),
-            True,
-        )
-    except CredentialDecryptError:
-        shown, readable = "…", False
+    """A credential as responses show it: masked (``…`` and ``readable: false`` when undecryptable), with timestamps."""
+    shown = masked(current_pilot().vault, user_id, row)
     public = serialize({k: v for k, v in row.items() if k != "encrypted_value"})
-    public.update(masked_value=shown, readable=readable)
+    public.update(masked_value="…" if shown is None else shown, readable=shown is not None)
     return public
 
 
@@ -65,18 +58,17 @@ def store_credentials(provider: str) -> tuple[Response, int]:
     creds = body.get("credentials")
     if not isinstance(creds, dict) or not creds:
         raise ValidationError("credentials must be a non-empty object of {type: secret}")
-    registry = services().registry
+    provider_ = current_pilot().registry.get(provider)
     for type_, secret in creds.items():
         _check_type(type_)
         if not isinstance(secret, str) or not secret.strip() or len(secret) > MAX_SECRET_CHARS:
             raise ValidationError(f"credentials.{type_} must be a non-empty string of at most {MAX_SECRET_CHARS} chars")
-        if registry is not None:
-            try:
-                registry.get(provider).check_credential(type_, secret)
-            except ValidationError as exc:
-                raise ValidationError(f"credentials.{type_}: {exc.message}") from None
-    vault = services().vault
-    with services().db.transaction(user_id) as cur:
+        try:
+            provider_.check_credential(type_, secret)
+        except ValidationError as exc:
+            raise ValidationError(f"credentials.{type_}: {exc.message}") from None
+    vault = current_pilot().vault
+    with current_pilot().db.transaction(user_id) as cur:
         rows = [
             store.upsert_credential(cur, user_id, provider, type_, vault.encrypt(user_id, provider, type_, secret))
             for type_, secret in creds.items()
@@ -87,7 +79,7 @@ def store_credentials(provider: str) -> tuple[Response, int]:
 @bp.get("")
 def list_all() -> Response:
     user_id = current_user_id()
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         rows = store.list_credentials(cur, user_id)
     return jsonify({"credentials": [_public(user_id, row) for row in rows]})
 
@@ -96,7 +88,7 @@ def list_all() -> Response:
 def list_provider(provider: str) -> Response:
     user_id = current_user_id()
     _check_name(provider, "provider")
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         rows = store.list_credentials(cur, user_id, provider)
     if not rows:
         raise NotFound(f"no credentials stored for {provider}")
@@ -110,7 +102,7 @@ def delete(provider: str, type_: str | None = None) -> tuple[str, int]:
     _check_name(provider, "provider")
     if type_ is not None:
         _check_type(type_)
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         deleted = store.delete_credentials(cur, user_id, provider, type_)
     if not deleted:
         raise NotFound(f"no credentials stored for {provider}" + (f" {type_}" if type_ else ""))

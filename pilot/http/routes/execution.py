@@ -6,24 +6,23 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from pilot.application import current_pilot
 from pilot.data import store
-from pilot.errors import NotFound, ValidationError
+from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.http.auth import current_user_id
 from pilot.http.common import check_id, json_body, optional_json_body, paging, serialize
-from pilot.security.auth import current_user_id
-from pilot.security.redaction import Redactor
-from pilot.services import services
 
 bp = Blueprint("execution", __name__, url_prefix="/api")
 
 
 @bp.get("/providers")
 def providers() -> Response:
-    return jsonify({"providers": services().registry.names()})
+    return jsonify({"providers": current_pilot().registry.names()})
 
 
 @bp.get("/providers/<name>")
 def provider(name: str) -> Response:
-    return jsonify(services().registry.get(name).describe())
+    return jsonify(current_pilot().registry.get(name).describe())
 
 
 @bp.post("/execute-step")
@@ -38,7 +37,7 @@ def execute_step() -> Response:
         raise ValidationError("step_results and input must be objects")
     results = {str(key): value for key, value in step_results.items()}
     context = {"steps": results, "step_results": results, "input": input_}
-    result = services().engine.execute_step(user_id, body["step"], context)
+    result = current_pilot().engine.execute_step(user_id, body["step"], context)
     return jsonify(result.to_dict())
 
 
@@ -46,18 +45,11 @@ def execute_step() -> Response:
 def test_credentials(name: str) -> Response:
     optional_json_body()
     user_id = current_user_id()
-    engine = services().engine
-    provider_ = services().registry.get(name)
-    credentials = engine.credentials_for(user_id, provider_)
-    if not credentials:
-        raise NotFound(f"no credentials stored for {name}")
-    redactor = Redactor([*credentials.values(), *provider_.secret_values(credentials)])
-    result = provider_.test_credentials(credentials, engine.context(user_id, timeout_s=15.0, redactor=redactor))
-    return jsonify(redactor.value(result.to_dict()))
+    return jsonify(current_pilot().engine.test_credentials(user_id, name))
 
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         logs = store.run_logs(cur, user_id, run["id"])
     return {**serialize(run), "logs": [serialize(row) for row in logs]}
 
@@ -70,13 +62,15 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     input_ = body.get("input") or {}
     if not isinstance(input_, dict):
         raise ValidationError("input must be an object")
-    engine = services().engine
+    engine = current_pilot().engine
     trigger = "api" if body.get("trigger") == "api" else "manual"
     run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
+    if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
+        raise Conflict(f"plan {plan_id} already has this run")
     if request.args.get("wait", "").lower() in {"1", "true", "yes"}:
         finished = engine.run(user_id, run["id"])
         if finished is None:  # not queued any more (ended by someone else): answer what it is now
-            with services().db.transaction(user_id) as cur:
+            with current_pilot().db.transaction(user_id) as cur:
                 finished = store.get_run(cur, user_id, run["id"])
             if finished is None:
                 raise NotFound(f"run {run['id']} not found")
@@ -89,7 +83,7 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
 def plan_runs(plan_id: int) -> Response:
     user_id = current_user_id()
     limit, offset = paging()
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         if store.get_plan(cur, user_id, check_id(plan_id, "plan")) is None:
             raise NotFound(f"plan {plan_id} not found")
         runs = store.list_runs(cur, user_id, plan_id, limit=limit, offset=offset)
@@ -99,7 +93,7 @@ def plan_runs(plan_id: int) -> Response:
 @bp.get("/runs/<int:run_id>")
 def get_run(run_id: int) -> Response:
     user_id = current_user_id()
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         run = store.get_run(cur, user_id, check_id(run_id, "run"))
     if run is None:
         raise NotFound(f"run {run_id} not found")

@@ -14,38 +14,38 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from pilot.application import current_pilot
 from pilot.errors import PilotError
-from pilot.services import services
 
 bp = Blueprint("health", __name__)
 
 
 def _database() -> dict[str, Any]:
-    svc = services()
-    if svc.migrations_pending.is_set():
+    pilot = current_pilot()
+    if pilot.migrations_pending.is_set():
         return {"status": "down", "error": "the database is not reachable yet; migrations are pending"}
     try:
-        svc.db.check()
+        pilot.db.check()
     except PilotError as exc:
         return {"status": "down", "error": exc.message}
-    return {"status": "ok", "embedded": svc.db.embedded}
+    return {"status": "ok", "embedded": pilot.db.embedded}
 
 
 @bp.get("/api/health")
 def health() -> tuple[Response, int]:
-    svc = services()
+    pilot = current_pilot()
     database = _database()
-    scheduler = svc.scheduler.state() if svc.scheduler is not None else {"status": "disabled"}
+    scheduler = pilot.scheduler.state() if pilot.scheduler is not None else {"status": "disabled"}
     healthy = database["status"] == "ok"
     body: dict[str, Any] = {
         "status": "healthy" if healthy else "unhealthy",
         "timestamp": datetime.now(UTC).isoformat(),
         "database": database,
         "scheduler": scheduler,
-        "auth_mode": svc.settings.auth_mode,
+        "auth_mode": pilot.settings.auth_mode,
     }
-    if svc.settings.auth_mode == "dev":
-        body["providers"] = svc.registry.names() if svc.registry is not None else []
+    if pilot.settings.auth_mode == "dev":
+        body["providers"] = pilot.registry.names()
     else:
         body["database"] = {"status": database["status"]}
         body["scheduler"] = {"status": scheduler["status"]}

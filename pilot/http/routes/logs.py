@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
+from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import ValidationError
+from pilot.http.auth import current_user_id
 from pilot.http.common import int_arg, paging, serialize
-from pilot.security.auth import current_user_id
-from pilot.services import services
 
 bp = Blueprint("logs", __name__, url_prefix="/api")
 
@@ -43,7 +43,7 @@ def logs() -> Response:
     if status not in (None, "success", "error"):
         raise ValidationError("status must be 'success' or 'error'")
     since = _since()
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         rows = store.list_logs(
             cur,
             user_id,
@@ -62,7 +62,7 @@ def logs() -> Response:
 def provider_metrics() -> Response:
     user_id = current_user_id()
     hours = _hours(24)
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         rows = store.provider_metrics(cur, user_id, hours)
     return jsonify({"window_hours": hours, "providers": rows})
 
@@ -71,6 +71,6 @@ def provider_metrics() -> Response:
 def error_metrics() -> Response:
     user_id = current_user_id()
     hours = _hours(24)
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         rows = store.error_trends(cur, user_id, hours)
     return jsonify({"window_hours": hours, "trends": [serialize(row) for row in rows]})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import ValidationError
+from pilot.http.auth import current_user_id
 from pilot.http.common import int_arg, serialize
-from pilot.security.auth import current_user_id
-from pilot.services import services
 
 bp = Blueprint("runs", __name__, url_prefix="/api")
 RUN_STATUSES = ("queued", "running", "success", "error", "interrupted", "skipped")
@@ -44,7 +44,7 @@ def list_runs() -> Response:
         raise ValidationError(f"limit must be 1..{MAX_LIMIT}")
     plan_id, before = _positive_int("plan_id"), _positive_int("before")
     status, trigger = _choice("status", RUN_STATUSES), _choice("trigger", RUN_TRIGGERS)
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         rows = store.list_user_runs(
             cur, user_id, limit=limit, plan_id=plan_id, status=status, trigger=trigger, before=before
         )

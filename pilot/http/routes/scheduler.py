@@ -6,18 +6,18 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import NotFound, ValidationError
+from pilot.http.auth import current_user_id
 from pilot.http.common import check_id, optional_json_body, serialize
-from pilot.security.auth import current_user_id
-from pilot.services import services
-from scheduler import next_fire_time
+from scheduler import scheduled_jobs
 
 bp = Blueprint("scheduler", __name__, url_prefix="/api")
 
 
 def _names_a_user() -> bool:
-    """Whether the request names a user (query string or JSON body), as ``auth.current_user_id`` reads it."""
+    """Whether the request names a user (query string or JSON body), as ``pilot.http.auth.current_user_id`` reads it."""
     if "user_id" in request.args:
         return True
     body = request.get_json(silent=True) if request.is_json else None
@@ -26,10 +26,10 @@ def _names_a_user() -> bool:
 
 def _scheduler_state() -> dict[str, Any]:
     """This process's scheduler: running/stopped with its jobs loaded, or not started here (no owner ids)."""
-    svc = services()
-    if svc.scheduler is None:
-        return {"status": "disabled" if not svc.settings.scheduler_enabled else "not_started", "jobs": 0}
-    state = svc.scheduler.state()
+    pilot = current_pilot()
+    if pilot.scheduler is None:
+        return {"status": "disabled" if not pilot.settings.scheduler_enabled else "not_started", "jobs": 0}
+    state = pilot.scheduler.state()
     return {"status": state["status"], "jobs": state["jobs"]}
 
 
@@ -40,37 +40,16 @@ def jobs() -> Response:
     The checklist's Phase 6 check names no user: in dev mode that answers the
     scheduler's state with no jobs (no one's plans); token mode still needs a token.
     """
-    if services().settings.auth_mode == "dev" and not _names_a_user():
+    if current_pilot().settings.auth_mode == "dev" and not _names_a_user():
         return jsonify({"jobs": [], "scheduler": _scheduler_state()})
     user_id = current_user_id()
-    with services().db.transaction(user_id) as cur:
-        plans = store.list_scheduled_plans(cur, user_id)
-    listed = []
-    for plan in plans:
-        schedule = plan["schedule"]
-        upcoming = next_fire_time(schedule, plan["timezone"]) if plan["enabled"] else None
-        trigger = (
-            f"cron[{schedule['cron']} {schedule.get('timezone') or plan['timezone']}]"
-            if schedule.get("cron")
-            else f"interval[{schedule['interval_seconds']}s]"
-        )
-        listed.append(
-            {
-                "id": f"plan-{plan['id']}",
-                "plan_id": plan["id"],
-                "name": plan["name"],
-                "next_run_time": upcoming.isoformat() if upcoming else None,
-                "trigger": trigger,
-                "paused": not plan["enabled"],
-            }
-        )
-    return jsonify({"jobs": listed, "scheduler": _scheduler_state()})
+    return jsonify({"jobs": scheduled_jobs(current_pilot().db, user_id), "scheduler": _scheduler_state()})
 
 
 def _set_enabled(plan_id: int, enabled: bool) -> Response:
     optional_json_body()
     user_id = current_user_id()
-    with services().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id) as cur:
         plan = store.get_plan(cur, user_id, check_id(plan_id, "plan"), for_update=True)
         if plan is None:
             raise NotFound(f"plan {plan_id} not found")
