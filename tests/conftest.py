@@ -21,7 +21,6 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 from cryptography.fernet import Fernet
-from flask import Flask
 from flask.testing import FlaskClient
 from psycopg2 import sql
 
@@ -32,6 +31,8 @@ os.environ.setdefault("PILOT_DATA_DIR", tempfile.mkdtemp(prefix="pilot-data-"))
 
 from app import create_app  # noqa: E402
 from database import migrate  # noqa: E402
+from pilot.application import PilotApp  # noqa: E402
+from provider_registry import ProviderRegistry  # noqa: E402
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:
@@ -113,7 +114,15 @@ def fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def make_app(dsn: str | None, data_dir: Path, keys: tuple[str, ...], **overrides: Any) -> Flask:
+def make_app(
+    dsn: str | None,
+    data_dir: Path,
+    keys: tuple[str, ...],
+    *,
+    registry: ProviderRegistry | None = None,
+    **overrides: Any,
+) -> PilotApp:
+    """An app on ``dsn`` for tests: no scheduler, a small pool, loopback outbound calls allowed."""
     config: dict[str, Any] = {
         "database_url": dsn,
         "data_dir": data_dir,
@@ -125,20 +134,20 @@ def make_app(dsn: str | None, data_dir: Path, keys: tuple[str, ...], **overrides
         "pilot_env": "test",
     }
     config.update(overrides)
-    app = create_app(config)
+    app = create_app(config, registry=registry)
     app.config["TESTING"] = True
     return app
 
 
 @pytest.fixture
-def app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
+def app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[PilotApp]:
     app = make_app(session_db, tmp_path, (fernet_key,))
     yield app
     app.db.close()
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def client(app: PilotApp) -> FlaskClient:
     return app.test_client()
 
 
