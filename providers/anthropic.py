@@ -5,15 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provider_registry import ActionSpec, CredentialSpec, ExecutionContext, Provider, ProviderResult
-from providers._openai_compat import (
-    base_url,
-    build_messages,
-    chat_schema,
-    exchange,
-    json_body,
-    key_accepted,
-    model_credentials,
-)
+from providers._http import base_url, exchange, json_body, key_accepted
+from providers._openai_compat import build_messages, chat_schema, model_credentials
 
 if TYPE_CHECKING:
     from pilot.security.outbound import OutboundResponse

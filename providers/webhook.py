@@ -31,7 +31,7 @@ from provider_registry import (
     Provider,
     ProviderResult,
 )
-from providers._openai_compat import send, upstream_message
+from providers._http import send, upstream_message
 
 if TYPE_CHECKING:
     from pilot.security.outbound import OutboundResponse

@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 
 from execution_engine import MAX_LOGGED_CHARS
 from pilot.security.redaction import REDACTED, Redactor
-from providers._openai_compat import UPSTREAM_MESSAGE_CHARS
+from providers._http import UPSTREAM_MESSAGE_CHARS
 from providers.webhook import BODY_CHARS
 from tests.fake_upstreams import FakeServer, RecordedRequest, Reply, WebhookReceiver
 
