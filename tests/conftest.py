@@ -23,6 +23,7 @@ import pytest
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
 from psycopg2 import sql
+from werkzeug.test import TestResponse
 
 RUN_TAG = uuid.uuid4().hex[:8]
 # The checklist's lazy ``app`` (built on first use) may write a development key:
@@ -33,6 +34,13 @@ from app import create_app  # noqa: E402
 from database import migrate  # noqa: E402
 from pilot.application import PilotApp  # noqa: E402
 from provider_registry import ProviderRegistry  # noqa: E402
+
+
+def resp_json(response: TestResponse) -> Any:
+    """The JSON body of a test client's response; fails the test (showing the text) when there is none."""
+    data = response.get_json(silent=True)
+    assert data is not None, f"{response.status}: {response.get_data(as_text=True)[:500]}"
+    return data
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:

@@ -19,7 +19,7 @@ from pilot.application import PilotApp
 from pilot.settings import environment_variables
 from provider_registry import ProviderRegistry
 from providers.logic import LogicProvider
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 
 ROOT = Path(__file__).resolve().parent.parent
 # The acceptance check of issue 8, then what the process holds once the imports are done.
@@ -144,7 +144,7 @@ def test_a_registry_passed_to_create_app_replaces_the_discovered_one(
         assert client.get("/api/providers").json == {"providers": ["logic"]}
         step = {"provider": "openai", "action": "chat_completion", "params": {"prompt": "hi"}}
         refused = client.post("/api/execute-step", json={"user_id": "u", "step": step})
-        assert refused.status_code == 400 and refused.json["error"]["code"] == "unknown_provider"
+        assert refused.status_code == 400 and resp_json(refused)["error"]["code"] == "unknown_provider"
     finally:
         app.engine.shutdown()
         app.db.close()

@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 import pytest
-from flask import Flask
 from psycopg2 import sql
 
+from pilot.application import PilotApp
 from tests.conftest import admin_execute, make_app
 
 
@@ -30,7 +30,7 @@ def execute(dsn: str, statement: str | sql.Composable, params: tuple = ()) -> li
 
 
 @pytest.fixture
-def ops_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
+def ops_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[PilotApp]:
     app = make_app(fresh_db, tmp_path, (fernet_key,))
     yield app
     app.db.close()
@@ -77,7 +77,7 @@ def seed_history(dsn: str) -> dict[str, int]:
     return ids
 
 
-def test_prune_logs_removes_old_history_of_every_user(ops_app: Flask, fresh_db: str) -> None:
+def test_prune_logs_removes_old_history_of_every_user(ops_app: PilotApp, fresh_db: str) -> None:
     ids = seed_history(fresh_db)
     result = ops_app.test_cli_runner().invoke(args=["prune-logs", "--older-than-days", "30", "--batch-size", "1"])
     assert result.exit_code == 0, result.output
@@ -93,7 +93,7 @@ def test_prune_logs_removes_old_history_of_every_user(ops_app: Flask, fresh_db: 
     assert "removed 0 execution log(s) and 0 finished run(s)" in again.output
 
 
-def test_prune_logs_keeps_each_plans_latest_run_and_can_keep_runs(ops_app: Flask, fresh_db: str) -> None:
+def test_prune_logs_keeps_each_plans_latest_run_and_can_keep_runs(ops_app: PilotApp, fresh_db: str) -> None:
     (plan_id,) = execute(fresh_db, "INSERT INTO execution_plans (user_id, name) VALUES ('carol', 'p') RETURNING id")[0]
     (only_run,) = execute(
         fresh_db,
@@ -118,7 +118,7 @@ def test_prune_logs_keeps_each_plans_latest_run_and_can_keep_runs(ops_app: Flask
         ([], "Missing option '--older-than-days'"),
     ],
 )
-def test_prune_logs_rejects_bad_options(ops_app: Flask, args: list[str], message: str) -> None:
+def test_prune_logs_rejects_bad_options(ops_app: PilotApp, args: list[str], message: str) -> None:
     result = ops_app.test_cli_runner().invoke(args=["prune-logs", *args])
     assert result.exit_code != 0 and message in result.output
 
@@ -138,7 +138,7 @@ def test_prune_logs_refuses_a_role_that_cannot_see_every_user(
 
 
 def test_create_token_refuses_when_the_lookup_function_cannot_see_tokens(
-    ops_app: Flask, fresh_db: str, plain_role: str
+    ops_app: PilotApp, fresh_db: str, plain_role: str
 ) -> None:
     owner = execute(fresh_db, "SELECT current_user")[0][0]
     execute(fresh_db, sql.SQL("ALTER FUNCTION pilot_token_user(text) OWNER TO {}").format(sql.Identifier(plain_role)))
@@ -184,7 +184,7 @@ def seed_schedules(dsn: str) -> dict[str, int]:
     return ids
 
 
-def test_list_weekday_schedules_names_every_users_changed_plans(ops_app: Flask, fresh_db: str) -> None:
+def test_list_weekday_schedules_names_every_users_changed_plans(ops_app: PilotApp, fresh_db: str) -> None:
     ids = seed_schedules(fresh_db)
     result = ops_app.test_cli_runner().invoke(args=["list-weekday-schedules"])
     assert result.exit_code == 0, result.output

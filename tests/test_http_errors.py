@@ -7,11 +7,13 @@ import json
 import pytest
 from flask.testing import FlaskClient
 
+from tests.conftest import resp_json
+
 
 def assert_json_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.is_json
-    error = response.json["error"]
+    error = resp_json(response)["error"]
     assert set(error) == {"code", "message", "details"} and error["message"]
     assert "Traceback" not in response.get_data(as_text=True)
     if code:

@@ -46,6 +46,7 @@ def test_a_process_without_scheduler_keeps_its_long_run_alive_against_another_re
             # A run whose owner is gone, so the reaper is seen at work while the slow run goes on.
             with reaper_app.db.transaction(user) as cur:
                 dead = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="gone-host:1:x")
+            assert dead is not None
             admin(
                 fresh_db,
                 "UPDATE plan_runs SET lease_expires_at = now() - interval '1 hour', "

@@ -146,6 +146,9 @@ class Redactor:
     def cut(self, text: str, limit: int) -> str:
         """At most ``limit`` characters of ``text`` after redaction (a trailing piece of a secret redacted).
 
+        A ``[REDACTED]`` marker that starts before ``limit`` is kept whole, so the result
+        may end up to ``len(REDACTED) - 1`` characters longer.
+
         Only a window of ``text`` a little longer than ``limit`` is redacted: what lies
         beyond it would be cut anyway, and a secret straddling the window's end is a piece
         at the end of the window, which is redacted as well.
