@@ -391,14 +391,14 @@ def logs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
     return _all(cur, "logs_to_redact", after_id=after_id, limit=limit)
 
 
-def _json_or_null(value: Any) -> Json | None:
-    """SQL NULL stays NULL (``Json(None)`` would store a JSON null)."""
-    return None if value is None else Json(value)
+def _json_or_null(value: Any) -> PgJson | None:
+    """SQL NULL stays NULL (``PgJson(None)`` would store a JSON null)."""
+    return None if value is None else PgJson(value)
 
 
 def set_log_redacted(cur: Cursor, log_id: int, error: str | None, input_: Any, output: Any) -> None:
     params = {"id": log_id, "error": error, "input": _json_or_null(input_), "output": _json_or_null(output)}
-    cur.execute(queries()["set_log_redacted"], params)
+    _execute(cur, "set_log_redacted", params)
 
 
 def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
@@ -408,7 +408,7 @@ def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
 
 def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any) -> None:
     params = {"id": run_id, "error": error, "step_results": _json_or_null(step_results)}
-    cur.execute(queries()["set_run_redacted"], params)
+    _execute(cur, "set_run_redacted", params)
 
 
 def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
@@ -417,4 +417,4 @@ def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
 
 
 def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
-    cur.execute(queries()["set_plan_steps"], {"id": plan_id, "steps": Json(steps)})
+    _execute(cur, "set_plan_steps", {"id": plan_id, "steps": PgJson(steps)})
