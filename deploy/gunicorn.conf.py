@@ -143,7 +143,7 @@ logger_class = JsonAccessLogger
 
 # --- metrics --------------------------------------------------------------------
 
-# metrics.py (prometheus_client) keeps its values per process. Under gunicorn every
+# pilot/ops/metrics.py (prometheus_client) keeps its values per process. Under gunicorn every
 # worker must write them to one shared directory, set before the app is imported,
 # or each scrape would see a different worker's counters. The operator sets
 # PROMETHEUS_MULTIPROC_DIR (docs/operations.md: /run/pilot/prometheus under systemd);
