@@ -37,7 +37,7 @@ import psycopg2.extensions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA_DIR = tempfile.mkdtemp(prefix="pilot-metrics-bench-")  # importing app may write a development key here
+DATA_DIR = tempfile.mkdtemp(prefix="pilot-metrics-bench-")  # the apps built below may write a development key
 os.environ.setdefault("PILOT_DATA_DIR", DATA_DIR)
 
 from bench.common import fresh_database  # noqa: E402
@@ -128,7 +128,7 @@ def main() -> int:
     from cryptography.fernet import Fernet
 
     os.environ.setdefault("LOG_LEVEL", "ERROR")  # no development-mode warnings between the figures
-    os.environ.setdefault("FERNET_KEY", Fernet.generate_key().decode())  # importing app builds one app already
+    os.environ.setdefault("FERNET_KEY", Fernet.generate_key().decode())  # every app built below uses it
     from app import create_app
 
     with fresh_database(args.admin_dsn) as dsn:
