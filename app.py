@@ -31,7 +31,7 @@ from pilot.http.routes import scheduler as scheduler_routes
 from pilot.ops import cli, metrics
 from pilot.ops.logging_setup import configure_logging
 from pilot.security.vault import Vault, load_keys
-from pilot.settings import Settings, load_settings
+from pilot.settings import load_settings
 from provider_registry import ProviderRegistry
 
 log = logging.getLogger("pilot")
@@ -73,16 +73,6 @@ def create_app_or_exit() -> PilotApp:
         return create_app()
     except ConfigurationError as exc:
         sys.exit(f"pilot: configuration error: {exc.message}")
-
-
-def check_configuration() -> Settings:
-    """The settings and Fernet keys ``create_app()`` would use, checked without building anything else.
-
-    gunicorn's master calls this before it forks workers, so a bad setting stops the server at once.
-    """
-    settings = load_settings()
-    Vault(load_keys(settings))
-    return settings
 
 
 _app_lock = threading.Lock()

@@ -174,18 +174,14 @@ def _own_directory(path: str, uid: int, gid: int) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Check the configuration, then choose and empty the metrics directory.
+    """Choose and empty the metrics directory, then check the configuration.
 
-    A bad setting stops the master here with one line, before any worker is forked.
-    Values of an earlier run must not be summed again.
+    Values of an earlier run must not be summed again. A bad setting stops the master
+    here with one line, before any worker is forked. The check imports settings and
+    the vault only: the master must not import the app, whose metrics module would
+    load prometheus_client here, before or without PROMETHEUS_MULTIPROC_DIR, and every
+    forked worker would inherit that choice.
     """
-    from app import check_configuration
-    from pilot.errors import ConfigurationError
-
-    try:
-        check_configuration()
-    except ConfigurationError as exc:
-        raise SystemExit(f"pilot: configuration error: {exc.message}") from None
     if not os.environ.get(PROMETHEUS_DIR_ENV):
         where = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(server.cfg.bind))  # the final bind, flags included
         os.environ[PROMETHEUS_DIR_ENV] = os.path.join(tempfile.gettempdir(), f"pilot-prometheus-{os.getuid()}-{where}")
@@ -193,6 +189,19 @@ def on_starting(server: Any) -> None:
     _own_directory(directory, server.cfg.uid, server.cfg.gid)
     for name in glob.glob(os.path.join(directory, "*.db")):
         os.remove(name)
+    _check_configuration()
+
+
+def _check_configuration() -> None:
+    """What create_app() would refuse: the settings and the Fernet keys (a development key may be written)."""
+    from pilot.errors import ConfigurationError
+    from pilot.security.vault import Vault, load_keys
+    from pilot.settings import load_settings
+
+    try:
+        Vault(load_keys(load_settings()))
+    except ConfigurationError as exc:
+        raise SystemExit(f"pilot: configuration error: {exc.message}") from None
 
 
 def child_exit(server: Any, worker: Any) -> None:
