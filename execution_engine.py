@@ -105,7 +105,7 @@ class ExecutionEngine(RunExecution):
         """The user's stored credentials for ``provider``, decrypted.
 
         A stored type the provider declares but that cannot be read (wrong key, a
-        ciphertext copied from another row) raises CredentialDecryptError (409) naming
+        ciphertext copied from another row) raises CredentialDecryptError naming
         every such type: going on without an unreadable ``base_url`` or ``hmac_secret``
         would send the key to the default endpoint or post an unsigned webhook.
         Unreadable types the provider does not use are left out; other providers'

@@ -2,7 +2,7 @@
 
 A run is a ``plan_runs`` row holding its input (SPEC §6: the queue). ``submit``
 puts it on this process's bounded worker pool (``RUN_WORKERS`` threads,
-``RUN_WORKERS`` x 16 runs accepted at once, more get 503); ``run`` executes it
+``RUN_WORKERS`` x 16 runs accepted at once, more are refused as ServiceUnavailable); ``run`` executes it
 in the caller's thread (``?wait=true``). Either way the run is held by the
 ``LeaseKeeper`` while this process owns it, and every way out of ``run`` ends
 the row: success, error (a step failed, or anything else did), or, on
@@ -61,7 +61,7 @@ class RunExecution:
 
     def _setup_runs(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.settings.run_workers, thread_name_prefix="pilot-run")
-        # Runs accepted but not finished, per process (README: "Run queue"); more get 503.
+        # Runs accepted but not finished, per process (README: "Run queue"); more are refused.
         self._slots = threading.BoundedSemaphore(self.settings.run_workers * RUN_QUEUE_PER_WORKER)
         self._inflight = 0
         self._idle = threading.Condition()
@@ -106,7 +106,7 @@ class RunExecution:
     def submit(self, user_id: str, run_id: int) -> None:
         """Run a queued run on the bounded worker pool.
 
-        503 when the run queue is full or the engine is stopping; the run is then
+        ServiceUnavailable when the run queue is full or the engine is stopping; the run is then
         ended (``error`` or ``interrupted``), never left ``queued``.
         """
         with self._idle:  # one lock with stop(): a run is either in the pool or refused, never lost between

@@ -141,7 +141,7 @@ def _location(loc: tuple[int | str, ...], where: str) -> str:
 
 
 def parse(model: type[BaseModel], payload: Any, where: str = "body") -> Any:
-    """Validate ``payload`` into ``model`` or raise a 400 whose message names the first bad field."""
+    """Validate ``payload`` into ``model`` or raise a ValidationError whose message names the first bad field."""
     try:
         return model.model_validate(payload)
     except PydanticValidationError as exc:
