@@ -40,11 +40,11 @@ from execution_engine import process_owner_id
 from pilot.data import store
 from pilot.errors import PilotError
 from pilot.ops import metrics
+from pilot.steps import cron
 
 if TYPE_CHECKING:
     from database import DatabaseManager
     from pilot.application import PilotApp
-from pilot.steps import cron
 
 log = logging.getLogger(__name__)
 
