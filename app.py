@@ -1,104 +1,63 @@
-"""Pilot's Flask application: ``create_app()`` wires the parts; ``python app.py`` serves.
+"""Pilot's Flask application: ``create_app()`` builds and wires the parts; ``python app.py`` serves.
 
-Routes live in ``routes/``, SQL in the data layer, providers in ``providers/``.
-The scheduler never starts on import: only serving processes start it.
+Importing this module builds nothing. ``create_app()`` builds the settings, the
+provider registry, the database manager, the vault and the engine, and hangs them
+on a ``PilotApp``; gunicorn serves ``"app:create_app()"``. ``from app import app``
+(the checklist, ``flask --app app``) builds one app on first use (PEP 562), and a
+configuration error then stops the process with one line saying why. Routes live
+in ``pilot/http/routes/``, SQL in the data layer, providers in ``providers/``.
+The scheduler never starts here: only serving processes start it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import threading
-import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response as WerkzeugResponse
-
-import cli
-import console
-import metrics
-import openapi
+import providers
 import scheduler
-from config import Settings
-from credentials import Vault, load_keys
-from database import DatabaseManager, db_manager, migrate_when_reachable, try_migrate
-from errors import ConfigurationError, PilotError
+from database import DatabaseManager, migrate_when_reachable, try_migrate
 from execution_engine import ExecutionEngine
-from logging_setup import configure_logging
-from providers import registry
-from routes import credentials as credentials_routes
-from routes import execution as execution_routes
-from routes import guard
-from routes import health as health_routes
-from routes import logs as logs_routes
-from routes import plans as plans_routes
-from routes import runs as runs_routes
-from routes import scheduler as scheduler_routes
-from services import Services
+from pilot import console
+from pilot.application import PilotApp
+from pilot.errors import ConfigurationError
+from pilot.http import errors, guard, openapi, request_ids
+from pilot.http.routes import credentials, execution, health, logs, plans, runs
+from pilot.http.routes import scheduler as scheduler_routes
+from pilot.ops import cli, metrics
+from pilot.ops.logging_setup import configure_logging
+from pilot.security.vault import Vault, load_keys
+from pilot.settings import load_settings
+from provider_registry import ProviderRegistry
 
 log = logging.getLogger("pilot")
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+BLUEPRINTS = (health, credentials, plans, execution, logs, scheduler_routes, runs)
 
 
-def _error(code: str, message: str, status: int, details: Any = None) -> tuple[Response, int]:
-    return jsonify({"error": {"code": code, "message": message, "details": details}}), status
+def create_app(test_config: Mapping[str, Any] | None = None, *, registry: ProviderRegistry | None = None) -> PilotApp:
+    """Build the app: settings from the environment, then ``test_config`` overrides (by field name).
 
-
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(PilotError)
-    def pilot_error(exc: PilotError) -> tuple[Response, int]:
-        if exc.status >= 500:
-            log.error("request failed: %s", exc.message, extra={"code": exc.code})
-        return _error(exc.code, exc.message, exc.status, exc.details)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> WerkzeugResponse:
-        response = exc.get_response()
-        code = re.sub(r"[^a-z]+", "_", (exc.name or "error").lower()).strip("_")
-        response.set_data(jsonify({"error": {"code": code, "message": exc.description, "details": None}}).get_data())
-        response.content_type = "application/json"
-        return response
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error")
-        return _error("internal_error", "internal server error", 500)
-
-
-def register_request_id(app: Flask) -> None:
-    @app.before_request
-    def assign_request_id() -> None:
-        supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
-
-    @app.after_request
-    def echo_request_id(response: Response) -> Response:
-        if "request_id" in g:
-            response.headers["X-Request-ID"] = g.request_id
-        return response
-
-
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the app: settings from the environment, then ``test_config`` overrides."""
-    settings = Settings.from_env(**(test_config or {}))
+    ``registry`` replaces the discovered providers (tests). Raises ConfigurationError
+    when the settings or the Fernet keys are not usable.
+    """
+    settings = load_settings(**(test_config or {}))
     configure_logging(settings.log_level)
-    app = Flask(__name__)
-    app.config.update(PILOT_SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_request_bytes)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    db = db_manager if test_config is None else DatabaseManager(settings)
+    registry = registry if registry is not None else providers.build_registry()
+    db = DatabaseManager(settings)
     vault = Vault(load_keys(settings))
     engine = ExecutionEngine(settings, db, vault, registry)
-    app.extensions["pilot"] = Services(settings=settings, db=db, vault=vault, registry=registry, engine=engine)
-    register_request_id(app)
-    register_error_handlers(app)
+    app = PilotApp(__name__, settings=settings, db=db, vault=vault, registry=registry, engine=engine)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    request_ids.init_app(app)
+    errors.init_app(app)
     guard.init_app(app)
-    for module in (health_routes, credentials_routes, plans_routes, execution_routes, logs_routes, scheduler_routes):
+    for module in BLUEPRINTS:
         app.register_blueprint(module.bp)
-    app.register_blueprint(runs_routes.bp)
     metrics.init_app(app)
     openapi.init_app(app)
     console.init_app(app)
@@ -108,28 +67,44 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-try:
-    app = create_app()
-except ConfigurationError as exc:  # fail fast with the reason, not a traceback
-    sys.exit(f"pilot: configuration error: {exc.message}")
+def create_app_or_exit() -> PilotApp:
+    """``create_app()``, or exit with one line naming the configuration problem (never a traceback)."""
+    try:
+        return create_app()
+    except ConfigurationError as exc:
+        sys.exit(f"pilot: configuration error: {exc.message}")
 
 
-def migrate_then_schedule(app: Flask, stop: threading.Event) -> None:
+_app_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> PilotApp:
+    """``app``: one app from the environment, built on first use (PEP 562)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _app_lock:
+        built = globals().get("app")
+        if built is None:
+            built = create_app_or_exit()
+            globals()["app"] = built  # later lookups find it without this function
+    return built
+
+
+def migrate_then_schedule(app: PilotApp, stop: threading.Event) -> None:
     """Apply migrations, then start the scheduler.
 
     A database that cannot be reached yet must not stop ``python app.py``: it
     serves at once (``/api/health`` answers 503) while a background thread
     migrates and starts the scheduler as soon as the database answers.
     """
-    svc: Services = app.extensions["pilot"]
-    if try_migrate(svc.db.dsn):
+    if try_migrate(app.db.dsn):
         scheduler.start_for_serving(app)
         return
-    svc.migrations_pending.set()
+    app.migrations_pending.set()
 
     def wait_for_database() -> None:
-        if migrate_when_reachable(svc.db.dsn, stop) and not stop.is_set():
-            svc.migrations_pending.clear()
+        if migrate_when_reachable(app.db.dsn, stop) and not stop.is_set():
+            app.migrations_pending.clear()
             log.info("the database answers: migrations applied")
             scheduler.start_for_serving(app)
 
@@ -138,9 +113,10 @@ def migrate_then_schedule(app: Flask, stop: threading.Event) -> None:
 
 def main() -> None:
     """Serve with the development server: migrate (outside production), start the scheduler, stop on SIGTERM."""
-    settings: Settings = app.config["PILOT_SETTINGS"]
+    app = create_app_or_exit()
+    settings = app.settings
     stop = threading.Event()
-    if not db_manager.embedded and not settings.production:
+    if not app.db.embedded and not settings.production:
         migrate_then_schedule(app, stop)
     else:
         scheduler.start_for_serving(app)

@@ -1,10 +1,11 @@
 """PostgreSQL access for Pilot: pool, per-user transactions, migrations, embedded default.
 
-``db_manager`` is the process-wide instance (the checklist imports it). Every
-request transaction runs as the NOLOGIN role ``pilot_app`` with the acting user
-set transaction-locally, so row-level security applies whatever role
-``DATABASE_URL`` names and a pooled connection never carries one user's
-identity into another request.
+``create_app`` builds the app's own ``DatabaseManager(settings)``; ``db_manager``, which
+the checklist imports, is one more built the same way from the environment on first
+use (PEP 562), so importing this module opens nothing. Every request transaction
+runs as the NOLOGIN role ``pilot_app`` with the acting user set transaction-locally,
+so row-level security applies whatever role ``DATABASE_URL`` names and a pooled
+connection never carries one user's identity into another request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -25,8 +27,8 @@ import psycopg2.extras
 import psycopg2.pool
 import psycopg2.sql
 
-from config import Settings
-from errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
@@ -99,45 +101,63 @@ class BlockingPool:
     psycopg2's ThreadedConnectionPool raises at once when exhausted and closes
     connections handed back above ``minconn``; with ``minconn == maxconn`` and
     a semaphore in front it keeps every connection and queues callers instead.
+    It counts the connections it has handed out itself (``in_use``), for the
+    pool gauge.
     """
 
     def __init__(self, dsn: str, size: int) -> None:
+        self.size = size
         self._pool = psycopg2.pool.ThreadedConnectionPool(size, size, dsn, application_name="pilot")
         self._slots = threading.BoundedSemaphore(size)
+        self._count_lock = threading.Lock()
+        self._in_use = 0
+
+    @property
+    def in_use(self) -> int:
+        """Connections handed out and not yet given back."""
+        with self._count_lock:
+            return self._in_use
 
     def getconn(self) -> psycopg2.extensions.connection:
         if not self._slots.acquire(timeout=POOL_WAIT_SECONDS):
             raise ServiceUnavailable("no database connection became free in time")
         try:
-            return self._pool.getconn()
+            conn = self._pool.getconn()
         except Exception:
             self._slots.release()
             raise
+        with self._count_lock:
+            self._in_use += 1
+        return conn
 
     def putconn(self, conn: psycopg2.extensions.connection, *, broken: bool = False) -> None:
         try:
             self._pool.putconn(conn, close=broken or bool(conn.closed))
         finally:
+            with self._count_lock:
+                self._in_use -= 1
             self._slots.release()
 
     def closeall(self) -> None:
         self._pool.closeall()
 
 
-class DatabaseManager:
-    """Owns the pool and hands out transactions; configured from the environment unless given settings."""
+@dataclass(frozen=True)
+class PoolStats:
+    """How many connections a pool keeps and how many are checked out."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self._settings = settings
+    size: int
+    in_use: int
+
+
+class DatabaseManager:
+    """Owns the pool and hands out transactions; connects on first use, never when built."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._dsn: str | None = None
         self._pool: BlockingPool | None = None
         self._lock = threading.Lock()
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = Settings.from_env()
-        return self._settings
 
     @property
     def embedded(self) -> bool:
@@ -168,6 +188,11 @@ class DatabaseManager:
                         log.error("cannot connect to the database: %s", type(exc).__name__)
                         raise DatabaseError("the database is unavailable") from exc
         return self._pool
+
+    def pool_stats(self) -> PoolStats | None:
+        """The pool's size and checked-out count; None before the first transaction opened it."""
+        pool = self._pool
+        return None if pool is None else PoolStats(pool.size, pool.in_use)
 
     def get_connection(self) -> psycopg2.extensions.connection:
         """A new DB-API connection as the connecting role (not pooled: the caller closes it)."""
@@ -309,4 +334,16 @@ def migrate_when_reachable(
     return False
 
 
-db_manager = DatabaseManager()
+_lazy_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> DatabaseManager:
+    """``db_manager``: a DatabaseManager from the environment, built on first use (PEP 562)."""
+    if name != "db_manager":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _lazy_lock:
+        manager = globals().get("db_manager")
+        if manager is None:
+            manager = DatabaseManager(load_settings())
+            globals()["db_manager"] = manager  # later lookups find it without this function
+    return manager

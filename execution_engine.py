@@ -16,22 +16,23 @@ import random
 import time
 from typing import Any
 
-import metrics
-import store
-from config import Settings
-from credentials import CredentialDecryptError, Vault, unreadable_credentials
 from database import DatabaseManager
-from errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
-from outbound import OutboundClient, OutboundPolicy
-from plan_schema import Step, parse
+from pilot.data import store
+from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.execution.runs import RunExecution, process_owner_id, unexpected_failure
+from pilot.ops import metrics
+from pilot.security.outbound import OutboundClient, OutboundPolicy
+from pilot.security.redaction import Redactor
+from pilot.security.vault import CredentialDecryptError, Vault, unreadable_credentials
+from pilot.settings import Settings
+from pilot.steps.plan_schema import Step, parse
+from pilot.steps.templating import TemplateError, render
 from provider_registry import ExecutionContext, Provider, ProviderRegistry, ProviderResult
-from redaction import Redactor
-from runs import RunExecution, process_owner_id, unexpected_failure
-from templating import TemplateError, compile_expression, render
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
+CREDENTIAL_TEST_TIMEOUT_S = 15.0
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
@@ -100,29 +101,11 @@ class ExecutionEngine(RunExecution):
             raise ValidationError(f"step: {exc.message}", code=exc.code) from None
         return parsed, provider
 
-    def validate_plan_steps(self, steps: list[dict[str, Any]]) -> None:
-        """Each saved step's provider, action, params and ``when``; 400 naming the step and the field."""
-        for index, step in enumerate(steps):
-            where = f"steps[{index}]"
-            try:
-                self.registry.action(step["provider"], step["action"])
-                self.registry.validate_params(
-                    step["provider"], step["action"], step.get("params", {}), allow_templates=True
-                )
-                if step.get("when"):
-                    compile_expression(step["when"])
-            except NotFound as exc:
-                raise ValidationError(f"{where}: {exc.message}", code=exc.code) from None
-            except TemplateError as exc:
-                raise ValidationError(f"{where}.when: {exc.message}", code=exc.code) from None
-            except ValidationError as exc:
-                raise ValidationError(f"{where}.{exc.message}", code=exc.code, details=exc.details) from None
-
     def credentials_for(self, user_id: str, provider: Provider) -> dict[str, str]:
         """The user's stored credentials for ``provider``, decrypted.
 
         A stored type the provider declares but that cannot be read (wrong key, a
-        ciphertext copied from another row) raises CredentialDecryptError (409) naming
+        ciphertext copied from another row) raises CredentialDecryptError naming
         every such type: going on without an unreadable ``base_url`` or ``hmac_secret``
         would send the key to the default endpoint or post an unsigned webhook.
         Unreadable types the provider does not use are left out; other providers'
@@ -142,22 +125,32 @@ class ExecutionEngine(RunExecution):
             raise unreadable_credentials(provider.name, failures)
         return readable
 
-    def execute_step(
-        self,
-        user_id: str,
-        step: Any,
-        run_context: dict[str, Any],
-        *,
-        plan_id: int | None = None,
-        run_id: int | None = None,
-        step_index: int | None = None,
-    ) -> ProviderResult:
-        """Run one step and log it; raises ValidationError (400) only for a step that is not valid.
+    def execute_step(self, user_id: str, step: Any, run_context: dict[str, Any]) -> ProviderResult:
+        """Run one step on its own and log it.
 
-        Every other failure (missing reference, missing credentials, upstream error,
-        a result that cannot be stored, any unexpected error) comes back as a failed
-        ProviderResult, logged like a success.
+        Raises ValidationError for a step that is not valid, including params that do
+        not fit the action's schema once rendered: the caller sent them. Every other
+        failure (missing reference, missing credentials, upstream error, a result that
+        cannot be stored, any unexpected error) comes back as a failed ProviderResult,
+        logged like a success.
         """
+        where = {"plan_id": None, "run_id": None, "step_index": None}
+        return self._execute(user_id, step, run_context, where, params_error_fails=False)
+
+    def execute_run_step(
+        self, user_id: str, step: Any, run_context: dict[str, Any], *, plan_id: int, run_id: int, step_index: int
+    ) -> ProviderResult:
+        """Run step ``step_index`` of a run and log it.
+
+        Like ``execute_step``, except that rendered params which do not fit the action's
+        schema are the step's failure (the plan was saved before its inputs were known).
+        """
+        where = {"plan_id": plan_id, "run_id": run_id, "step_index": step_index}
+        return self._execute(user_id, step, run_context, where, params_error_fails=True)
+
+    def _execute(
+        self, user_id: str, step: Any, run_context: dict[str, Any], where: dict[str, Any], *, params_error_fails: bool
+    ) -> ProviderResult:
         parsed, provider = self.validate_step(step)
         redactor = Redactor()
         params: Any = parsed.params
@@ -171,9 +164,7 @@ class ExecutionEngine(RunExecution):
             missing = [name for name in provider.required_credentials() if name not in credentials]
             if missing:
                 result = ProviderResult.fail(
-                    "missing_credentials",
-                    f"no {', '.join(missing)} stored for provider {provider.name!r}; "
-                    f"POST /api/provider-credentials/{provider.name} first",
+                    "missing_credentials", f"no {', '.join(missing)} stored for provider {provider.name!r}"
                 )
             else:
                 started = time.monotonic()
@@ -182,8 +173,8 @@ class ExecutionEngine(RunExecution):
         except (TemplateError, CredentialDecryptError) as exc:
             result = ProviderResult.fail(exc.code, exc.message)
         except ValidationError as exc:
-            if run_id is None:
-                raise  # execute-step: the caller sent an invalid step
+            if not params_error_fails:
+                raise
             result = ProviderResult.fail("invalid_params", exc.message)
         except Exception as exc:  # anything else inside the step is the step's failure, never the run's
             result = unexpected_failure(exc)
@@ -191,12 +182,26 @@ class ExecutionEngine(RunExecution):
         result.latency_ms = round(elapsed * 1000, 2)  # the provider's time, retries included
         result.metadata["attempts"] = attempts
         clean = self._redacted(result, redactor)
-        where = {"plan_id": plan_id, "run_id": run_id, "step_index": step_index}
         kept = self._log(user_id, parsed, clean, self._redacted_params(params, redactor), where, attempts, redactor)
         metrics.record_step(
             parsed.provider, parsed.action, "success" if kept.success else "error", kept.latency_ms, attempts
         )
         return kept
+
+    def test_credentials(self, user_id: str, provider_name: str) -> dict[str, Any]:
+        """Check ``user_id``'s stored credentials for a provider against the provider; its answer, redacted.
+
+        NotFound when the provider is unknown or nothing is stored for it;
+        CredentialDecryptError when a type it declares cannot be read.
+        """
+        provider = self.registry.get(provider_name)
+        credentials = self.credentials_for(user_id, provider)
+        if not credentials:
+            raise NotFound(f"no credentials stored for {provider_name}")
+        redactor = Redactor([*credentials.values(), *provider.secret_values(credentials)])
+        context = self.context(user_id, timeout_s=CREDENTIAL_TEST_TIMEOUT_S, redactor=redactor)
+        result = provider.test_credentials(credentials, context)
+        return dict(redactor.value(result.to_dict()))
 
     @staticmethod
     def _redacted(result: ProviderResult, redactor: Redactor) -> ProviderResult:

@@ -23,13 +23,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as SchemaViolation
 
-from errors import NotFound, ValidationError
-from redaction import Redactor
+from pilot.errors import NotFound, ValidationError
+from pilot.security.redaction import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from outbound import OutboundClient
+    from pilot.security.outbound import OutboundClient
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class Provider(ABC):
         return ProviderResult.fail("not_supported", f"provider {self.name!r} cannot test credentials")
 
     def check_credential(self, type_: str, value: str) -> None:
-        """Raise ValidationError (400) when ``value`` cannot be stored as this provider's ``type_``.
+        """Raise ValidationError when ``value`` cannot be stored as this provider's ``type_``.
 
         By default any well-formed type is accepted except ``header:<Name>`` ones, which only a
         provider that sends stored headers (and overrides this) takes.
@@ -288,7 +288,7 @@ class ProviderRegistry:
         return cls
 
     def get(self, name: str) -> Provider:
-        """The provider instance registered as ``name``; UnknownProviderError (404) otherwise."""
+        """The provider instance registered as ``name``; UnknownProviderError otherwise."""
         try:
             return self.providers[name]
         except KeyError:
@@ -297,7 +297,7 @@ class ProviderRegistry:
             ) from None
 
     def action(self, name: str, action: str) -> ActionSpec:
-        """The spec of ``name``'s ``action``; UnknownProviderError or UnknownActionError (404)."""
+        """The spec of ``name``'s ``action``; UnknownProviderError or UnknownActionError."""
         provider = self.get(name)
         try:
             return provider.actions[action]
@@ -310,7 +310,7 @@ class ProviderRegistry:
     def validate_params(self, name: str, action: str, params: Any, *, allow_templates: bool = False) -> None:
         """Check ``params`` against the action's schema.
 
-        Raises ValidationError (400, code ``invalid_params``) whose message names the first
+        Raises ValidationError (code ``invalid_params``) whose message names the first
         offending path (``params.temperature: 3 is greater than the maximum of 2``) and whose
         details list every violation as ``{"path", "message"}``. With ``allow_templates`` (plans
         being saved, before rendering) a violation by a ``{{ … }}`` string is deferred to run time.

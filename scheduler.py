@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import psycopg2
@@ -34,15 +34,17 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from flask import Flask
 from flask_apscheduler import APScheduler
 
-import cron
-import metrics
-import store
-from errors import PilotError
 from execution_engine import process_owner_id
-from services import Services
+from pilot.data import store
+from pilot.errors import PilotError
+from pilot.ops import metrics
+from pilot.steps import cron
+
+if TYPE_CHECKING:
+    from database import DatabaseManager
+    from pilot.application import PilotApp
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,34 @@ def next_fire_time(schedule: dict[str, Any], plan_timezone: str, now: datetime |
     return slot(moment) if moment is not None else None
 
 
+def describe_trigger(schedule: dict[str, Any], plan_timezone: str) -> str:
+    """How a schedule reads in a jobs listing: ``cron[0 9 * * 1-5 Europe/Berlin]`` or ``interval[300s]``."""
+    if schedule.get("cron"):
+        return f"cron[{schedule['cron']} {schedule.get('timezone') or plan_timezone}]"
+    return f"interval[{schedule['interval_seconds']}s]"
+
+
+def scheduled_jobs(db: DatabaseManager, user_id: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """``user_id``'s scheduled plans as jobs: id, plan, next fire time (None while paused), trigger, paused."""
+    with db.transaction(user_id) as cur:
+        plans = store.list_scheduled_plans(cur, user_id)
+    jobs = []
+    for plan in plans:
+        schedule = plan["schedule"]
+        upcoming = next_fire_time(schedule, plan["timezone"], now) if plan["enabled"] else None
+        jobs.append(
+            {
+                "id": f"plan-{plan['id']}",
+                "plan_id": plan["id"],
+                "name": plan["name"],
+                "next_run_time": upcoming.isoformat() if upcoming else None,
+                "trigger": describe_trigger(schedule, plan["timezone"]),
+                "paused": not plan["enabled"],
+            }
+        )
+    return jobs
+
+
 class FiringExecutor(BaseExecutor):
     """Hands each firing, with the exact times it was due, to ``PilotScheduler.fire``.
 
@@ -138,21 +168,23 @@ class FiringExecutor(BaseExecutor):
 class PilotScheduler:
     """One process's scheduler: clock, claims, schedule sync, leases."""
 
-    def __init__(self, app: Flask) -> None:
-        self.svc: Services = app.extensions["pilot"]
-        settings = self.svc.settings
+    def __init__(self, app: PilotApp) -> None:
+        self.app = app
+        settings = app.settings
         self.grace = timedelta(seconds=settings.misfire_grace_seconds)
         self.lease_seconds = settings.run_lease_seconds
         self.reap_seconds = max(1.0, settings.run_lease_seconds / 6)
         self.reconcile_seconds = 30.0
+        # Flask-APScheduler configures the scheduler from these SCHEDULER_* settings in init_app.
+        app.config.update(
+            SCHEDULER_TIMEZONE=UTC,
+            SCHEDULER_EXECUTORS={"default": FiringExecutor(self._on_job)},
+            # Every due slot reaches fire(), which decides: no coalescing, no overlap limit, no misfire drop.
+            SCHEDULER_JOB_DEFAULTS={"coalesce": False, "max_instances": 1000, "misfire_grace_time": None},
+            SCHEDULER_API_ENABLED=False,  # jobs are Pilot's plans, managed through /api/plans, not its REST API
+        )
         self._aps = APScheduler(BackgroundScheduler())
         self._aps.init_app(app)
-        # After init_app, which re-configures the scheduler from SCHEDULER_* app settings.
-        self._aps.scheduler.configure(
-            timezone=UTC,
-            executors={"default": FiringExecutor(self._on_job)},
-            job_defaults={"coalesce": False, "max_instances": 1000, "misfire_grace_time": None},
-        )
         self._specs: dict[int, tuple[str, Any]] = {}  # plan_id -> (user_id, schedule spec it was built from)
         self._lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
@@ -173,7 +205,7 @@ class PilotScheduler:
         and loads (and catches up) the schedules as soon as it answers.
         """
         try:
-            with self.svc.db.transaction(None, as_app=False) as cur:
+            with self.app.db.transaction(None, as_app=False) as cur:
                 for function in ("pilot_list_schedules", "pilot_interrupt_runs"):
                     if not store.function_owner_bypasses_rls(cur, function):
                         log.error(
@@ -213,7 +245,7 @@ class PilotScheduler:
         with self._firings_done:
             if not self._firings_done.wait_for(lambda: self._firing == 0, timeout=timeout):
                 log.warning("%d firing(s) still claiming at shutdown; the engine will end their runs", self._firing)
-        self.svc.engine.stop(max(0.0, deadline - time.monotonic()))
+        self.app.engine.stop(max(0.0, deadline - time.monotonic()))
         for thread in self._threads:
             thread.join(timeout=2)
 
@@ -262,7 +294,7 @@ class PilotScheduler:
     ) -> dict[str, Any] | None:
         latest = due[-1] if due and now - due[-1] <= self.grace else None
         missed = due[:-1] if latest is not None else due
-        with self.svc.db.transaction(user_id) as cur:
+        with self.app.db.transaction(user_id) as cur:
             store.lock_plan(cur, plan_id)
             for moment in missed[-MAX_RECORDED_MISSES:]:
                 store.insert_run(
@@ -288,7 +320,7 @@ class PilotScheduler:
             metrics.record_scheduler_firing("lost" if run is None else "skipped_overlap")
             return None
         metrics.record_scheduler_firing(won)
-        self.svc.engine.submit(user_id, run["id"])
+        self.app.engine.submit(user_id, run["id"])
         return run
 
     def catch_up(self, row: dict[str, Any], now: datetime) -> dict[str, Any] | None:
@@ -300,7 +332,7 @@ class PilotScheduler:
     # --- schedule sync ------------------------------------------------------------
 
     def _list_schedules(self, plan_id: int | None) -> list[dict[str, Any]]:
-        with self.svc.db.system_transaction() as cur:
+        with self.app.db.system_transaction() as cur:
             return store.list_schedules(cur, plan_id)
 
     def _sync_row(self, row: dict[str, Any], now: datetime) -> None:
@@ -359,7 +391,7 @@ class PilotScheduler:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = psycopg2.connect(self.svc.db.dsn, application_name="pilot-listen")
+                conn = psycopg2.connect(self.app.db.dsn, application_name="pilot-listen")
                 conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
                 with conn.cursor() as cur:
                     cur.execute(f"LISTEN {CHANNEL}")
@@ -382,7 +414,7 @@ class PilotScheduler:
 
     def reap(self) -> list[dict[str, Any]]:
         """Mark interrupted the runs whose lease expired (their executor stopped renewing it)."""
-        with self.svc.db.system_transaction() as cur:
+        with self.app.db.system_transaction() as cur:
             rows = store.interrupt_runs(
                 cur, None, self.lease_seconds, "interrupted: the process running it stopped (its lease expired)"
             )
@@ -409,28 +441,25 @@ def _never_called(plan_id: int) -> None:
     raise RuntimeError(f"plan {plan_id}: job function called directly")
 
 
-def start_for_serving(app: Flask) -> PilotScheduler | None:
+def start_for_serving(app: PilotApp) -> PilotScheduler | None:
     """Start the scheduler in a serving process (python app.py, a gunicorn worker) when enabled."""
-    svc: Services = app.extensions["pilot"]
-    if not svc.settings.scheduler_enabled or svc.scheduler is not None:
-        return svc.scheduler
+    if not app.settings.scheduler_enabled or app.scheduler is not None:
+        return app.scheduler
     scheduler = PilotScheduler(app)
     scheduler.start()
-    svc.scheduler = scheduler
+    app.scheduler = scheduler
     return scheduler
 
 
-def pause_for_shutdown(app: Flask) -> None:
+def pause_for_shutdown(app: PilotApp) -> None:
     """Stop firing schedules at once, e.g. when SIGTERM arrives, before requests have drained."""
-    svc: Services = app.extensions["pilot"]
-    if svc.scheduler is not None:
-        svc.scheduler.pause()
+    if app.scheduler is not None:
+        app.scheduler.pause()
 
 
-def stop_for_serving(app: Flask, timeout: float = 30.0) -> None:
+def stop_for_serving(app: PilotApp, timeout: float = 30.0) -> None:
     """Stop firing, let in-flight runs finish up to ``timeout`` s, mark the rest interrupted."""
-    svc: Services = app.extensions["pilot"]
-    if svc.scheduler is not None:
-        svc.scheduler.stop(timeout)
+    if app.scheduler is not None:
+        app.scheduler.stop(timeout)
     else:
-        svc.engine.stop(timeout)
+        app.engine.stop(timeout)

@@ -37,11 +37,11 @@ import psycopg2.extensions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA_DIR = tempfile.mkdtemp(prefix="pilot-metrics-bench-")  # importing app may write a development key here
+DATA_DIR = tempfile.mkdtemp(prefix="pilot-metrics-bench-")  # the apps built below may write a development key
 os.environ.setdefault("PILOT_DATA_DIR", DATA_DIR)
 
-import store  # noqa: E402
 from bench.common import fresh_database  # noqa: E402
+from pilot.data import store  # noqa: E402
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HEAVY = "heavy-user"
@@ -128,7 +128,7 @@ def main() -> int:
     from cryptography.fernet import Fernet
 
     os.environ.setdefault("LOG_LEVEL", "ERROR")  # no development-mode warnings between the figures
-    os.environ.setdefault("FERNET_KEY", Fernet.generate_key().decode())  # importing app builds one app already
+    os.environ.setdefault("FERNET_KEY", Fernet.generate_key().decode())  # every app built below uses it
     from app import create_app
 
     with fresh_database(args.admin_dsn) as dsn:
@@ -202,8 +202,8 @@ def main() -> int:
         finally:
             query.close()
             owner.close()
-            app.extensions["pilot"].db.close()
-            app.extensions["pilot"].engine.shutdown(wait=False)
+            app.db.close()
+            app.engine.shutdown(wait=False)
 
     by_label = {label: median for label, median, _ in results}
     base = by_label["query only, hours=24, index scans off"]

@@ -5,7 +5,7 @@
 
 Everything is on this machine: a loopback OpenAI-compatible server that answers
 after ``--delay`` s (1 s), a fresh database on the local PostgreSQL (dropped at the
-end) and ``gunicorn -c deploy/gunicorn.conf.py app:app`` started once per config on
+end) and ``gunicorn -c deploy/gunicorn.conf.py "app:create_app()"`` started once per config on
 a free loopback port. Per config it measures
 
   a. ``--llm`` (200) concurrent ``POST /api/execute-step`` openai chat_completion calls:
@@ -244,7 +244,7 @@ def postgres_cpu_seconds() -> float:
 
 
 class Gunicorn:
-    """``gunicorn -c deploy/gunicorn.conf.py app:app`` in its own process group."""
+    """``gunicorn -c deploy/gunicorn.conf.py "app:create_app()"`` in its own process group."""
 
     def __init__(self, config: ServeConfig, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
@@ -257,7 +257,7 @@ class Gunicorn:
             "--bind",
             f"127.0.0.1:{self.port}",
             *config.flags(),
-            "app:app",
+            "app:create_app()",
         ]
         self.log_path = log_path
         self._log = log_path.open("wb")

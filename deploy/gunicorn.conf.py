@@ -1,6 +1,6 @@
 """Gunicorn settings for serving Pilot in production.
 
-    gunicorn -c deploy/gunicorn.conf.py app:app
+    gunicorn -c deploy/gunicorn.conf.py "app:create_app()"
 
 Model calls take seconds and hold no database connection while they wait, so
 one process serves many of them at once: ``gthread`` workers with many threads
@@ -79,9 +79,9 @@ worker_connections = _env_int("PILOT_WORKER_CONNECTIONS", 1000)
 # PostgreSQL's max_connections (100 by default): 2 x 10 x 2 = 40.
 os.environ.setdefault("DB_POOL_SIZE", "10")
 
-# The app must be imported in each worker, after the fork: the scheduler, the
-# database pool and the engine's run threads belong to one process, and gevent
-# must patch the standard library before the app imports it.
+# The app must be built in each worker, after the fork (gunicorn calls create_app()
+# there): the scheduler, the database pool and the engine's run threads belong to
+# one process, and gevent must patch the standard library before the app imports it.
 preload_app = False
 
 # --- time -----------------------------------------------------------------------
@@ -143,7 +143,7 @@ logger_class = JsonAccessLogger
 
 # --- metrics --------------------------------------------------------------------
 
-# metrics.py (prometheus_client) keeps its values per process. Under gunicorn every
+# pilot/ops/metrics.py (prometheus_client) keeps its values per process. Under gunicorn every
 # worker must write them to one shared directory, set before the app is imported,
 # or each scrape would see a different worker's counters. The operator sets
 # PROMETHEUS_MULTIPROC_DIR (docs/operations.md: /run/pilot/prometheus under systemd);
@@ -174,7 +174,14 @@ def _own_directory(path: str, uid: int, gid: int) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Choose and empty the metrics directory: values of an earlier run must not be summed again."""
+    """Choose and empty the metrics directory, then check the configuration.
+
+    Values of an earlier run must not be summed again. A bad setting stops the master
+    here with one line, before any worker is forked. The check imports settings and
+    the vault only: the master must not import the app, whose metrics module would
+    load prometheus_client here, before or without PROMETHEUS_MULTIPROC_DIR, and every
+    forked worker would inherit that choice.
+    """
     if not os.environ.get(PROMETHEUS_DIR_ENV):
         where = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(server.cfg.bind))  # the final bind, flags included
         os.environ[PROMETHEUS_DIR_ENV] = os.path.join(tempfile.gettempdir(), f"pilot-prometheus-{os.getuid()}-{where}")
@@ -182,6 +189,19 @@ def on_starting(server: Any) -> None:
     _own_directory(directory, server.cfg.uid, server.cfg.gid)
     for name in glob.glob(os.path.join(directory, "*.db")):
         os.remove(name)
+    _check_configuration()
+
+
+def _check_configuration() -> None:
+    """What create_app() would refuse: the settings and the Fernet keys (a development key may be written)."""
+    from pilot.errors import ConfigurationError
+    from pilot.security.vault import Vault, load_keys
+    from pilot.settings import load_settings
+
+    try:
+        Vault(load_keys(load_settings()))
+    except ConfigurationError as exc:
+        raise SystemExit(f"pilot: configuration error: {exc.message}") from None
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -203,16 +223,12 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def _flask_app(worker: Any) -> Any:
-    """The Pilot app this worker serves: worker.wsgi itself (gunicorn 27 gives the loaded
-    callable, the Flask app for ``app:app``), or the module's app if it was wrapped."""
-    wsgi = getattr(worker, "wsgi", None)
-    if wsgi is None:
-        return None
-    if hasattr(wsgi, "extensions"):
-        return wsgi
-    import app
+    """The Pilot app this worker serves: what gunicorn loaded (``app:create_app()`` calls the factory),
+    or None before it is loaded or when gunicorn serves something else."""
+    from pilot.application import PilotApp
 
-    return app.app
+    wsgi = getattr(worker, "wsgi", None)
+    return wsgi if isinstance(wsgi, PilotApp) else None
 
 
 def post_worker_init(worker: Any) -> None:
@@ -232,7 +248,9 @@ def post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
-    scheduler.start_for_serving(_flask_app(worker))
+    app = _flask_app(worker)
+    if app is not None:
+        scheduler.start_for_serving(app)
 
 
 def worker_int(worker: Any) -> None:

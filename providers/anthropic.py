@@ -5,18 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from provider_registry import ActionSpec, CredentialSpec, ExecutionContext, Provider, ProviderResult
-from providers._openai_compat import (
-    base_url,
-    build_messages,
-    chat_schema,
-    exchange,
-    json_body,
-    key_accepted,
-    model_credentials,
-)
+from providers._http import base_url, exchange, json_body, key_accepted
+from providers._openai_compat import build_messages, chat_schema, model_credentials
 
 if TYPE_CHECKING:
-    from outbound import OutboundResponse
+    from pilot.security.outbound import OutboundResponse
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024

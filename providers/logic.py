@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pilot.steps.templating import ExpressionTooLarge, TemplateError, evaluate, truthy
 from provider_registry import ActionSpec, CredentialSpec, ExecutionContext, Provider, ProviderResult
-from templating import ExpressionTooLarge, TemplateError, evaluate, truthy
 
 _EXPRESSION = {"type": "string", "minLength": 1, "description": "JMESPath expression"}
 _DATA = {"description": "value to evaluate over; default the run context {steps, step_results, input}"}

@@ -22,7 +22,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from errors import ValidationError
+from pilot.errors import ValidationError
 from provider_registry import (
     HEADER_CREDENTIAL,
     ActionSpec,
@@ -31,10 +31,10 @@ from provider_registry import (
     Provider,
     ProviderResult,
 )
-from providers._openai_compat import send, upstream_message
+from providers._http import send, upstream_message
 
 if TYPE_CHECKING:
-    from outbound import OutboundResponse
+    from pilot.security.outbound import OutboundResponse
 
 BODY_CHARS = 64 * 1024
 MAX_TIMEOUT_S = 120

@@ -21,17 +21,26 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 from cryptography.fernet import Fernet
-from flask import Flask
 from flask.testing import FlaskClient
 from psycopg2 import sql
+from werkzeug.test import TestResponse
 
 RUN_TAG = uuid.uuid4().hex[:8]
-# Importing app builds the module-level app, which may write a development key:
+# The checklist's lazy ``app`` (built on first use) may write a development key:
 # keep that out of the working tree.
 os.environ.setdefault("PILOT_DATA_DIR", tempfile.mkdtemp(prefix="pilot-data-"))
 
 from app import create_app  # noqa: E402
 from database import migrate  # noqa: E402
+from pilot.application import PilotApp  # noqa: E402
+from provider_registry import ProviderRegistry  # noqa: E402
+
+
+def resp_json(response: TestResponse) -> Any:
+    """The JSON body of a test client's response; fails the test (showing the text) when there is none."""
+    data = response.get_json(silent=True)
+    assert data is not None, f"{response.status}: {response.get_data(as_text=True)[:500]}"
+    return data
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:
@@ -113,7 +122,15 @@ def fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def make_app(dsn: str | None, data_dir: Path, keys: tuple[str, ...], **overrides: Any) -> Flask:
+def make_app(
+    dsn: str | None,
+    data_dir: Path,
+    keys: tuple[str, ...],
+    *,
+    registry: ProviderRegistry | None = None,
+    **overrides: Any,
+) -> PilotApp:
+    """An app on ``dsn`` for tests: no scheduler, a small pool, loopback outbound calls allowed."""
     config: dict[str, Any] = {
         "database_url": dsn,
         "data_dir": data_dir,
@@ -125,20 +142,20 @@ def make_app(dsn: str | None, data_dir: Path, keys: tuple[str, ...], **overrides
         "pilot_env": "test",
     }
     config.update(overrides)
-    app = create_app(config)
+    app = create_app(config, registry=registry)
     app.config["TESTING"] = True
     return app
 
 
 @pytest.fixture
-def app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
+def app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[PilotApp]:
     app = make_app(session_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def client(app: PilotApp) -> FlaskClient:
     return app.test_client()
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from flask import Flask
 from flask.testing import FlaskClient
 from pytest_httpserver import HTTPServer
 
-from tests.conftest import make_app
+from pilot.application import PilotApp
+from tests.conftest import make_app, resp_json
 
 SECRET = "auth-test-secret-that-is-long-enough-for-hs256"
 
@@ -35,7 +35,7 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def token_app_factory(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Any]:
-    apps: list[Flask] = []
+    apps: list[PilotApp] = []
 
     def build(**overrides: Any) -> FlaskClient:
         app = make_app(session_db, tmp_path, (fernet_key,), auth_mode="token", **overrides)
@@ -44,7 +44,7 @@ def token_app_factory(session_db: str, tmp_path: Path, fernet_key: str) -> Itera
 
     yield build
     for app in apps:
-        app.extensions["pilot"].db.close()
+        app.db.close()
 
 
 def plans_as(client: FlaskClient, token: str) -> Any:
@@ -58,7 +58,7 @@ def test_supabase_token_is_accepted_when_the_audience_is_configured(token_app_fa
     created = client.post(
         "/api/plans", json={"name": "mine"}, headers=bearer(hs256({"sub": user, "aud": "authenticated"}))
     )
-    assert created.status_code == 201 and created.json["user_id"] == user
+    assert created.status_code == 201 and resp_json(created)["user_id"] == user
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_a_token_for_another_audience_or_none_is_401_when_one_is_configured(
 ) -> None:
     client = token_app_factory(jwt_secret=SECRET, jwt_audience=("authenticated",))
     response = plans_as(client, hs256({"sub": user, **claims}))
-    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
+    assert response.status_code == 401 and resp_json(response)["error"]["code"] == "unauthorized"
 
 
 def test_without_jwt_audience_a_token_that_names_an_audience_is_refused_and_says_why(
@@ -90,7 +90,7 @@ def test_without_jwt_audience_a_token_that_names_an_audience_is_refused_and_says
     client = token_app_factory(jwt_secret=SECRET)
     response = plans_as(client, hs256({"sub": user, "aud": "authenticated"}))
     assert response.status_code == 401
-    assert "JWT_AUDIENCE" in response.json["error"]["message"]
+    assert "JWT_AUDIENCE" in resp_json(response)["error"]["message"]
     assert plans_as(client, hs256({"sub": user})).status_code == 200  # no aud: as before
 
 

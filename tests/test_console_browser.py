@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import UNAUTHORIZED, FakeOpenAI
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,6 +28,8 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, expect, sync_playwright  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
+
+from pilot.application import PilotApp  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -50,11 +51,11 @@ expect.set_options(timeout=TIMEOUT_MS)
 class Served:
     """A Pilot app on a real HTTP server."""
 
-    app: Flask
+    app: PilotApp
     url: str
 
 
-def serve(app: Flask) -> Iterator[Served]:
+def serve(app: PilotApp) -> Iterator[Served]:
     """``app`` on werkzeug's threaded server on a free loopback port, until the generator is closed."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -65,8 +66,8 @@ def serve(app: Flask) -> Iterator[Served]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-        app.extensions["pilot"].engine.shutdown()
-        app.extensions["pilot"].db.close()
+        app.engine.shutdown()
+        app.db.close()
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def tab(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Session]:
 def api(served: Served, method: str, path: str, user: str, expect_status: int, **body: Any) -> Any:
     response = served.app.test_client().open(path, method=method, json={"user_id": user, **body})
     assert response.status_code == expect_status, response.get_data(as_text=True)
-    return response.json
+    return resp_json(response)
 
 
 def test_sign_in_create_a_plan_from_json_run_it_and_read_each_steps_output(

@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-import openapi
-from tests.conftest import make_app
+from pilot.application import PilotApp
+from pilot.http import openapi
+from tests.conftest import make_app, resp_json
 
-CONSOLE = Path(__file__).resolve().parent.parent / "console"
+CONSOLE = Path(__file__).resolve().parent.parent / "pilot" / "console"
 
 
 @pytest.mark.parametrize("mode", ["dev", "token"])
@@ -21,9 +21,9 @@ def test_health_says_the_auth_mode_so_the_console_can_sign_in(
 ) -> None:
     app = make_app(session_db, tmp_path, (fernet_key,), auth_mode=mode, jwt_secret="s" * 32)
     try:
-        body = app.test_client().get("/api/health").json
+        body = resp_json(app.test_client().get("/api/health"))
     finally:
-        app.extensions["pilot"].db.close()
+        app.db.close()
     assert body["auth_mode"] == mode
 
 
@@ -56,9 +56,9 @@ def test_the_api_keeps_its_own_responses(client: FlaskClient) -> None:
     assert "Content-Security-Policy" not in client.get("/api/health").headers
 
 
-def test_console_routes_are_not_part_of_the_api_document(app: Flask) -> None:
+def test_console_routes_are_not_part_of_the_api_document(app: PilotApp) -> None:
     assert openapi.undocumented(app) == []
-    paths = app.test_client().get("/api/openapi.json").json["paths"]
+    paths = resp_json(app.test_client().get("/api/openapi.json"))["paths"]
     assert "/" not in paths and not any(path.startswith("/console") for path in paths)
 
 

@@ -10,8 +10,8 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from flask.testing import FlaskClient
 
-from credentials import CredentialDecryptError, Vault, mask
-from tests.conftest import make_app
+from pilot.security.vault import CredentialDecryptError, Vault, mask
+from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import FakeOpenAI
 
 SECRET = "sk-proj-SECRETVALUE-0123456789abcdefXYZ"
@@ -29,16 +29,16 @@ def test_checklist_integration_tests_1_and_2(client: FlaskClient) -> None:
     assert response.status_code == 200
     response = client.get("/api/provider-credentials/openai?user_id=test_user_123")
     assert response.status_code == 200
-    assert response.json["credentials"][0]["masked_value"] == "…_abc"
+    assert resp_json(response)["credentials"][0]["masked_value"] == "…_abc"
 
 
 def test_store_shows_masked_value_and_lists_by_provider(client: FlaskClient, user: str) -> None:
     response = store(client, user, api_key=SECRET, base_url="http://127.0.0.1:9/v1")
     assert response.status_code == 200
     assert SECRET not in response.get_data(as_text=True)
-    shown = {c["type"]: c["masked_value"] for c in response.json["credentials"]}
+    shown = {c["type"]: c["masked_value"] for c in resp_json(response)["credentials"]}
     assert shown["api_key"] == "sk-…fXYZ"
-    listed = client.get(f"/api/provider-credentials?user_id={user}").json["credentials"]
+    listed = resp_json(client.get(f"/api/provider-credentials?user_id={user}"))["credentials"]
     assert {(c["provider"], c["type"]) for c in listed} == {("openai", "api_key"), ("openai", "base_url")}
     assert all("encrypted_value" not in c for c in listed)
 
@@ -46,7 +46,7 @@ def test_store_shows_masked_value_and_lists_by_provider(client: FlaskClient, use
 def test_store_again_replaces_the_value(client: FlaskClient, user: str) -> None:
     store(client, user, api_key="first-value-aaaa")
     store(client, user, api_key="second-value-bbbb")
-    listed = client.get(f"/api/provider-credentials/openai?user_id={user}").json["credentials"]
+    listed = resp_json(client.get(f"/api/provider-credentials/openai?user_id={user}"))["credentials"]
     assert [c["masked_value"] for c in listed] == ["sec…bbbb"]
 
 
@@ -63,11 +63,11 @@ def test_another_user_can_never_see_change_or_delete_credentials(
 ) -> None:
     store(client, user, api_key=SECRET)
     assert client.get(f"/api/provider-credentials/openai?user_id={other_user}").status_code == 404
-    assert client.get(f"/api/provider-credentials?user_id={other_user}").json["credentials"] == []
+    assert resp_json(client.get(f"/api/provider-credentials?user_id={other_user}"))["credentials"] == []
     assert client.delete(f"/api/provider-credentials/openai?user_id={other_user}").status_code == 404
     # "Overwriting" stores B's own row; A's value is untouched.
     assert store(client, other_user, api_key="b-key-000000000000").status_code == 200
-    mine = client.get(f"/api/provider-credentials/openai?user_id={user}").json["credentials"]
+    mine = resp_json(client.get(f"/api/provider-credentials/openai?user_id={user}"))["credentials"]
     assert [c["masked_value"] for c in mine] == [mask(SECRET)]
     # A user_id in the query that disagrees with the body is refused, not silently picked.
     response = client.post(
@@ -88,7 +88,7 @@ def test_plaintext_appears_nowhere_in_database_responses_or_logs(
         client.get("/api/provider-credentials?user_id=alice").get_data(as_text=True),
         client.get("/api/provider-credentials/openai?user_id=alice").get_data(as_text=True),
     ]
-    app.extensions["pilot"].db.close()
+    app.db.close()
     assert all(SECRET not in body for body in bodies)
     assert all(SECRET not in record.getMessage() for record in caplog.records)
     conn = psycopg2.connect(fresh_db)
@@ -124,8 +124,8 @@ def test_copied_ciphertext_does_not_decrypt_for_another_user(fresh_db: str, tmp_
             "WHERE user_id = 'alice') WHERE user_id = 'mallory'"
         )
     conn.close()
-    listed = client.get("/api/provider-credentials/openai?user_id=mallory").json["credentials"]
-    app.extensions["pilot"].db.close()
+    listed = resp_json(client.get("/api/provider-credentials/openai?user_id=mallory"))["credentials"]
+    app.db.close()
     assert listed[0]["readable"] is False and listed[0]["masked_value"] == "…"
 
 
@@ -134,7 +134,7 @@ def test_rotate_key_reencrypts_under_the_new_key(fresh_db: str, tmp_path: Path) 
     app = make_app(fresh_db, tmp_path, (old,))
     for name in ("alice", "bob"):
         assert store(app.test_client(), name, api_key=f"{name}-secret-0000000000").status_code == 200
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
     rotating = make_app(fresh_db, tmp_path, (new, old))
     result = rotating.test_cli_runner().invoke(args=["rotate-key"])
@@ -142,7 +142,7 @@ def test_rotate_key_reencrypts_under_the_new_key(fresh_db: str, tmp_path: Path) 
     assert "re-encrypted 2 credential(s)" in result.output
     again = rotating.test_cli_runner().invoke(args=["rotate-key"])
     assert "re-encrypted 2 credential(s) under the first key (2 were already under it)" in again.output
-    rotating.extensions["pilot"].db.close()
+    rotating.db.close()
 
     conn = psycopg2.connect(fresh_db)
     with conn, conn.cursor() as cur:
@@ -155,8 +155,8 @@ def test_rotate_key_reencrypts_under_the_new_key(fresh_db: str, tmp_path: Path) 
             Fernet(old.encode()).decrypt(token.encode())
 
     only_new = make_app(fresh_db, tmp_path, (new,))
-    listed = only_new.test_client().get("/api/provider-credentials?user_id=alice").json["credentials"]
-    only_new.extensions["pilot"].db.close()
+    listed = resp_json(only_new.test_client().get("/api/provider-credentials?user_id=alice"))["credentials"]
+    only_new.db.close()
     assert listed[0]["readable"] is True and listed[0]["masked_value"] == "ali…0000"
 
 
@@ -170,8 +170,8 @@ def test_import_env_credentials(
     result = app.test_cli_runner().invoke(args=["import-env-credentials", "--user", "carol"])
     assert result.exit_code == 0, result.output
     assert "sk-env-openai" not in result.output
-    listed = app.test_client().get("/api/provider-credentials?user_id=carol").json["credentials"]
-    app.extensions["pilot"].db.close()
+    listed = resp_json(app.test_client().get("/api/provider-credentials?user_id=carol"))["credentials"]
+    app.db.close()
     assert {(c["provider"], c["masked_value"]) for c in listed} == {("openai", "sk-…0001"), ("groq", "gsk…0002")}
 
 
@@ -215,30 +215,33 @@ def test_an_unreadable_credential_fails_its_provider_naming_the_type_and_spares_
 
         tested = client.post(f"/api/provider-credentials/openai/test?user_id={user}")
         assert tested.status_code == 409, tested.get_data(as_text=True)
-        error = tested.json["error"]
+        error = resp_json(tested)["error"]
         assert error["code"] == "credential_unreadable" and "base_url" in error["message"]
         assert error["details"] == {"provider": "openai", "types": ["base_url"]}
         assert SECRET not in tested.get_data(as_text=True)
 
         ran = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("openai")})
-        assert ran.status_code == 200 and ran.json["success"] is False
-        assert ran.json["error"]["code"] == "credential_unreadable" and "base_url" in ran.json["error"]["message"]
+        assert ran.status_code == 200 and resp_json(ran)["success"] is False
+        assert (
+            resp_json(ran)["error"]["code"] == "credential_unreadable"
+            and "base_url" in resp_json(ran)["error"]["message"]
+        )
         assert fake.requests == []  # the key was not sent to the default endpoint instead
 
         groq_test = client.post(f"/api/provider-credentials/groq/test?user_id={user}")
-        assert groq_test.status_code == 200 and groq_test.json["success"] is True
+        assert groq_test.status_code == 200 and resp_json(groq_test)["success"] is True
         groq = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("groq")})
-        assert groq.status_code == 200 and groq.json["success"] is True, groq.json
+        assert groq.status_code == 200 and resp_json(groq)["success"] is True, groq.json
 
         listed = {
             c["type"]: c["readable"]
-            for c in client.get(f"/api/provider-credentials/openai?user_id={user}").json["credentials"]
+            for c in resp_json(client.get(f"/api/provider-credentials/openai?user_id={user}"))["credentials"]
         }
         assert listed == {"api_key": True, "base_url": False}
         # Storing the value again is the way out.
         assert store(client, user, "openai", base_url=fake.base_url).status_code == 200
         again = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("openai")})
-        assert again.json["success"] is True, again.json
+        assert resp_json(again)["success"] is True, again.json
 
 
 def test_an_unreadable_credential_type_the_provider_does_not_use_is_ignored(
@@ -247,9 +250,9 @@ def test_an_unreadable_credential_type_the_provider_does_not_use_is_ignored(
     with FakeOpenAI() as fake:
         assert store(client, user, "openai", api_key=SECRET, base_url=fake.base_url, legacy=SECRET).status_code == 200
         copy_ciphertext(session_db, user, "openai", "legacy", "api_key")
-        assert client.post(f"/api/provider-credentials/openai/test?user_id={user}").json["success"] is True
+        assert resp_json(client.post(f"/api/provider-credentials/openai/test?user_id={user}"))["success"] is True
         ran = client.post("/api/execute-step", json={"user_id": user, "step": chat_step("openai")})
-        assert ran.json["success"] is True, ran.json
+        assert resp_json(ran)["success"] is True, ran.json
 
 
 def test_credentials_under_a_key_no_longer_configured_are_409_not_500(
@@ -260,7 +263,7 @@ def test_credentials_under_a_key_no_longer_configured_are_409_not_500(
     try:
         tested = other.test_client().post(f"/api/provider-credentials/openai/test?user_id={user}")
         assert tested.status_code == 409, tested.get_data(as_text=True)
-        assert tested.json["error"]["details"]["types"] == ["api_key", "base_url"]
-        assert "FERNET_KEY" in tested.json["error"]["message"]
+        assert resp_json(tested)["error"]["details"]["types"] == ["api_key", "base_url"]
+        assert "FERNET_KEY" in resp_json(tested)["error"]["message"]
     finally:
-        other.extensions["pilot"].db.close()
+        other.db.close()

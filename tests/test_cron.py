@@ -16,11 +16,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg2
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
+from pilot.application import PilotApp
 from scheduler import PilotScheduler, build_trigger, fire_times, next_fire_time
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 from tests.cron_reference import reference_times
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -178,9 +178,9 @@ def create(client: FlaskClient, user: str, schedule: dict[str, Any]) -> Any:
 def test_invalid_cron_is_a_400_naming_the_field(client: FlaskClient, user: str, cron: str, field: str) -> None:
     response = create(client, user, {"cron": cron, "timezone": "Europe/Berlin"})
     assert response.status_code == 400, response.json
-    message = response.json["error"]["message"]
+    message = resp_json(response)["error"]["message"]
     assert message.startswith("schedule.cron: ") and field in message
-    assert response.json["error"]["details"][0]["field"] == "schedule.cron"
+    assert resp_json(response)["error"]["details"][0]["field"] == "schedule.cron"
 
 
 @pytest.mark.parametrize(
@@ -189,16 +189,16 @@ def test_invalid_cron_is_a_400_naming_the_field(client: FlaskClient, user: str, 
 def test_crontab_forms_are_accepted_and_kept_as_written(client: FlaskClient, user: str, cron: str) -> None:
     response = create(client, user, {"cron": cron, "timezone": "Europe/Berlin"})
     assert response.status_code == 201, response.json
-    assert response.json["schedule"]["cron"] == cron
+    assert resp_json(response)["schedule"]["cron"] == cron
 
 
 # --- what /api/scheduler/jobs shows ------------------------------------------------
 
 
 def test_jobs_shows_the_next_weekday_9_berlin(client: FlaskClient, user: str) -> None:
-    plan = create(client, user, {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}).json
+    plan = resp_json(create(client, user, {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}))
     before = datetime.now(UTC)
-    jobs = client.get(f"/api/scheduler/jobs?user_id={user}").json["jobs"]
+    jobs = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"]
     after = datetime.now(UTC)
     (job,) = jobs
     assert job["plan_id"] == plan["id"]
@@ -211,23 +211,23 @@ def test_jobs_shows_the_next_weekday_9_berlin(client: FlaskClient, user: str) ->
 
 
 @pytest.fixture
-def scheduler_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
+def scheduler_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[PilotApp]:
     app = make_app(fresh_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].engine.shutdown(wait=True)
-    app.extensions["pilot"].db.close()
+    app.engine.shutdown(wait=True)
+    app.db.close()
 
 
 @pytest.mark.parametrize("cron", ["0 9 * * 1-5", "0 0 1 * 0", "@weekly", "0 9 * * 7"])
-def test_the_scheduler_uses_the_time_jobs_shows(scheduler_app: Flask, user: str, cron: str) -> None:
+def test_the_scheduler_uses_the_time_jobs_shows(scheduler_app: PilotApp, user: str, cron: str) -> None:
     client = scheduler_app.test_client()
-    plan = create(client, user, {"cron": cron, "timezone": "Europe/Berlin"}).json
+    plan = resp_json(create(client, user, {"cron": cron, "timezone": "Europe/Berlin"}))
     scheduler = PilotScheduler(scheduler_app)
     before = datetime.now(UTC)
     scheduler.start()
     try:
         job = scheduler._aps.get_job(f"plan-{plan['id']}")
-        shown = client.get(f"/api/scheduler/jobs?user_id={user}").json["jobs"][0]["next_run_time"]
+        shown = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"][0]["next_run_time"]
     finally:
         scheduler.stop(timeout=5)
     after = datetime.now(UTC)
@@ -238,7 +238,7 @@ def test_the_scheduler_uses_the_time_jobs_shows(scheduler_app: Flask, user: str,
 
 
 def test_a_stored_schedule_crontab_refuses_never_fires_and_stops_nothing_else(
-    scheduler_app: Flask, fresh_db: str, user: str
+    scheduler_app: PilotApp, fresh_db: str, user: str
 ) -> None:
     # "last" was accepted by APScheduler's from_crontab before this fix; crontab(5) has no such day.
     conn = psycopg2.connect(fresh_db)
@@ -252,7 +252,7 @@ def test_a_stored_schedule_crontab_refuses_never_fires_and_stops_nothing_else(
     finally:
         conn.close()
     client = scheduler_app.test_client()
-    fine = create(client, user, {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}).json
+    fine = resp_json(create(client, user, {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}))
     scheduler = PilotScheduler(scheduler_app)
     scheduler.start()
     try:
@@ -262,7 +262,7 @@ def test_a_stored_schedule_crontab_refuses_never_fires_and_stops_nothing_else(
         assert stale_job is not None and stale_job.next_run_time is None
     finally:
         scheduler.stop(timeout=5)
-    jobs = {job["plan_id"]: job for job in client.get(f"/api/scheduler/jobs?user_id={user}").json["jobs"]}
+    jobs = {job["plan_id"]: job for job in resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"]}
     assert jobs[stale]["next_run_time"] is None and jobs[fine["id"]]["next_run_time"] is not None
 
 

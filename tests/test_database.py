@@ -12,7 +12,7 @@ import pytest
 from psycopg2 import sql
 
 from database import DatabaseManager, migrate, migration_files
-from errors import NotFound
+from pilot.errors import NotFound
 from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,9 +271,9 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
 
 
 def test_identity_is_transaction_local_and_never_leaks_between_pooled_transactions(session_db: str, user: str) -> None:
-    from config import Settings
+    from pilot.settings import load_settings
 
-    db = DatabaseManager(Settings(database_url=session_db, db_pool_size=1))
+    db = DatabaseManager(load_settings(database_url=session_db, db_pool_size=1))
     try:
         with db.transaction(user) as cur:
             cur.execute("SELECT current_user_id() AS uid, current_user AS role")
@@ -290,9 +290,9 @@ def test_identity_is_transaction_local_and_never_leaks_between_pooled_transactio
 
 
 def test_insert_for_another_user_is_refused_by_rls(session_db: str, user: str, other_user: str) -> None:
-    from config import Settings
+    from pilot.settings import load_settings
 
-    db = DatabaseManager(Settings(database_url=session_db, db_pool_size=1))
+    db = DatabaseManager(load_settings(database_url=session_db, db_pool_size=1))
     try:
         with pytest.raises(NotFound), db.transaction(user) as cur:
             cur.execute(
@@ -304,9 +304,9 @@ def test_insert_for_another_user_is_refused_by_rls(session_db: str, user: str, o
 
 
 def test_checklist_get_connection_is_a_dbapi_connection(session_db: str) -> None:
-    from config import Settings
+    from pilot.settings import load_settings
 
-    db = DatabaseManager(Settings(database_url=session_db))
+    db = DatabaseManager(load_settings(database_url=session_db))
     conn = db.get_connection()
     try:
         cur = conn.cursor()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,7 +47,7 @@ def test_gunicorn_production_config_serves_the_checklist_minute_0_checks(
     log = (tmp_path / "gunicorn.log").open("w")
     gunicorn = Path(sys.executable).with_name("gunicorn")
     process = subprocess.Popen(
-        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:app"],
+        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -68,8 +69,31 @@ def test_gunicorn_production_config_serves_the_checklist_minute_0_checks(
         assert {"openai", "groq", "webhook"} <= set(providers)
         plans = requests.get(f"{base}/api/plans?user_id=test_user_123", timeout=10)
         assert plans.status_code == 200 and isinstance(plans.json()["plans"], list)
+        # Multiprocess metrics: every worker writes to the directory the master chose before forking,
+        # so /metrics (whichever worker answers) counts the requests above.
+        metrics = requests.get(f"{base}/metrics", timeout=10).text
+        served = re.findall(r'^pilot_http_requests_total\{[^}]*route="/api/health"[^}]*\} ([0-9.]+)$', metrics, re.M)
+        assert served and sum(float(count) for count in served) >= 1, metrics[:2000]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         code = process.wait(timeout=30)
         log.close()
     assert code == 0, (tmp_path / "gunicorn.log").read_text()[-3000:]
+
+
+def test_gunicorn_stops_at_once_on_a_bad_setting_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "FLASK_", "DATABASE_URL", "AUTH_"))}
+    env.update(AUTH_MODE="open", PILOT_DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    result = subprocess.run(
+        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "--bind", "127.0.0.1:0", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "pilot: configuration error: AUTH_MODE must be 'dev' or 'token', not 'open'" in output, output
+    assert "Traceback" not in output and "Booting worker" not in output, output

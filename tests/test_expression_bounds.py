@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from templating import TemplateError, evaluate, render
+from pilot.steps.templating import TemplateError, evaluate, render
+from tests.conftest import resp_json
 
 
 def doubling(stages: int) -> str:
@@ -139,7 +140,9 @@ def test_projection_work_is_bounded_even_when_results_are_small() -> None:
 
 
 def test_big_but_legitimate_results_still_work() -> None:
-    items = [{"name": f"item-{i}", "value": (i * 7919) % 10_007, "tags": ["a", "b"]} for i in range(20_000)]
+    items: list[dict[str, Any]] = [
+        {"name": f"item-{i}", "value": (i * 7919) % 10_007, "tags": ["a", "b"]} for i in range(20_000)
+    ]
     data = {"steps": {"fetch": {"data": {"items": items}}}}
     started = time.perf_counter()
     assert evaluate("steps.fetch.data.items[*].name", data) == [item["name"] for item in items]
@@ -184,15 +187,15 @@ def test_failures_inside_jmespath_are_template_errors(expression: str) -> None:
 def execute(client: FlaskClient, user: str, step: dict[str, Any]) -> dict[str, Any]:
     response = client.post("/api/execute-step", json={"user_id": user, "step": step})
     assert response.status_code == 200, response.json
-    return response.json
+    return resp_json(response)
 
 
 def run_plan(client: FlaskClient, user: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
     plan = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": steps})
     assert plan.status_code == 201, plan.json
-    response = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json={"user_id": user})
+    response = client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json={"user_id": user})
     assert response.status_code == 200, response.json
-    return response.json
+    return resp_json(response)
 
 
 @pytest.mark.timeout(120)
@@ -203,7 +206,7 @@ def test_template_blow_up_is_a_failed_step(client: FlaskClient, user: str, stage
     result = execute(client, user, step)
     print(f"\nexecute-step, {stages} stages answered in {time.perf_counter() - started:.3f} s")
     assert result["success"] is False and result["error"]["code"] == "expression_too_large", result
-    logged = client.get(f"/api/logs?user_id={user}").json["logs"]
+    logged = resp_json(client.get(f"/api/logs?user_id={user}"))["logs"]
     assert [row["error_code"] for row in logged] == ["expression_too_large"]
 
 
@@ -239,7 +242,7 @@ def test_jmespath_type_errors_through_the_api_are_failed_steps(client: FlaskClie
 def test_the_cpu_deadline_refuses_evaluation_once_passed() -> None:
     import jmespath
 
-    from bounded_jmespath import Budget, BudgetExceeded, search
+    from pilot.steps.bounded_jmespath import Budget, BudgetExceeded, search
 
     with pytest.raises(BudgetExceeded) as caught:
         search(jmespath.compile("[a, a]"), {"a": 1}, Budget(cpu_seconds=-1.0))  # a deadline already in the past

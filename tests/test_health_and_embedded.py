@@ -11,13 +11,13 @@ import pytest
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 
 
 def test_health_is_healthy_with_database_and_providers(client: FlaskClient) -> None:
     response = client.get("/api/health")
     assert response.status_code == 200
-    body = response.json
+    body = resp_json(response)
     assert body["status"] == "healthy" and body["database"]["status"] == "ok"
     assert {"openai", "groq", "webhook", "logic"} <= set(body["providers"])
     assert body["timestamp"]
@@ -29,10 +29,10 @@ def test_health_is_503_when_the_database_is_down(tmp_path: Path) -> None:
     )
     response = app.test_client().get("/api/health")
     assert response.status_code == 503
-    assert response.json["status"] == "unhealthy" and response.json["database"]["status"] == "down"
+    assert resp_json(response)["status"] == "unhealthy" and resp_json(response)["database"]["status"] == "down"
     # Data routes say the database is unavailable with a JSON 503, not a 500.
     plans = app.test_client().get("/api/plans?user_id=u")
-    assert plans.status_code == 503 and plans.json["error"]["code"] == "database_error"
+    assert plans.status_code == 503 and resp_json(plans)["error"]["code"] == "database_error"
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(data_di
     first = make_app(None, data_dir, (), pilot_env="development")
     client = first.test_client()
     health = client.get("/api/health")
-    assert health.status_code == 200 and health.json["database"]["embedded"] is True
+    assert health.status_code == 200 and resp_json(health)["database"]["embedded"] is True
     assert (data_dir / "fernet.key").stat().st_mode & 0o777 == 0o600
     stored = client.post(
         "/api/provider-credentials/openai",
@@ -66,16 +66,16 @@ def test_embedded_default_starts_migrates_and_keeps_data_across_restarts(data_di
     assert stored.status_code == 200
     plan = client.post("/api/plans", json={"user_id": "newcomer", "name": "kept", "steps": []})
     assert plan.status_code == 201
-    first.extensions["pilot"].db.close()
+    first.db.close()
     server = _embedded_servers.pop((data_dir / "pgdata").resolve())
     server.cleanup()  # stop the server, as a process exit would
 
     second = make_app(None, data_dir, (), pilot_env="development")
     client = second.test_client()
     creds = client.get("/api/provider-credentials/openai?user_id=newcomer")
-    assert creds.status_code == 200 and creds.json["credentials"][0]["masked_value"] == "sk-…0001"
-    assert [p["name"] for p in client.get("/api/plans?user_id=newcomer").json["plans"]] == ["kept"]
-    second.extensions["pilot"].db.close()
+    assert creds.status_code == 200 and resp_json(creds)["credentials"][0]["masked_value"] == "sk-…0001"
+    assert [p["name"] for p in resp_json(client.get("/api/plans?user_id=newcomer"))["plans"]] == ["kept"]
+    second.db.close()
     _embedded_servers.pop((data_dir / "pgdata").resolve()).cleanup()
 
 
@@ -92,7 +92,7 @@ def test_token_mode_health_says_only_what_a_load_balancer_needs(session_db: str,
         assert response.status_code == 200
         assert response.json == {
             "status": "healthy",
-            "timestamp": response.json["timestamp"],
+            "timestamp": resp_json(response)["timestamp"],
             "database": {"status": "ok"},
             "scheduler": {"status": "running"},
             "auth_mode": "token",
@@ -102,13 +102,13 @@ def test_token_mode_health_says_only_what_a_load_balancer_needs(session_db: str,
             assert private not in text
     finally:
         stop_for_serving(app, timeout=2)
-        app.extensions["pilot"].db.close()
+        app.db.close()
     down = make_app("postgresql://postgres@127.0.0.1:1/x?connect_timeout=2", tmp_path, key, auth_mode="token")
     response = down.test_client().get("/api/health")
     assert response.status_code == 503
-    assert response.json["database"] == {"status": "down"} and response.json["status"] == "unhealthy"
+    assert resp_json(response)["database"] == {"status": "down"} and resp_json(response)["status"] == "unhealthy"
 
 
 def test_dev_mode_health_keeps_its_details(client: FlaskClient) -> None:
-    body = client.get("/api/health").json
+    body = resp_json(client.get("/api/health"))
     assert body["auth_mode"] == "dev" and body["database"]["embedded"] is False and body["providers"]

@@ -1,4 +1,5 @@
-"""Bad requests of every kind get a 4xx JSON error, never a 500 or a traceback."""
+"""pilot/http/errors.py: one table from error class to status; bad requests of every kind get a 4xx JSON
+error, never a 500 or a traceback."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import json
 import pytest
 from flask.testing import FlaskClient
 
+from pilot.application import PilotApp
+from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.http.errors import STATUS, status_for
+from pilot.security.outbound import InvalidURL, OutboundTimeout, ResponseTooLarge
+from pilot.security.ssrf import OutboundError, SSRFBlocked
+from pilot.security.vault import CredentialDecryptError
+from pilot.steps.templating import MissingReference, TemplateError
+from provider_registry import UnknownProviderError
+from tests.conftest import resp_json
+
 
 def assert_json_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.is_json
-    error = response.json["error"]
+    error = resp_json(response)["error"]
     assert set(error) == {"code", "message", "details"} and error["message"]
     assert "Traceback" not in response.get_data(as_text=True)
     if code:
@@ -101,3 +112,62 @@ def test_bad_paging_is_400(client: FlaskClient, user: str, limit: str, offset: s
 def test_request_id_is_echoed(client: FlaskClient) -> None:
     response = client.get("/api/health", headers={"X-Request-ID": "abc-123"})
     assert response.headers["X-Request-ID"] == "abc-123"
+
+
+def every_subclass(cls: type[PilotError]) -> list[type[PilotError]]:
+    found, stack = [], [cls]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(current.__subclasses__())
+    return found
+
+
+def test_domain_errors_carry_no_http_status() -> None:
+    """Only the HTTP layer's table knows statuses: no error class defines a ``status`` of its own."""
+    import app  # noqa: F401 - every module that defines an error class is imported by now
+
+    for cls in every_subclass(PilotError):
+        assert "status" not in vars(cls), cls
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (PilotError("x"), 500),
+        (ValidationError("x"), 400),
+        (NotFound("x"), 404),
+        (UnknownProviderError("x"), 404),  # no row of its own: its parent NotFound's
+        (TemplateError("x"), 400),
+        (MissingReference("x"), 400),
+        (CredentialDecryptError("x"), 409),
+        (DatabaseError("x"), 503),
+        (OutboundError("x"), 502),
+        (ResponseTooLarge("x"), 502),
+        (OutboundTimeout("x"), 504),
+        (SSRFBlocked("x"), 400),
+        (InvalidURL("x"), 400),  # an OutboundError and a ValidationError: its own row decides
+    ],
+)
+def test_the_most_specific_class_in_the_table_decides(error: PilotError, status: int) -> None:
+    assert status_for(error) == status
+
+
+def test_a_new_subclass_answers_like_its_parent_until_the_table_says_otherwise() -> None:
+    class QuotaExceeded(ServiceUnavailable):
+        code = "quota_exceeded"
+
+    assert QuotaExceeded not in STATUS and status_for(QuotaExceeded("x")) == 503
+
+
+def test_an_error_raised_in_a_view_answers_with_its_tables_status(app: PilotApp) -> None:
+    def refuse() -> str:
+        raise CredentialDecryptError("stored value unreadable", details={"types": ["api_key"]})
+
+    app.add_url_rule("/api/refuse", "refuse", refuse)
+    error = assert_json_error(app.test_client().get("/api/refuse"), 409, "credential_unreadable")
+    assert error == {
+        "code": "credential_unreadable",
+        "message": "stored value unreadable",
+        "details": {"types": ["api_key"]},
+    }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-import store
+from pilot.data import store
 from scheduler import PilotScheduler
 from tests.conftest import make_app
 from tests.fake_upstreams import Reply, WebhookReceiver
@@ -44,8 +44,9 @@ def test_a_process_without_scheduler_keeps_its_long_run_alive_against_another_re
                 f"{executor.url}/api/plans", json={"user_id": user, "name": "slow", "steps": [step]}, timeout=10
             ).json()
             # A run whose owner is gone, so the reaper is seen at work while the slow run goes on.
-            with reaper_app.extensions["pilot"].db.transaction(user) as cur:
+            with reaper_app.db.transaction(user) as cur:
                 dead = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="gone-host:1:x")
+            assert dead is not None
             admin(
                 fresh_db,
                 "UPDATE plan_runs SET lease_expires_at = now() - interval '1 hour', "
@@ -61,5 +62,5 @@ def test_a_process_without_scheduler_keeps_its_long_run_alive_against_another_re
             assert len(receiver.requests) == 1
         finally:
             reaper.stop(timeout=5)
-            reaper_app.extensions["pilot"].db.close()
+            reaper_app.db.close()
             assert executor.stop(signal.SIGTERM) == 0

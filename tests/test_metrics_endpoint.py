@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import metrics
-from tests.conftest import make_app
+from pilot.application import PilotApp
+from pilot.ops import metrics
+from tests.conftest import make_app, resp_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,8 +88,11 @@ def test_requests_are_counted_by_route_template_not_raw_path(client: FlaskClient
     )
 
 
-def test_unhandled_errors_are_counted_as_500(app: Flask) -> None:
-    app.add_url_rule("/api/boom", "boom", lambda: 1 / 0)
+def test_unhandled_errors_are_counted_as_500(app: PilotApp) -> None:
+    def boom() -> str:
+        return str(1 / 0)
+
+    app.add_url_rule("/api/boom", "boom", boom)
     client = app.test_client()
     before = scrape(client)
     assert client.get("/api/boom").status_code == 500
@@ -146,18 +149,18 @@ def test_scheduler_and_run_counters(client: FlaskClient) -> None:
         metrics.record_run_finished("manual", "queued")
 
 
-def test_pool_gauges_follow_the_app(app: Flask, client: FlaskClient, user: str) -> None:
+def test_pool_gauges_follow_the_app(app: PilotApp, client: FlaskClient, user: str) -> None:
     client.get(f"/api/plans?user_id={user}")
     samples = scrape(client)
-    assert value(samples, "pilot_db_pool_connections") == app.extensions["pilot"].settings.db_pool_size
+    assert value(samples, "pilot_db_pool_connections") == app.settings.db_pool_size
     assert value(samples, "pilot_db_pool_in_use") == 0
 
 
 WORKER = """
-import metrics
+from pilot.ops import metrics
 metrics.record_step("logic", "transform", "success", 5.0, 1)
 metrics.record_scheduler_firing("claimed")
-metrics.DB_POOL_SIZE.set(3)
+metrics.collectors().db_pool_size.set(3)
 print(__import__("os").getpid())
 """
 
@@ -188,16 +191,12 @@ def test_multiprocess_mode_sums_every_worker(session_db: str, tmp_path: Path, fe
     (directory / "keep.txt").write_text("not a value file")
     assert metrics.reset_multiprocess_dir(str(directory)) > 0  # what on_starting does
     assert [p.name for p in directory.iterdir()] == ["keep.txt"]
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 def _exported_names() -> set[str]:
     names = set()
-    for collector in (
-        metrics.HTTP_REQUESTS, metrics.HTTP_LATENCY, metrics.STEPS, metrics.STEP_LATENCY, metrics.STEP_RETRIES,
-        metrics.SCHEDULER_FIRINGS, metrics.RUNS_FINISHED, metrics.SCHEDULER_JOBS, metrics.DB_POOL_SIZE,
-        metrics.DB_POOL_IN_USE,
-    ):  # fmt: skip
+    for collector in metrics.collectors().all():
         for family in collector.describe():
             names.add(family.name)
             names.update(family.name + suffix for suffix in ("_total", "_bucket", "_count", "_sum"))
@@ -234,7 +233,7 @@ def test_executed_steps_and_finished_runs_are_counted(client: FlaskClient, user:
         value(after, "pilot_step_executions_total", **labels) - value(before, "pilot_step_executions_total", **labels)
         == 1
     )
-    plan = client.post("/api/plans", json={"user_id": user, "name": "m", "steps": [step]}).json
+    plan = resp_json(client.post("/api/plans", json={"user_id": user, "name": "m", "steps": [step]}))
     assert client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": user}).status_code == 200
     runs = {"trigger": "manual", "status": "success"}
     assert (

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator
 
-import openapi
+from pilot.application import PilotApp
+from pilot.http import openapi
 from providers import registry
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 
 SPEC_ENDPOINTS = [
     "GET /api/health",
@@ -49,7 +49,7 @@ SPEC_ENDPOINTS = [
 def document(client: FlaskClient) -> dict[str, Any]:
     response = client.get("/api/openapi.json")
     assert response.status_code == 200 and response.is_json
-    return response.json
+    return resp_json(response)
 
 
 def check(document: dict[str, Any], schema_name: str, instance: Any) -> None:
@@ -59,7 +59,7 @@ def check(document: dict[str, Any], schema_name: str, instance: Any) -> None:
     assert not errors, f"{schema_name}: {errors[0].message} at {list(errors[0].absolute_path)}"
 
 
-def test_every_route_is_described_and_no_description_is_stale(app: Flask) -> None:
+def test_every_route_is_described_and_no_description_is_stale(app: PilotApp) -> None:
     assert openapi.undocumented(app) == []
     assert openapi.stale(app) == []
 
@@ -155,34 +155,38 @@ def test_plan_schemas_come_from_the_validating_models(document: dict[str, Any]) 
 def test_real_responses_match_their_documented_schemas(
     client: FlaskClient, document: dict[str, Any], user: str
 ) -> None:
-    check(document, "Health", client.get("/api/health").json)
-    check(document, "ProviderList", client.get("/api/providers").json)
-    check(document, "ProviderDescription", client.get("/api/providers/webhook").json)
+    check(document, "Health", resp_json(client.get("/api/health")))
+    check(document, "ProviderList", resp_json(client.get("/api/providers")))
+    check(document, "ProviderDescription", resp_json(client.get("/api/providers/webhook")))
     stored = client.post(
         "/api/provider-credentials/openai", json={"user_id": user, "credentials": {"api_key": "sk-test-000000000001"}}
     )
-    check(document, "CredentialList", stored.json)
-    check(document, "CredentialList", client.get(f"/api/provider-credentials?user_id={user}").json)
+    check(document, "CredentialList", resp_json(stored))
+    check(document, "CredentialList", resp_json(client.get(f"/api/provider-credentials?user_id={user}")))
     step = {"id": "t", "provider": "logic", "action": "transform", "params": {"template": {"x": 1}}}
     plan = client.post("/api/plans", json={"user_id": user, "name": "doc", "steps": [step]})
     assert plan.status_code == 201
-    check(document, "Plan", plan.json)
-    check(document, "PlanList", client.get(f"/api/plans?user_id={user}").json)
-    run = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json={"user_id": user})
-    assert run.status_code == 200 and run.json["status"] == "success"
-    check(document, "RunWithLogs", run.json)
-    check(document, "RunList", client.get(f"/api/plans/{plan.json['id']}/runs?user_id={user}").json)
+    check(document, "Plan", resp_json(plan))
+    check(document, "PlanList", resp_json(client.get(f"/api/plans?user_id={user}")))
+    run = client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json={"user_id": user})
+    assert run.status_code == 200 and resp_json(run)["status"] == "success"
+    check(document, "RunWithLogs", resp_json(run))
+    check(document, "RunList", resp_json(client.get(f"/api/plans/{resp_json(plan)['id']}/runs?user_id={user}")))
     executed = client.post("/api/execute-step", json={"user_id": user, "step": step})
-    check(document, "ProviderResult", executed.json)
-    check(document, "LogList", client.get(f"/api/logs?user_id={user}").json)
-    check(document, "ProviderMetrics", client.get(f"/api/metrics/providers?user_id={user}").json)
-    check(document, "ErrorTrends", client.get(f"/api/metrics/errors?user_id={user}").json)
+    check(document, "ProviderResult", resp_json(executed))
+    check(document, "LogList", resp_json(client.get(f"/api/logs?user_id={user}")))
+    check(document, "ProviderMetrics", resp_json(client.get(f"/api/metrics/providers?user_id={user}")))
+    check(document, "ErrorTrends", resp_json(client.get(f"/api/metrics/errors?user_id={user}")))
     scheduled = client.post(
         "/api/plans", json={"user_id": user, "name": "cron", "steps": [step], "schedule": {"cron": "0 9 * * 1"}}
     )
-    jobs = client.get(f"/api/scheduler/jobs?user_id={user}").json
-    assert [job["plan_id"] for job in jobs["jobs"]] == [scheduled.json["id"]]
+    jobs = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))
+    assert [job["plan_id"] for job in jobs["jobs"]] == [resp_json(scheduled)["id"]]
     check(document, "SchedulerJobs", jobs)
-    check(document, "Plan", client.post(f"/api/plans/{scheduled.json['id']}/pause", json={"user_id": user}).json)
-    check(document, "Error", client.get(f"/api/plans/999999999?user_id={user}").json)
-    check(document, "Error", client.post("/api/plans", json={"user_id": user}).json)
+    check(
+        document,
+        "Plan",
+        resp_json(client.post(f"/api/plans/{resp_json(scheduled)['id']}/pause", json={"user_id": user})),
+    )
+    check(document, "Error", resp_json(client.get(f"/api/plans/999999999?user_id={user}")))
+    check(document, "Error", resp_json(client.post("/api/plans", json={"user_id": user})))

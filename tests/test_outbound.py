@@ -24,9 +24,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from config import Settings
-from errors import ConfigurationError, PilotError, ValidationError
-from outbound import (
+from pilot.errors import ConfigurationError, PilotError, ValidationError
+from pilot.http.errors import status_for
+from pilot.security.outbound import (
     Headers,
     InvalidURL,
     IPAddress,
@@ -41,6 +41,7 @@ from outbound import (
     check_address,
     resolve,
 )
+from pilot.settings import load_settings
 
 EMPTY = OutboundPolicy()
 LOOPBACK_1 = OutboundPolicy.from_entries(["127.0.0.1/32"])
@@ -150,7 +151,7 @@ def test_non_public_addresses_are_refused(address: str, kind: str) -> None:
     with pytest.raises(SSRFBlocked) as info:
         check_address(address, EMPTY)
     assert kind in info.value.message
-    assert (info.value.status, info.value.code, info.value.retryable) == (400, "ssrf_blocked", False)
+    assert (status_for(info.value), info.value.code, info.value.retryable) == (400, "ssrf_blocked", False)
     assert "OUTBOUND_ALLOWLIST" in info.value.message
 
 
@@ -198,8 +199,9 @@ def test_allow_list_parsing_and_matching() -> None:
         check_address("172.16.0.1", policy, host="corp.example.evil")
 
 
-def test_allow_list_reads_the_settings_tuple() -> None:
-    settings = Settings.from_env({"OUTBOUND_ALLOWLIST": "localhost, 127.0.0.0/8"})
+def test_allow_list_reads_the_settings_tuple(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTBOUND_ALLOWLIST", "localhost, 127.0.0.0/8")
+    settings = load_settings()
     policy = OutboundPolicy.from_entries(settings.outbound_allowlist)
     check_address("127.0.0.2", policy)
     check_address("::ffff:127.0.0.1", policy)  # the mapped form is inside 127.0.0.0/8 too
@@ -241,7 +243,7 @@ def test_error_classes_carry_status_code_and_retryable() -> None:
         error = cls("x")
         assert isinstance(error, PilotError)
         assert (error.code, error.retryable) == (code, retryable)
-    assert InvalidURL("x").status == 400 and isinstance(InvalidURL("x"), ValidationError)
+    assert status_for(InvalidURL("x")) == 400 and isinstance(InvalidURL("x"), ValidationError)
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -311,7 +313,7 @@ def test_invalid_urls_are_refused(url: str) -> None:
     client = OutboundClient(LOOPBACK_8, resolver=resolver)
     with pytest.raises(InvalidURL) as info:
         client.request("GET", url)
-    assert info.value.status == 400 and calls == []
+    assert status_for(info.value) == 400 and calls == []
     assert "hunter2" not in info.value.message
 
 
@@ -494,7 +496,7 @@ def test_timeout_against_a_sleeping_handler(slow: HTTPServer, make_client: type)
     with pytest.raises(OutboundTimeout) as info:
         make_client(LOOPBACK_1).request("GET", slow.url_for("/sleep?token=SECRET"), timeout=0.3)
     assert time.monotonic() - started < 0.9
-    assert info.value.retryable and info.value.status == 504 and "SECRET" not in info.value.message
+    assert info.value.retryable and status_for(info.value) == 504 and "SECRET" not in info.value.message
 
 
 def test_overall_timeout_against_a_slow_drip(slow: HTTPServer, make_client: type) -> None:

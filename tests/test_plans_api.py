@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from tests.conftest import resp_json
+
 STEP = {"id": "hello", "provider": "logic", "action": "transform", "params": {"template": "hi"}}
 
 
@@ -20,45 +22,45 @@ def test_checklist_integration_test_3(client: FlaskClient) -> None:
         "/api/plans", json={"user_id": "test_user_123", "name": "Test Plan", "original_prompt": "Test", "steps": []}
     )
     assert response.status_code == 201
-    assert response.json["name"] == "Test Plan" and response.json["steps"] == []
+    assert resp_json(response)["name"] == "Test Plan" and resp_json(response)["steps"] == []
 
 
 def test_create_get_list_put_patch_delete(client: FlaskClient, user: str) -> None:
-    plan = create(client, user, original_prompt="say hi").json
+    plan = resp_json(create(client, user, original_prompt="say hi"))
     assert plan["steps"][0]["provider"] == "logic"
     got = client.get(f"/api/plans/{plan['id']}?user_id={user}")
-    assert got.status_code == 200 and got.json["id"] == plan["id"]
-    assert [p["id"] for p in client.get(f"/api/plans?user_id={user}").json["plans"]] == [plan["id"]]
+    assert got.status_code == 200 and resp_json(got)["id"] == plan["id"]
+    assert [p["id"] for p in resp_json(client.get(f"/api/plans?user_id={user}"))["plans"]] == [plan["id"]]
 
     put = client.put(f"/api/plans/{plan['id']}", json={"user_id": user, "name": "Renamed", "steps": []})
-    assert put.status_code == 200 and put.json["name"] == "Renamed" and put.json["original_prompt"] is None
+    assert put.status_code == 200 and resp_json(put)["name"] == "Renamed" and resp_json(put)["original_prompt"] is None
     patch = client.patch(f"/api/plans/{plan['id']}", json={"user_id": user, "enabled": False})
-    assert patch.status_code == 200 and patch.json["name"] == "Renamed" and patch.json["enabled"] is False
+    assert patch.status_code == 200 and resp_json(patch)["name"] == "Renamed" and resp_json(patch)["enabled"] is False
 
     assert client.delete(f"/api/plans/{plan['id']}?user_id={user}").status_code == 204
     assert client.get(f"/api/plans/{plan['id']}?user_id={user}").status_code == 404
 
 
 def test_plans_survive_a_new_app_on_the_same_database(session_db: str, tmp_path, fernet_key: str, user: str) -> None:
-    from tests.conftest import make_app
+    from tests.conftest import make_app, resp_json
 
     first = make_app(session_db, tmp_path, (fernet_key,))
-    plan_id = create(first.test_client(), user).json["id"]
-    first.extensions["pilot"].db.close()
+    plan_id = resp_json(create(first.test_client(), user))["id"]
+    first.db.close()
     second = make_app(session_db, tmp_path, (fernet_key,))
     assert second.test_client().get(f"/api/plans/{plan_id}?user_id={user}").status_code == 200
-    second.extensions["pilot"].db.close()
+    second.db.close()
 
 
 def test_another_user_can_never_read_change_or_delete_a_plan(client: FlaskClient, user: str, other_user: str) -> None:
-    plan_id = create(client, user).json["id"]
+    plan_id = resp_json(create(client, user))["id"]
     assert client.get(f"/api/plans/{plan_id}?user_id={other_user}").status_code == 404
-    assert client.get(f"/api/plans?user_id={other_user}").json["plans"] == []
+    assert resp_json(client.get(f"/api/plans?user_id={other_user}"))["plans"] == []
     for method in ("put", "patch"):
         response = getattr(client, method)(f"/api/plans/{plan_id}", json={"user_id": other_user, "name": "x"})
         assert response.status_code == 404
     assert client.delete(f"/api/plans/{plan_id}?user_id={other_user}").status_code == 404
-    still = client.get(f"/api/plans/{plan_id}?user_id={user}").json
+    still = resp_json(client.get(f"/api/plans/{plan_id}?user_id={user}"))
     assert still["name"] == "Plan"
 
 
@@ -86,7 +88,7 @@ def test_another_user_can_never_read_change_or_delete_a_plan(client: FlaskClient
 def test_invalid_plans_get_400_naming_the_field(client: FlaskClient, user: str, fields: dict, needle: str) -> None:
     response = create(client, user, **fields)
     assert response.status_code == 400, response.json
-    error = response.json["error"]
+    error = resp_json(response)["error"]
     assert error["code"] == "invalid_request"
     assert needle in error["message"], error
 
@@ -94,7 +96,7 @@ def test_invalid_plans_get_400_naming_the_field(client: FlaskClient, user: str, 
 def test_valid_schedules_are_stored(client: FlaskClient, user: str) -> None:
     response = create(client, user, schedule={"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"})
     assert response.status_code == 201
-    assert response.json["schedule"] == {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"}
+    assert resp_json(response)["schedule"] == {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"}
 
 
 @pytest.mark.parametrize(
@@ -113,7 +115,7 @@ def test_valid_schedules_are_stored(client: FlaskClient, user: str) -> None:
 def test_steps_are_checked_against_provider_schemas(client: FlaskClient, user: str, step: dict, needle: str) -> None:
     response = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
     assert response.status_code == 400
-    assert needle in response.json["error"]["message"], response.json
+    assert needle in resp_json(response)["error"]["message"], response.json
 
 
 def test_templated_params_are_checked_when_the_plan_runs(client: FlaskClient, user: str) -> None:
@@ -130,7 +132,7 @@ def test_the_readme_step_shape_names_every_step_field() -> None:
     import re
     from pathlib import Path
 
-    from plan_schema import Step
+    from pilot.steps.plan_schema import Step
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     shape = re.search(r"A step is `\{([^}]*)\}`", readme)

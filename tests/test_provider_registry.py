@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 from typing import Any, ClassVar  # noqa: E402
 
-from errors import NotFound, ValidationError  # noqa: E402
-from outbound import OutboundClient, OutboundPolicy  # noqa: E402
+from pilot.errors import NotFound, ValidationError  # noqa: E402
+from pilot.http.errors import status_for  # noqa: E402
+from pilot.security.outbound import OutboundClient, OutboundPolicy  # noqa: E402
 from provider_registry import (  # noqa: E402
     ActionSpec,
     CredentialSpec,
@@ -195,7 +196,7 @@ def test_unknown_provider_and_action_are_lookup_errors_naming_them() -> None:
         registry.get("nope")
     error = caught.value
     assert isinstance(error, LookupError) and isinstance(error, NotFound)
-    assert (error.status, error.code) == (404, "unknown_provider") and "'nope'" in error.message
+    assert (status_for(error), error.code) == (404, "unknown_provider") and "'nope'" in error.message
     assert error.details["known"] == ["echo"]
     with raises(UnknownActionError) as caught:
         registry.action("echo", "shout")
@@ -333,7 +334,7 @@ def test_validation_error_names_the_field() -> None:
     with raises(ValidationError) as caught:
         registry.validate_params("openai", "chat_completion", {"prompt": "hi", "temperature": 3})
     error = caught.value
-    assert error.status == 400 and error.code == "invalid_params"
+    assert status_for(error) == 400 and error.code == "invalid_params"
     assert error.message == "params.temperature: 3 is greater than the maximum of 2"
     assert error.details == [{"path": "params.temperature", "message": "3 is greater than the maximum of 2"}]
 

@@ -34,11 +34,11 @@ from fake_upstreams import (  # noqa: E402
     verify_signature,
 )
 
-from errors import ValidationError  # noqa: E402
-from outbound import OutboundClient, OutboundPolicy  # noqa: E402
+from pilot.errors import ValidationError  # noqa: E402
+from pilot.security.outbound import OutboundClient, OutboundPolicy  # noqa: E402
+from pilot.security.redaction import Redactor  # noqa: E402
 from provider_registry import ExecutionContext, Provider, ProviderResult, UnknownActionError  # noqa: E402
 from providers import registry  # noqa: E402
-from redaction import Redactor  # noqa: E402
 
 BUILTIN = {"openai", "groq", "anthropic", "webhook", "logic"}
 FAST_TIMEOUT = 0.3  # the fakes' SLOW replies take 1.5 s

@@ -19,13 +19,13 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from psycopg2 import sql
 from psycopg2.extras import Json
 
-from redaction import REDACTED
-from tests.conftest import admin_execute, make_app
+from pilot.application import PilotApp
+from pilot.security.redaction import REDACTED
+from tests.conftest import admin_execute, make_app, resp_json
 from tests.fake_upstreams import Reply, WebhookReceiver
 
 SHAPED = "sk-proj-" + "Ab1" * 10  # an OpenAI-shaped key nobody stored
@@ -58,14 +58,14 @@ def history(dsn: str) -> str:
 
 
 @pytest.fixture
-def ops_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
+def ops_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[PilotApp]:
     app = make_app(fresh_db, tmp_path, (fernet_key,))
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture
-def client(ops_app: Flask) -> FlaskClient:
+def client(ops_app: PilotApp) -> FlaskClient:
     return ops_app.test_client()
 
 
@@ -75,7 +75,7 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield fake
 
 
-def redact_history(app: Flask, *args: str) -> str:
+def redact_history(app: PilotApp, *args: str) -> str:
     result = app.test_cli_runner().invoke(args=["redact-history", *args])
     assert result.exit_code == 0, result.output
     return result.output
@@ -88,13 +88,13 @@ def webhook(url: str, **params: Any) -> dict[str, Any]:
 def run_plan(client: FlaskClient, user: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
     plan = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": steps})
     assert plan.status_code == 201, plan.json
-    run = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json={"user_id": user})
+    run = client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json={"user_id": user})
     assert run.status_code == 200, run.json
-    return run.json
+    return resp_json(run)
 
 
 def test_leaked_values_fragments_and_headers_are_redacted_and_a_rerun_changes_nothing(
-    ops_app: Flask, client: FlaskClient, fresh_db: str, receiver: WebhookReceiver
+    ops_app: PilotApp, client: FlaskClient, fresh_db: str, receiver: WebhookReceiver
 ) -> None:
     key = make_key()
     # The receiver echoes a key that alice has not stored yet: nothing could redact it, and the
@@ -102,13 +102,13 @@ def test_leaked_values_fragments_and_headers_are_redacted_and_a_rerun_changes_no
     echo = Reply(500, body="x" * 480 + key + " was refused")
     receiver.script(echo, echo)
     step = webhook(receiver.url + "/hook", method="GET")
-    answer = client.post("/api/execute-step", json={"user_id": "alice", "step": step}).json
+    answer = resp_json(client.post("/api/execute-step", json={"user_id": "alice", "step": step}))
     assert answer["error"]["message"].endswith(key[:20])
     run_plan(client, "alice", [step, {"provider": "logic", "action": "transform", "params": {"template": key}}])
     run_plan(client, "alice", [{"provider": "logic", "action": "transform", "params": {"template": {"k": key}}}])
     # Inline header values as earlier versions logged them, whole and in a truncated preview.
     inline = webhook(receiver.url + "/h", json={}, headers={"X-Api-Key": "inline-hdr-5555", "X-Trace": "t-visible"})
-    assert client.post("/api/execute-step", json={"user_id": "alice", "step": inline}).json["success"]
+    assert resp_json(client.post("/api/execute-step", json={"user_id": "alice", "step": inline}))["success"]
     (header_log,) = query(fresh_db, "SELECT max(id) FROM execution_logs")[0]
     query(
         fresh_db,
@@ -160,7 +160,7 @@ def test_leaked_values_fragments_and_headers_are_redacted_and_a_rerun_changes_no
 
 
 def test_plans_with_inline_secret_headers_are_reported_then_moved_into_the_vault_on_request(
-    ops_app: Flask, client: FlaskClient, fresh_db: str, receiver: WebhookReceiver
+    ops_app: PilotApp, client: FlaskClient, fresh_db: str, receiver: WebhookReceiver
 ) -> None:
     plan_key = "plan-inline-key-" + uuid.uuid4().hex
     steps = [
@@ -168,16 +168,16 @@ def test_plans_with_inline_secret_headers_are_reported_then_moved_into_the_vault
         webhook(receiver.url + "/h", headers={"X-Api-Key": "{{ input.key }}"}),  # a reference, not a secret
         {"provider": "logic", "action": "transform", "params": {"template": {"token": SHAPED}}},
     ]
-    plan = client.post("/api/plans", json={"user_id": "alice", "name": "p", "steps": steps}).json
+    plan = resp_json(client.post("/api/plans", json={"user_id": "alice", "name": "p", "steps": steps}))
     bob_steps = [webhook(receiver.url + "/b", headers={"x-api-key": "bob-inline-key-4444"})]
-    bob_plan = client.post("/api/plans", json={"user_id": "bob", "name": "p", "steps": bob_steps}).json
+    bob_plan = resp_json(client.post("/api/plans", json={"user_id": "bob", "name": "p", "steps": bob_steps}))
     client.post(
         "/api/provider-credentials/webhook", json={"user_id": "bob", "credentials": {"header:x-api-key": "other"}}
     )
 
     reported = redact_history(ops_app)
     print(reported)
-    assert client.get(f"/api/plans/{plan['id']}?user_id=alice").json["steps"] == plan["steps"]
+    assert resp_json(client.get(f"/api/plans/{plan['id']}?user_id=alice"))["steps"] == plan["steps"]
     assert f"plan {plan['id']} (alice): steps[0].params.headers.X-Api-Key" in reported, reported
     assert f"plan {plan['id']} (alice): steps[2].params.template.token" in reported, reported
     assert "steps[1]" not in reported
@@ -187,20 +187,22 @@ def test_plans_with_inline_secret_headers_are_reported_then_moved_into_the_vault
     moved = redact_history(ops_app, "--move-plan-headers")
     print(moved)
     assert "execution_plans: 2 scanned, 1 changed" in moved, moved
-    saved = client.get(f"/api/plans/{plan['id']}?user_id=alice").json["steps"]
+    saved = resp_json(client.get(f"/api/plans/{plan['id']}?user_id=alice"))["steps"]
     assert saved[0]["params"]["headers"] == {"X-Trace": "t"}
     assert saved[0]["params"]["auth"] == "header:X-Api-Key"
     assert saved[1:] == plan["steps"][1:]
     assert plan_key not in json.dumps(query(fresh_db, "SELECT steps FROM execution_plans"), default=str)
-    types = [row["type"] for row in client.get("/api/provider-credentials/webhook?user_id=alice").json["credentials"]]
+    types = [
+        row["type"] for row in resp_json(client.get("/api/provider-credentials/webhook?user_id=alice"))["credentials"]
+    ]
     assert types == ["header:X-Api-Key"]
     # bob already stores a different value for that header: his plan is left as it is, and said so.
-    assert client.get(f"/api/plans/{bob_plan['id']}?user_id=bob").json["steps"] == bob_plan["steps"]
+    assert resp_json(client.get(f"/api/plans/{bob_plan['id']}?user_id=bob"))["steps"] == bob_plan["steps"]
     assert f"plan {bob_plan['id']} (bob): steps[0].params.headers.x-api-key" in moved
     assert "already stores a different" in moved and "1 inline secret header(s) could not be moved" in moved
 
     run = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice", "input": {"key": "k-1"}})
-    assert run.json["status"] == "success", run.json
+    assert resp_json(run)["status"] == "success", run.json
     assert receiver.requests[0].header("X-Api-Key") == plan_key  # the moved plan still authenticates
     assert receiver.requests[0].header("X-Trace") == "t"
 
@@ -208,7 +210,7 @@ def test_plans_with_inline_secret_headers_are_reported_then_moved_into_the_vault
     assert "execution_plans: 2 scanned, 0 changed" in again, again
 
 
-def test_bad_batch_size_is_refused(ops_app: Flask) -> None:
+def test_bad_batch_size_is_refused(ops_app: PilotApp) -> None:
     result = ops_app.test_cli_runner().invoke(args=["redact-history", "--batch-size", "0"])
     assert result.exit_code != 0 and "--batch-size" in result.output
 
@@ -230,14 +232,14 @@ def test_refuses_a_role_that_cannot_see_every_user(
     try:
         result = app.test_cli_runner().invoke(args=["redact-history"])
     finally:
-        app.extensions["pilot"].db.close()
+        app.db.close()
     assert result.exit_code == 1
     assert "bypasses row-level security" in result.output
 
 
 def test_preview_headers_and_pieces_anywhere() -> None:
-    from history_redaction import redact_preview_headers
-    from redaction import Redactor
+    from pilot.ops.history_redaction import redact_preview_headers
+    from pilot.security.redaction import Redactor
 
     text = '{"url": "u", "headers": {"X-Trace": "a\\"b", "Cookie": "s=\\"1\\"", "X-Api-Key": "cut-off-va'
     assert redact_preview_headers(text) == (

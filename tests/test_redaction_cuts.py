@@ -20,9 +20,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from execution_engine import MAX_LOGGED_CHARS
-from providers._openai_compat import UPSTREAM_MESSAGE_CHARS
+from pilot.security.redaction import REDACTED, Redactor
+from providers._http import UPSTREAM_MESSAGE_CHARS
 from providers.webhook import BODY_CHARS
-from redaction import REDACTED, Redactor
+from tests.conftest import resp_json
 from tests.fake_upstreams import FakeServer, RecordedRequest, Reply, WebhookReceiver
 
 FRAGMENT = 8
@@ -96,9 +97,9 @@ def answers(client: FlaskClient, user: str, run: dict[str, Any] | None = None) -
 def run_plan(client: FlaskClient, user: str, step: dict[str, Any]) -> dict[str, Any]:
     plan = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
     assert plan.status_code == 201, plan.json
-    response = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json={"user_id": user})
+    response = client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json={"user_id": user})
     assert response.status_code == 200, response.json
-    return response.json
+    return resp_json(response)
 
 
 INSIDE = [8, 20, 30, 40]  # key characters before the cut (the key has 48)
@@ -117,10 +118,10 @@ def test_openai_error_text_cut_at_500_leaks_no_fragment(
     )
     assert stored.status_code == 200
     step = {"provider": "openai", "action": "chat_completion", "params": {"prompt": "hi"}}
-    answer = client.post("/api/execute-step", json={"user_id": user, "step": step}).json
+    answer = resp_json(client.post("/api/execute-step", json={"user_id": user, "step": step}))
     assert answer["error"]["code"] == "invalid_credentials", answer
     assert REDACTED in answer["error"]["message"]
-    checked = client.post(f"/api/provider-credentials/openai/test?user_id={user}").json
+    checked = resp_json(client.post(f"/api/provider-credentials/openai/test?user_id={user}"))
     run = run_plan(client, user, step)
     assert run["status"] == "error"
     for where, text in {
@@ -154,7 +155,7 @@ def test_webhook_reply_cut_leaks_no_fragment(
     receiver.script(*[Reply(status, body=straddle(key, inside, cut))] * 2)
     step = {"provider": "webhook", "action": "request", "params": {"url": receiver.url + "/hook", "method": "GET"}}
     step["retry"] = {"max_attempts": 1}
-    answer = client.post("/api/execute-step", json={"user_id": user, "step": step}).json
+    answer = resp_json(client.post("/api/execute-step", json={"user_id": user, "step": step}))
     assert answer["success"] is (status < 400), answer
     run = run_plan(client, user, step)
     for where, text in {
@@ -179,9 +180,9 @@ def test_logged_output_cut_leaks_no_fragment(
     assert len(body) < BODY_CHARS
     receiver.script(Reply(200, body=body))
     step = {"provider": "webhook", "action": "request", "params": {"url": receiver.url + "/hook", "method": "GET"}}
-    answer = client.post("/api/execute-step", json={"user_id": user, "step": step}).json
+    answer = resp_json(client.post("/api/execute-step", json={"user_id": user, "step": step}))
     assert answer["success"] is True
-    [row] = client.get(f"/api/logs?user_id={user}").json["logs"]
+    [row] = resp_json(client.get(f"/api/logs?user_id={user}"))["logs"]
     assert row["output"]["truncated"] is True
     for where, text in {
         "execute-step": json.dumps(answer),

@@ -9,11 +9,12 @@ answered 500 before the request guard and the field checks existed.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 from tests.test_http_errors import assert_json_error
 
 NUL = "\u0000"
@@ -29,7 +30,7 @@ def post_raw(client: FlaskClient, url: str, text: str):
 
 
 def fields(response) -> list[str]:
-    return [item["field"] for item in response.json["error"]["details"]]
+    return [item["field"] for item in resp_json(response)["error"]["details"]]
 
 
 @pytest.mark.parametrize(
@@ -58,11 +59,11 @@ def test_nul_anywhere_in_a_plan_is_400_naming_the_field(client: FlaskClient, use
 
 
 def test_nul_in_a_patched_name_is_400(client: FlaskClient, user: str) -> None:
-    plan = client.post("/api/plans", json={"user_id": user, "name": "ok"}).json
+    plan = resp_json(client.post("/api/plans", json={"user_id": user, "name": "ok"}))
     response = client.patch(f"/api/plans/{plan['id']}", json={"user_id": user, "name": f"x{NUL}"})
     assert_json_error(response, 400, "invalid_request")
     assert fields(response) == ["name"]
-    assert client.get(f"/api/plans/{plan['id']}?user_id={user}").json["name"] == "ok"
+    assert resp_json(client.get(f"/api/plans/{plan['id']}?user_id={user}"))["name"] == "ok"
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,7 @@ def test_lone_surrogates_are_400(client: FlaskClient, user: str) -> None:
     text = f'{{"user_id": "{user}", "credentials": {{"api_key": "sk-\\ud800abcdef"}}}}'
     response = post_raw(client, "/api/provider-credentials/openai", text)
     assert_json_error(response, 400, "invalid_request")
-    assert client.get(f"/api/provider-credentials?user_id={user}").json["credentials"] == []
+    assert resp_json(client.get(f"/api/provider-credentials?user_id={user}"))["credentials"] == []
 
 
 @pytest.mark.parametrize("depth", [101, 1_000, 100_000])
@@ -122,7 +123,7 @@ def test_json_nested_deeper_than_100_is_400_everywhere(client: FlaskClient, user
 
 def test_json_nested_100_deep_is_accepted(client: FlaskClient, user: str) -> None:
     # The body object is level 1, params level 4 (body > steps > step > params), so 96 more fit.
-    step = {"provider": "logic", "action": "transform", "params": {"template": json.loads(nested(96))}}
+    step: dict[str, Any] = {"provider": "logic", "action": "transform", "params": {"template": json.loads(nested(96))}}
     response = client.post("/api/plans", json={"user_id": user, "name": "deep", "steps": [step]})
     assert response.status_code == 201, response.get_data(as_text=True)
     step["params"]["template"] = json.loads(nested(97))
@@ -188,7 +189,7 @@ def test_since_outside_what_the_database_holds_is_400(client: FlaskClient, user:
 @pytest.mark.parametrize("since", ["2024-01-01", "2024-01-01T00:00:00Z", "2024-01-01T10:00:00%2B05:30"])
 def test_since_in_iso_8601_still_filters(client: FlaskClient, user: str, since: str) -> None:
     response = client.get(f"/api/logs?user_id={user}&since={since}")
-    assert response.status_code == 200 and response.json["logs"] == []
+    assert response.status_code == 200 and resp_json(response)["logs"] == []
 
 
 # --- Host check: dev mode answers loopback names only (issue 7, item 17) -----------------------
@@ -205,7 +206,7 @@ def app_with(session_db: str, tmp_path, fernet_key: str):
 
     yield build
     for app in apps:
-        app.extensions["pilot"].db.close()
+        app.db.close()
 
 
 LOOPBACK_HOSTS = ["localhost", "localhost:5000", "LocalHost:1", "127.0.0.1", "127.0.0.1:5000", "127.9.8.7:80", "[::1]"]
@@ -229,7 +230,7 @@ def test_dev_mode_refuses_other_hosts_as_a_rebinding_page_would_send(client: Fla
     ):
         error = assert_json_error(response, 403, "host_not_allowed")
         assert "ALLOWED_HOSTS" in error["message"]
-    assert client.get(f"/api/plans?user_id={user}").json["plans"] == []  # nothing was created
+    assert resp_json(client.get(f"/api/plans?user_id={user}"))["plans"] == []  # nothing was created
 
 
 def test_allowed_hosts_adds_names_in_dev_mode(app_with) -> None:

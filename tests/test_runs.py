@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-import store
 from execution_engine import ExecutionEngine
+from pilot.application import PilotApp
+from pilot.data import store
 from provider_registry import ActionSpec, ExecutionContext, Provider, ProviderRegistry, ProviderResult
 from providers.logic import LogicProvider
+from tests.conftest import resp_json
 from tests.fake_upstreams import Reply, WebhookReceiver
 
 ACTIVE = ("queued", "running")
@@ -32,10 +33,10 @@ def receiver() -> Iterator[WebhookReceiver]:
 def finished_run(client: FlaskClient, user: str, run: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
     """``run`` as ``GET /api/runs/<id>`` shows it once it left queued/running (or when ``timeout`` s passed)."""
     deadline = time.monotonic() + timeout
-    current = client.get(f"/api/runs/{run['id']}?user_id={user}").json
+    current = resp_json(client.get(f"/api/runs/{run['id']}?user_id={user}"))
     while current["status"] in ACTIVE and time.monotonic() < deadline:
         time.sleep(0.05)
-        current = client.get(f"/api/runs/{run['id']}?user_id={user}").json
+        current = resp_json(client.get(f"/api/runs/{run['id']}?user_id={user}"))
     return current
 
 
@@ -49,13 +50,13 @@ def run_through_api(
     if input_ is not None:
         body["input"] = input_
     if mode == "wait":
-        response = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json=body)
+        response = client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json=body)
         assert response.status_code == 200, response.json
-        return response.json
-    response = client.post(f"/api/plans/{plan.json['id']}/run", json=body)
+        return resp_json(response)
+    response = client.post(f"/api/plans/{resp_json(plan)['id']}/run", json=body)
     assert response.status_code == 202, response.json
-    assert response.json["status"] == "queued"
-    return finished_run(client, user, response.json)
+    assert resp_json(response)["status"] == "queued"
+    return finished_run(client, user, resp_json(response))
 
 
 MODES = pytest.mark.parametrize("mode", ["wait", "poll"])
@@ -163,17 +164,16 @@ class ReturnsBytes(Provider):
         return ProviderResult.ok()
 
 
-def test_a_result_postgres_cannot_store_fails_only_its_step_with_its_log_row(app: Flask, user: str) -> None:
+def test_a_result_postgres_cannot_store_fails_only_its_step_with_its_log_row(app: PilotApp, user: str) -> None:
     registry = ProviderRegistry()
     registry.register(ReturnsBytes)
     registry.register(LogicProvider)
-    svc = app.extensions["pilot"]
-    engine = ExecutionEngine(svc.settings, svc.db, svc.vault, registry)
+    engine = ExecutionEngine(app.settings, app.db, app.vault, registry)
     steps = [
         {"id": "bug", "provider": "returns_bytes", "action": "go", "params": {}, "continue_on_error": True},
         {"id": "after", "provider": "logic", "action": "transform", "params": {"template": "still runs"}},
     ]
-    with svc.db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         plan = store.insert_plan(cur, user, {"name": "p", "steps": steps, "timezone": "UTC", "enabled": True})
     try:
         run = engine.create_run(user, plan["id"], "manual")
@@ -184,7 +184,7 @@ def test_a_result_postgres_cannot_store_fails_only_its_step_with_its_log_row(app
     assert finished is not None and finished["status"] == "success"
     assert [(s["id"], s["status"]) for s in finished["step_results"]] == [("bug", "error"), ("after", "success")]
     assert finished["step_results"][0]["result"]["error"]["code"] == "result_unstorable"
-    with svc.db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         logged = store.run_logs(cur, user, run["id"])
     assert [(row["step_id"], row["status"], row["error_code"]) for row in logged] == [
         ("bug", "error", "result_unstorable"),

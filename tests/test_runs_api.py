@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-import store
+from pilot.application import PilotApp
+from pilot.data import store
+from tests.conftest import resp_json
 
 OK_STEP = {"id": "hello", "provider": "logic", "action": "transform", "params": {"template": "hi"}}
 # A missing reference is a step error, so a run of this plan ends in 'error' with no network involved.
@@ -18,28 +19,28 @@ BAD_STEP = {"id": "broken", "provider": "logic", "action": "transform", "params"
 def make_plan(client: FlaskClient, user: str, name: str, step: dict[str, Any]) -> int:
     response = client.post("/api/plans", json={"user_id": user, "name": name, "steps": [step]})
     assert response.status_code == 201, response.json
-    return int(response.json["id"])
+    return int(resp_json(response)["id"])
 
 
 def run(client: FlaskClient, user: str, plan_id: int, trigger: str = "manual") -> dict[str, Any]:
     response = client.post(f"/api/plans/{plan_id}/run?wait=true", json={"user_id": user, "trigger": trigger})
     assert response.status_code == 200, response.json
-    return response.json
+    return resp_json(response)
 
 
 def listed(client: FlaskClient, user: str, query: str = "") -> list[dict[str, Any]]:
     response = client.get(f"/api/runs?user_id={user}{query}")
     assert response.status_code == 200, response.json
-    return response.json["runs"]
+    return resp_json(response)["runs"]
 
 
 @pytest.fixture
-def history(app: Flask, client: FlaskClient, user: str) -> dict[str, Any]:
+def history(app: PilotApp, client: FlaskClient, user: str) -> dict[str, Any]:
     """Two plans of ``user``: good (manual, api and schedule runs) and bad (one failed run)."""
     good = make_plan(client, user, "Good plan", OK_STEP)
     bad = make_plan(client, user, "Bad plan", BAD_STEP)
     runs = [run(client, user, good), run(client, user, bad), run(client, user, good, trigger="api")]
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         scheduled = store.insert_run(
             cur, user, good, trigger="schedule", owner_id="test", scheduled_for="2026-01-01T09:00:00Z"
         )
@@ -84,7 +85,7 @@ def test_before_pages_through_by_id_without_gaps_or_repeats(client: FlaskClient,
     for _ in range(10):  # four runs: the loop must end well before this bound
         response = client.get(f"/api/runs?user_id={user}{query}")
         assert response.status_code == 200
-        body = response.json
+        body = resp_json(response)
         seen += [r["id"] for r in body["runs"]]
         if body["next_before"] is None:
             break
@@ -116,7 +117,7 @@ def test_another_users_runs_are_never_listed(client: FlaskClient, user: str, oth
 def test_bad_filters_are_400_naming_the_parameter(client: FlaskClient, user: str, query: str) -> None:
     response = client.get(f"/api/runs?user_id={user}&{query}")
     assert response.status_code == 400
-    assert query.split("=")[0] in response.json["error"]["message"]
+    assert query.split("=")[0] in resp_json(response)["error"]["message"]
 
 
 def test_runs_list_needs_a_user(client: FlaskClient) -> None:
@@ -126,7 +127,7 @@ def test_runs_list_needs_a_user(client: FlaskClient) -> None:
 def test_the_answer_matches_its_openapi_schema(client: FlaskClient, user: str, history: dict) -> None:
     from tests.test_openapi import check
 
-    document = client.get("/api/openapi.json").json
+    document = resp_json(client.get("/api/openapi.json"))
     assert "get" in document["paths"]["/api/runs"]
-    check(document, "RunSummaryList", client.get(f"/api/runs?user_id={user}").json)
-    check(document, "RunSummaryList", client.get(f"/api/runs?user_id={user}&limit=1").json)
+    check(document, "RunSummaryList", resp_json(client.get(f"/api/runs?user_id={user}")))
+    check(document, "RunSummaryList", resp_json(client.get(f"/api/runs?user_id={user}&limit=1")))

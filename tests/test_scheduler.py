@@ -11,11 +11,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from flask import Flask
 
-import store
+from pilot.application import PilotApp
+from pilot.data import store
 from scheduler import PilotScheduler, build_trigger, fire_times, slot
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import Reply, WebhookReceiver
 
 TICK = {"provider": "logic", "action": "transform", "params": {"template": "tick"}}
@@ -32,11 +32,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
 
 
 @pytest.fixture
-def apps(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Callable[..., Flask]]:
+def apps(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Callable[..., PilotApp]]:
     """Build apps on one fresh database (so whole-table checks see only this test); closes them after."""
-    built: list[Flask] = []
+    built: list[PilotApp] = []
 
-    def build(**overrides: Any) -> Flask:
+    def build(**overrides: Any) -> PilotApp:
         config = {"scheduler_enabled": True, "run_lease_seconds": 3, **overrides}
         app = make_app(fresh_db, tmp_path, (fernet_key,), **config)
         built.append(app)
@@ -44,23 +44,22 @@ def apps(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Callable[..
 
     yield build
     for app in built:
-        svc = app.extensions["pilot"]
-        if svc.scheduler is not None:
-            svc.scheduler.stop(timeout=5)
-        svc.engine.shutdown(wait=True)
-        svc.db.close()
+        if app.scheduler is not None:
+            app.scheduler.stop(timeout=5)
+        app.engine.shutdown(wait=True)
+        app.db.close()
 
 
-def create_plan(app: Flask, user: str, schedule: dict[str, Any], steps: list | None = None) -> dict[str, Any]:
+def create_plan(app: PilotApp, user: str, schedule: dict[str, Any], steps: list | None = None) -> dict[str, Any]:
     response = app.test_client().post(
         "/api/plans", json={"user_id": user, "name": "sched", "steps": steps or [TICK], "schedule": schedule}
     )
     assert response.status_code == 201, response.json
-    return response.json
+    return resp_json(response)
 
 
-def runs_of(app: Flask, user: str, plan_id: int) -> list[dict[str, Any]]:
-    with app.extensions["pilot"].db.transaction(user) as cur:
+def runs_of(app: PilotApp, user: str, plan_id: int) -> list[dict[str, Any]]:
+    with app.db.transaction(user) as cur:
         return list(reversed(store.list_runs(cur, user, plan_id, limit=10_000, offset=0)))
 
 
@@ -73,7 +72,7 @@ def admin(dsn: str, statement: str, params: tuple = ()) -> None:
         conn.close()
 
 
-def test_concurrent_firings_of_one_slot_run_exactly_once(apps: Callable[..., Flask], user: str) -> None:
+def test_concurrent_firings_of_one_slot_run_exactly_once(apps: Callable[..., PilotApp], user: str) -> None:
     instances = [apps() for _ in range(4)]
     schedulers = [PilotScheduler(app) for app in instances]
     plan = create_plan(instances[0], user, {"interval_seconds": 60})
@@ -93,19 +92,20 @@ def test_concurrent_firings_of_one_slot_run_exactly_once(apps: Callable[..., Fla
         for t in threads:
             t.join(timeout=30)
         for app in instances:  # the run finishes before the next slot, as a 60 s interval allows
-            app.extensions["pilot"].engine.drain(10)
+            app.engine.drain(10)
     assert len([w for w in won if w is not None]) == len(slots)
     runs = runs_of(instances[0], user, plan["id"])
     assert sorted(r["scheduled_for"] for r in runs) == slots
     assert {r["status"] for r in runs} == {"success"} and {r["trigger"] for r in runs} == {"schedule"}
 
 
-def test_a_plan_still_running_is_not_started_twice(apps: Callable[..., Flask], user: str) -> None:
+def test_a_plan_still_running_is_not_started_twice(apps: Callable[..., PilotApp], user: str) -> None:
     app = apps()
     scheduler = PilotScheduler(app)
     plan = create_plan(app, user, {"interval_seconds": 1})
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         running = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="someone")
+    assert running is not None
     now = slot(datetime.now(UTC))
     assert scheduler.fire(plan["id"], user, [now], now=now) is None
     runs = {r["id"]: r for r in runs_of(app, user, plan["id"])}
@@ -115,7 +115,7 @@ def test_a_plan_still_running_is_not_started_twice(apps: Callable[..., Flask], u
 
 
 def test_downtime_gives_one_catch_up_run_and_records_the_rest_skipped(
-    apps: Callable[..., Flask], user: str, fresh_db: str
+    apps: Callable[..., PilotApp], user: str, fresh_db: str
 ) -> None:
     a, b = apps(), apps()
     plan = create_plan(a, user, {"interval_seconds": 60})
@@ -137,15 +137,15 @@ def test_downtime_gives_one_catch_up_run_and_records_the_rest_skipped(
     for t in threads:
         t.join(timeout=30)
     assert len([r for r in results if r is not None]) == 1  # one process won the catch-up
-    a.extensions["pilot"].engine.drain(10)
-    b.extensions["pilot"].engine.drain(10)
+    a.engine.drain(10)
+    b.engine.drain(10)
     runs = runs_of(a, user, plan["id"])
     assert [r["scheduled_for"] for r in runs if r["status"] == "success"] == [missed[-1]]
     assert sorted(r["scheduled_for"] for r in runs if r["status"] == "skipped") == missed[:-1]
     assert all("missed" in r["error"] for r in runs if r["status"] == "skipped")
 
 
-def test_missed_slots_older_than_the_grace_window_are_only_recorded(apps: Callable[..., Flask], user: str) -> None:
+def test_missed_slots_older_than_the_grace_window_are_only_recorded(apps: Callable[..., PilotApp], user: str) -> None:
     app = apps(misfire_grace_seconds=30)
     scheduler = PilotScheduler(app)
     plan = create_plan(app, user, {"interval_seconds": 60})
@@ -155,17 +155,18 @@ def test_missed_slots_older_than_the_grace_window_are_only_recorded(apps: Callab
     assert [r["status"] for r in runs_of(app, user, plan["id"])] == ["skipped", "skipped"]
 
 
-def test_two_started_schedulers_run_every_slot_once(apps: Callable[..., Flask], user: str) -> None:
+def test_two_started_schedulers_run_every_slot_once(apps: Callable[..., PilotApp], user: str) -> None:
     a, b = apps(), apps()
     plans = [create_plan(a, user, {"interval_seconds": 1}) for _ in range(3)]
     started = datetime.now(UTC)
     for app in (a, b):
         scheduler = PilotScheduler(app)
         scheduler.start()
-        app.extensions["pilot"].scheduler = scheduler
+        app.scheduler = scheduler
     time.sleep(3.2)
     for app in (a, b):
-        app.extensions["pilot"].scheduler.stop(timeout=5)
+        assert app.scheduler is not None
+        app.scheduler.stop(timeout=5)
     stopped = datetime.now(UTC)
     for plan in plans:
         runs = runs_of(a, user, plan["id"])
@@ -180,11 +181,11 @@ def test_two_started_schedulers_run_every_slot_once(apps: Callable[..., Flask], 
         assert lags and max(lags) < 1.0
 
 
-def test_schedule_changes_reach_another_process_within_two_seconds(apps: Callable[..., Flask], user: str) -> None:
+def test_schedule_changes_reach_another_process_within_two_seconds(apps: Callable[..., PilotApp], user: str) -> None:
     a, b = apps(), apps()
     watcher = PilotScheduler(b)
     watcher.start()
-    b.extensions["pilot"].scheduler = watcher
+    b.scheduler = watcher
     plan = create_plan(a, user, {"interval_seconds": 3600})
     job_id = f"plan-{plan['id']}"
 
@@ -204,18 +205,20 @@ def test_schedule_changes_reach_another_process_within_two_seconds(apps: Callabl
 
 
 def test_runs_of_a_dead_owner_are_interrupted_with_the_step_in_flight_named(
-    apps: Callable[..., Flask], user: str, fresh_db: str
+    apps: Callable[..., PilotApp], user: str, fresh_db: str
 ) -> None:
     app = apps()
     plan = create_plan(app, user, {"interval_seconds": 3600})
     in_flight = [{"index": 0, "id": "notify", "provider": "webhook", "action": "request", "status": "running"}]
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         run = store.insert_run(
             cur, user, plan["id"], trigger="schedule", owner_id="dead-host:1:x", scheduled_for=slot(datetime.now(UTC))
         )
+        assert run is not None
         store.start_run(cur, user, run["id"], "dead-host:1:x")
         store.progress_run(cur, user, run["id"], in_flight)
         fresh = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="alive-host:2:y")
+        assert fresh is not None
     admin(
         fresh_db,
         "UPDATE plan_runs SET heartbeat_at = now() - interval '10 seconds', "
@@ -224,32 +227,33 @@ def test_runs_of_a_dead_owner_are_interrupted_with_the_step_in_flight_named(
     )
     reaped = PilotScheduler(app).reap()
     assert [r["run_id"] for r in reaped] == [run["id"]]
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         dead = store.get_run(cur, user, run["id"])
         alive = store.get_run(cur, user, fresh["id"])
+    assert dead is not None and alive is not None
     assert dead["status"] == "interrupted" and dead["finished_at"] is not None
     assert "lease expired" in dead["error"] and "notify (webhook.request) was in flight" in dead["error"]
     assert "outcome is unknown" in dead["error"]
     assert alive["status"] == "queued"
 
 
-def test_shutdown_waits_then_marks_unfinished_runs_interrupted(apps: Callable[..., Flask], user: str) -> None:
+def test_shutdown_waits_then_marks_unfinished_runs_interrupted(apps: Callable[..., PilotApp], user: str) -> None:
     app = apps()
     with WebhookReceiver() as receiver:
         receiver.script(Reply(json={"ok": True}, delay=2.0))
         slow = {"id": "slow", "provider": "webhook", "action": "request", "params": {"url": receiver.url + "/slow"}}
         plan = create_plan(app, user, {"interval_seconds": 3600}, steps=[slow])
         client = app.test_client()
-        run = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": user}).json
+        run = resp_json(client.post(f"/api/plans/{plan['id']}/run", json={"user_id": user}))
         assert wait_for(lambda: receiver.requests, 5.0)
         scheduler = PilotScheduler(app)
         scheduler.stop(timeout=0.2)
-        finished = client.get(f"/api/runs/{run['id']}?user_id={user}").json
+        finished = resp_json(client.get(f"/api/runs/{run['id']}?user_id={user}"))
     assert finished["status"] == "interrupted"
     assert "shut down" in finished["error"] and "slow (webhook.request) was in flight" in finished["error"]
 
 
-def test_pause_on_failure_disables_the_plan(apps: Callable[..., Flask], user: str) -> None:
+def test_pause_on_failure_disables_the_plan(apps: Callable[..., PilotApp], user: str) -> None:
     app = apps()
     scheduler = PilotScheduler(app)
     failing = {"provider": "logic", "action": "transform", "params": {"template": "{{ steps.nothing.data }}"}}
@@ -257,41 +261,41 @@ def test_pause_on_failure_disables_the_plan(apps: Callable[..., Flask], user: st
     now = slot(datetime.now(UTC))
     for moment in (now - timedelta(minutes=1), now):
         assert scheduler.fire(plan["id"], user, [moment], now=moment) is not None
-        app.extensions["pilot"].engine.drain(10)
-    fetched = app.test_client().get(f"/api/plans/{plan['id']}?user_id={user}").json
+        app.engine.drain(10)
+    fetched = resp_json(app.test_client().get(f"/api/plans/{plan['id']}?user_id={user}"))
     assert fetched["enabled"] is False
     assert scheduler.fire(plan["id"], user, [now + timedelta(minutes=1)], now=now + timedelta(minutes=1)) is None
 
 
-def test_jobs_endpoint_and_pause_resume(apps: Callable[..., Flask], user: str, other_user: str) -> None:
+def test_jobs_endpoint_and_pause_resume(apps: Callable[..., PilotApp], user: str, other_user: str) -> None:
     app = apps()
     client = app.test_client()
     cron = create_plan(app, user, {"cron": "0 9 * * *", "timezone": "Europe/Berlin"})
     create_plan(app, other_user, {"interval_seconds": 10})
-    unscheduled = client.post("/api/plans", json={"user_id": user, "name": "x", "steps": []}).json
-    jobs = client.get(f"/api/scheduler/jobs?user_id={user}").json["jobs"]
+    unscheduled = resp_json(client.post("/api/plans", json={"user_id": user, "name": "x", "steps": []}))
+    jobs = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"]
     assert [j["plan_id"] for j in jobs] == [cron["id"]]
     upcoming = datetime.fromisoformat(jobs[0]["next_run_time"])
     assert upcoming.astimezone(fire_times.__globals__["ZoneInfo"]("Europe/Berlin")).hour == 9
     assert set(jobs[0]) >= {"id", "plan_id", "next_run_time", "trigger"}
     assert client.post(f"/api/plans/{cron['id']}/pause", json={"user_id": other_user}).status_code == 404
     assert client.post(f"/api/plans/{unscheduled['id']}/pause", json={"user_id": user}).status_code == 400
-    assert client.post(f"/api/plans/{cron['id']}/pause", json={"user_id": user}).json["enabled"] is False
-    assert client.get(f"/api/scheduler/jobs?user_id={user}").json["jobs"][0]["next_run_time"] is None
-    assert client.post(f"/api/plans/{cron['id']}/resume", json={"user_id": user}).json["enabled"] is True
+    assert resp_json(client.post(f"/api/plans/{cron['id']}/pause", json={"user_id": user}))["enabled"] is False
+    assert resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"][0]["next_run_time"] is None
+    assert resp_json(client.post(f"/api/plans/{cron['id']}/resume", json={"user_id": user}))["enabled"] is True
 
 
-def test_health_reports_the_scheduler(apps: Callable[..., Flask]) -> None:
+def test_health_reports_the_scheduler(apps: Callable[..., PilotApp]) -> None:
     app = apps()
     from scheduler import start_for_serving, stop_for_serving
 
     assert start_for_serving(app) is not None
-    assert app.test_client().get("/api/health").json["scheduler"]["status"] == "running"
+    assert resp_json(app.test_client().get("/api/health"))["scheduler"]["status"] == "running"
     stop_for_serving(app, timeout=2)
-    assert app.test_client().get("/api/health").json["scheduler"]["status"] == "stopped"
+    assert resp_json(app.test_client().get("/api/health"))["scheduler"]["status"] == "stopped"
 
 
-def test_pause_for_shutdown_stops_firing_but_keeps_leases(apps: Callable[..., Flask], user: str) -> None:
+def test_pause_for_shutdown_stops_firing_but_keeps_leases(apps: Callable[..., PilotApp], user: str) -> None:
     from scheduler import pause_for_shutdown, start_for_serving
 
     app = apps()
@@ -300,16 +304,16 @@ def test_pause_for_shutdown_stops_firing_but_keeps_leases(apps: Callable[..., Fl
     plan = create_plan(app, user, {"interval_seconds": 1})
     assert wait_for(lambda: runs_of(app, user, plan["id"]), 5.0), "the schedule never fired"
     pause_for_shutdown(app)
-    app.extensions["pilot"].engine.drain(5)
+    app.engine.drain(5)
     fired = len(runs_of(app, user, plan["id"]))
     time.sleep(2.2)
     assert len(runs_of(app, user, plan["id"])) == fired
-    assert app.test_client().get("/api/health").json["scheduler"]["status"] == "stopped"
+    assert resp_json(app.test_client().get("/api/health"))["scheduler"]["status"] == "stopped"
     assert all(thread.is_alive() for thread in scheduler._threads)  # listener and lease keeper go on
 
 
 def test_scheduler_start_survives_a_database_that_is_down(
-    apps: Callable[..., Flask], tmp_path: Path, fernet_key: str
+    apps: Callable[..., PilotApp], tmp_path: Path, fernet_key: str
 ) -> None:
     down = make_app(
         "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", tmp_path, (fernet_key,), scheduler_enabled=True
@@ -327,11 +331,11 @@ def test_scheduler_start_survives_a_database_that_is_down(
         assert all(thread.is_alive() for thread in scheduler._threads)  # the listener keeps reconnecting
     finally:
         scheduler.stop(timeout=1)
-        down.extensions["pilot"].db.close()
+        down.db.close()
 
 
 def test_a_firing_that_races_shutdown_never_leaves_its_run_queued(
-    apps: Callable[..., Flask], user: str, monkeypatch: pytest.MonkeyPatch
+    apps: Callable[..., PilotApp], user: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 7 item 14: shutdown starts after a firing claimed its slot and before it hands the run over."""
     app = apps()
@@ -366,34 +370,35 @@ def test_a_firing_that_races_shutdown_never_leaves_its_run_queued(
     assert runs[0]["status"] in ("success", "interrupted"), runs[0]  # run, or ended: never left queued
 
 
-def test_a_run_accepted_after_the_engine_stopped_is_ended_with_503(apps: Callable[..., Flask], user: str) -> None:
+def test_a_run_accepted_after_the_engine_stopped_is_ended_with_503(apps: Callable[..., PilotApp], user: str) -> None:
     app = apps()
     plan = create_plan(app, user, {"interval_seconds": 3600})
-    app.extensions["pilot"].engine.shutdown(wait=True)
+    app.engine.shutdown(wait=True)
     client = app.test_client()
     response = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": user})
     assert response.status_code == 503, response.json
     assert [r["status"] for r in runs_of(app, user, plan["id"])] == ["interrupted"]
 
 
-def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[..., Flask], user: str) -> None:
+def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[..., PilotApp], user: str) -> None:
     """Issue 7 item 3: never a run left running by a live process; its lease is renewed only while executed."""
     from execution_engine import process_owner_id
 
     app = apps(run_lease_seconds=2)
     scheduler = PilotScheduler(app)
     plan = create_plan(app, user, {"interval_seconds": 3600})
-    with app.extensions["pilot"].db.transaction(user) as cur:
+    with app.db.transaction(user) as cur:
         orphan = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id=process_owner_id(), lease_seconds=2)
+        assert orphan is not None
         store.start_run(cur, user, orphan["id"], process_owner_id(), lease_seconds=2)
     scheduler.start()  # this process is alive and keeps leases, but nothing executes the orphan
-    app.extensions["pilot"].scheduler = scheduler
+    app.scheduler = scheduler
     assert wait_for(lambda: runs_of(app, user, plan["id"])[0]["status"] == "interrupted", 15.0)
     assert "lease expired" in runs_of(app, user, plan["id"])[0]["error"]
 
 
 def test_checklist_scheduler_jobs_verbatim_without_a_user(
-    apps: Callable[..., Flask], user: str, tmp_path: Path, fernet_key: str, fresh_db: str
+    apps: Callable[..., PilotApp], user: str, tmp_path: Path, fernet_key: str, fresh_db: str
 ) -> None:
     """Issue 7 item 11: Phase 6's `curl http://localhost:5000/api/scheduler/jobs`, exactly as written."""
     disabled = apps(scheduler_enabled=False)
@@ -414,12 +419,12 @@ def test_checklist_scheduler_jobs_verbatim_without_a_user(
     assert anonymous.json == {"jobs": [], "scheduler": {"status": "running", "jobs": 1}}
     named = client.get(f"/api/scheduler/jobs?user_id={user}")
     assert named.status_code == 200
-    assert [job["plan_id"] for job in named.json["jobs"]] == [plan["id"]]
-    assert named.json["scheduler"] == {"status": "running", "jobs": 1}
+    assert [job["plan_id"] for job in resp_json(named)["jobs"]] == [plan["id"]]
+    assert resp_json(named)["scheduler"] == {"status": "running", "jobs": 1}
 
     token_mode = make_app(fresh_db, tmp_path, (fernet_key,), auth_mode="token", jwt_secret="s" * 32)
     try:
         refused = token_mode.test_client().get("/api/scheduler/jobs")
-        assert refused.status_code == 401 and refused.json["error"]["code"] == "unauthorized"
+        assert refused.status_code == 401 and resp_json(refused)["error"]["code"] == "unauthorized"
     finally:
-        token_mode.extensions["pilot"].db.close()
+        token_mode.db.close()

@@ -4,8 +4,9 @@ import copy
 
 import pytest
 
-import templating
-from templating import MissingReference, TemplateError, evaluate, references, render, truthy
+from pilot.http.errors import status_for
+from pilot.steps import templating
+from pilot.steps.templating import MissingReference, TemplateError, evaluate, references, render, truthy
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_missing_reference_names_path_and_expression(context: dict) -> None:
     with pytest.raises(MissingReference) as info:
         render({"body": {"text": "x {{ steps.nope.data }}"}}, context)
     error = info.value
-    assert (error.status, error.code) == (400, "missing_reference")
+    assert (status_for(error), error.code) == (400, "missing_reference")
     assert "params.body.text" in error.message
     assert "steps.nope.data" in error.message
     assert error.details == {"path": "params.body.text", "expression": "steps.nope.data"}
@@ -121,7 +122,7 @@ def test_refused_templates_raise_template_error(context: dict, template: str) ->
     assert not isinstance(info.value, MissingReference)
     # Nesting too deep to evaluate is refused as too large (see test_expression_bounds).
     expected = "expression_too_large" if "[" * 400 in template else "template_error"
-    assert (info.value.status, info.value.code) == (400, expected)
+    assert (status_for(info.value), info.value.code) == (400, expected)
     assert info.value.message.startswith("params.p: ")
 
 

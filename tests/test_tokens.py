@@ -10,28 +10,28 @@ from pathlib import Path
 import jwt
 import psycopg2
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-import tokens
-from tests.conftest import make_app
+from pilot.application import PilotApp
+from pilot.security import tokens
+from tests.conftest import make_app, resp_json
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
 
 
 @pytest.fixture
-def token_app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Flask]:
+def token_app(session_db: str, tmp_path: Path, fernet_key: str) -> Iterator[PilotApp]:
     app = make_app(session_db, tmp_path, (fernet_key,), auth_mode="token", jwt_secret=JWT_SECRET)
     yield app
-    app.extensions["pilot"].db.close()
+    app.db.close()
 
 
 @pytest.fixture
-def token_client(token_app: Flask) -> FlaskClient:
+def token_client(token_app: PilotApp) -> FlaskClient:
     return token_app.test_client()
 
 
-def create_token(app: Flask, user: str, *extra: str) -> tuple[int, str]:
+def create_token(app: PilotApp, user: str, *extra: str) -> tuple[int, str]:
     result = app.test_cli_runner().invoke(args=["create-token", user, *extra])
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
@@ -47,7 +47,7 @@ def make_jwt(subject: str, *, expires_in: int = 300, secret: str = JWT_SECRET) -
     return jwt.encode({"sub": subject, "exp": int(time.time()) + expires_in}, secret, algorithm="HS256")
 
 
-def test_create_token_prints_a_token_stored_only_as_its_hash(token_app: Flask, session_db: str, user: str) -> None:
+def test_create_token_prints_a_token_stored_only_as_its_hash(token_app: PilotApp, session_db: str, user: str) -> None:
     token_id, token = create_token(token_app, user, "--name", "ci")
     assert token.startswith("pilot_") and len(token) == len("pilot_") + 43
     conn = psycopg2.connect(session_db)
@@ -65,38 +65,38 @@ def test_create_token_prints_a_token_stored_only_as_its_hash(token_app: Flask, s
     assert plain == 0
 
 
-def test_api_token_authenticates_as_its_user(token_app: Flask, token_client: FlaskClient, user: str) -> None:
+def test_api_token_authenticates_as_its_user(token_app: PilotApp, token_client: FlaskClient, user: str) -> None:
     _, token = create_token(token_app, user)
     created = token_client.post("/api/plans", json={"name": "by token", "steps": []}, headers=bearer(token))
     assert created.status_code == 201, created.json
-    assert created.json["user_id"] == user
+    assert resp_json(created)["user_id"] == user
     listed = token_client.get("/api/plans", headers=bearer(token))
-    assert listed.status_code == 200 and [p["name"] for p in listed.json["plans"]] == ["by token"]
+    assert listed.status_code == 200 and [p["name"] for p in resp_json(listed)["plans"]] == ["by token"]
     # The same user_id, stated explicitly, is accepted.
     assert token_client.get(f"/api/plans?user_id={user}", headers=bearer(token)).status_code == 200
 
 
 def test_api_token_with_another_user_id_is_403(
-    token_app: Flask, token_client: FlaskClient, user: str, other_user: str
+    token_app: PilotApp, token_client: FlaskClient, user: str, other_user: str
 ) -> None:
     _, token = create_token(token_app, user)
     in_body = token_client.post("/api/plans", json={"user_id": other_user, "name": "x"}, headers=bearer(token))
-    assert in_body.status_code == 403 and in_body.json["error"]["code"] == "forbidden"
+    assert in_body.status_code == 403 and resp_json(in_body)["error"]["code"] == "forbidden"
     in_query = token_client.get(f"/api/plans?user_id={other_user}", headers=bearer(token))
     assert in_query.status_code == 403
 
 
-def test_revoked_token_is_401(token_app: Flask, token_client: FlaskClient, user: str) -> None:
+def test_revoked_token_is_401(token_app: PilotApp, token_client: FlaskClient, user: str) -> None:
     token_id, token = create_token(token_app, user)
     assert token_client.get("/api/plans", headers=bearer(token)).status_code == 200
     result = token_app.test_cli_runner().invoke(args=["revoke-token", str(token_id), "--user", user])
     assert result.exit_code == 0, result.output
     response = token_client.get("/api/plans", headers=bearer(token))
-    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
-    assert "revoked" in response.json["error"]["message"]
+    assert response.status_code == 401 and resp_json(response)["error"]["code"] == "unauthorized"
+    assert "revoked" in resp_json(response)["error"]["message"]
 
 
-def test_revoke_token_of_another_user_is_refused(token_app: Flask, user: str, other_user: str) -> None:
+def test_revoke_token_of_another_user_is_refused(token_app: PilotApp, user: str, other_user: str) -> None:
     token_id, _ = create_token(token_app, user)
     runner = token_app.test_cli_runner()
     result = runner.invoke(args=["revoke-token", str(token_id), "--user", other_user])
@@ -106,7 +106,7 @@ def test_revoke_token_of_another_user_is_refused(token_app: Flask, user: str, ot
     assert again.exit_code == 1 and "no active token" in again.output
 
 
-def test_list_tokens_shows_state_never_secrets(token_app: Flask, token_client: FlaskClient, user: str) -> None:
+def test_list_tokens_shows_state_never_secrets(token_app: PilotApp, token_client: FlaskClient, user: str) -> None:
     first, token = create_token(token_app, user, "--name", "laptop")
     second, _ = create_token(token_app, user)
     token_client.get("/api/plans", headers=bearer(token))
@@ -134,7 +134,7 @@ def test_list_tokens_shows_state_never_secrets(token_app: Flask, token_client: F
 )
 def test_missing_or_unknown_credentials_are_401(token_client: FlaskClient, headers: dict[str, str]) -> None:
     response = token_client.get("/api/plans", headers=headers)
-    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
+    assert response.status_code == 401 and resp_json(response)["error"]["code"] == "unauthorized"
 
 
 def test_no_token_is_401_even_with_a_user_id(token_client: FlaskClient, user: str) -> None:
@@ -144,7 +144,7 @@ def test_no_token_is_401_even_with_a_user_id(token_client: FlaskClient, user: st
 def test_hs256_jwt_authenticates_its_subject(token_client: FlaskClient, user: str, other_user: str) -> None:
     token = make_jwt(user)
     created = token_client.post("/api/plans", json={"name": "by jwt"}, headers=bearer(token))
-    assert created.status_code == 201 and created.json["user_id"] == user
+    assert created.status_code == 201 and resp_json(created)["user_id"] == user
     mismatch = token_client.get(f"/api/plans?user_id={other_user}", headers=bearer(token))
     assert mismatch.status_code == 403
 
@@ -160,7 +160,7 @@ def test_hs256_jwt_authenticates_its_subject(token_client: FlaskClient, user: st
 )
 def test_invalid_jwts_are_401(token_client: FlaskClient, token: str) -> None:
     response = token_client.get("/api/plans", headers=bearer(token))
-    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
+    assert response.status_code == 401 and resp_json(response)["error"]["code"] == "unauthorized"
 
 
 def test_dev_mode_ignores_bearer_tokens(client: FlaskClient, user: str) -> None:
@@ -168,7 +168,7 @@ def test_dev_mode_ignores_bearer_tokens(client: FlaskClient, user: str) -> None:
     assert response.status_code == 200
 
 
-def test_create_token_rejects_a_bad_user(token_app: Flask) -> None:
+def test_create_token_rejects_a_bad_user(token_app: PilotApp) -> None:
     result = token_app.test_cli_runner().invoke(args=["create-token", " padded"])
     assert result.exit_code == 2 and "printable" in result.output
 

@@ -18,7 +18,8 @@ import psycopg2
 import pytest
 from flask.testing import FlaskClient
 
-from redaction import REDACTED
+from pilot.security.redaction import REDACTED
+from tests.conftest import resp_json
 from tests.fake_upstreams import FakeServer, RecordedRequest, Reply, WebhookReceiver
 
 TOKEN = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -67,7 +68,7 @@ def execute(client: FlaskClient, user: str, params: dict[str, Any]) -> dict[str,
     step = {"provider": "webhook", "action": "request", "params": params}
     response = client.post("/api/execute-step", json={"user_id": user, "step": step})
     assert response.status_code == 200, response.json
-    return response.json
+    return resp_json(response)
 
 
 def stored_text(dsn: str, user: str) -> str:
@@ -104,7 +105,7 @@ def test_stored_credential_is_sent_as_the_header_the_step_names(
     assert sent.header(header) == expected
     others = {"Authorization", "X-Api-Key"} - {header}
     assert all(sent.header(name) is None for name in others)  # only what the step asked for
-    logged = client.get(f"/api/logs?user_id={user}").json["logs"]
+    logged = resp_json(client.get(f"/api/logs?user_id={user}"))["logs"]
     assert logged[0]["input"]["auth"] == auth
     assert_no_secret(json.dumps(result), json.dumps(logged), stored_text(session_db, user))
 
@@ -166,7 +167,7 @@ def test_an_echoed_credential_is_redacted_in_every_form(
         assert result["success"] is True
         seen = result["data"]["json"]["seen"]
         assert REDACTED in json.dumps(seen)
-    logged = client.get(f"/api/logs?user_id={user}").json
+    logged = resp_json(client.get(f"/api/logs?user_id={user}"))
     assert_no_secret(json.dumps(logged), stored_text(session_db, user))
 
 
@@ -189,7 +190,7 @@ def test_inline_secret_headers_are_redacted_in_logs_and_answers(
     assert receiver.requests[0].header("X-Api-Key") == "inline-key-value-1234"  # sent as written
     headers = result["data"]["headers"]
     assert headers["set-cookie"] == REDACTED and headers["x-request-id"] == "rid-visible"
-    [row] = client.get(f"/api/logs?user_id={user}").json["logs"]
+    [row] = resp_json(client.get(f"/api/logs?user_id={user}"))["logs"]
     logged_headers = row["input"]["headers"]
     assert logged_headers["X-Trace"] == "trace-visible"
     assert all(logged_headers[name] == REDACTED for name in inline if name != "X-Trace")
@@ -206,7 +207,7 @@ def test_inline_secret_headers_are_redacted_in_runs(client: FlaskClient, user: s
         "params": {"url": receiver.url + "/h", "headers": {"X-Api-Key": "run-inline-key-3333"}},
     }
     plan = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
-    run = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json={"user_id": user}).json
+    run = resp_json(client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json={"user_id": user}))
     assert run["status"] == "success", run
     text = json.dumps(run) + json.dumps(client.get(f"/api/runs/{run['id']}?user_id={user}").json)
     assert "run-cookie-2222" not in text and "run-inline-key-3333" not in text
@@ -217,7 +218,7 @@ def test_plan_steps_can_use_stored_auth(client: FlaskClient, user: str, echo: Ec
     step = {"provider": "webhook", "action": "request", "params": {"url": echo.url + "/h", "auth": "header:X-Api-Key"}}
     plan = client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [step]})
     assert plan.status_code == 201, plan.json
-    run = client.post(f"/api/plans/{plan.json['id']}/run?wait=true", json={"user_id": user}).json
+    run = resp_json(client.post(f"/api/plans/{resp_json(plan)['id']}/run?wait=true", json={"user_id": user}))
     assert run["status"] == "success", run
     assert echo.requests[0].header("X-Api-Key") == API_KEY
     assert API_KEY not in json.dumps(plan.json) + json.dumps(run)
@@ -253,7 +254,7 @@ def test_header_credentials_belong_to_the_webhook_only(client: FlaskClient, user
 
 def test_a_header_credential_is_listed_masked_and_deleted(client: FlaskClient, user: str) -> None:
     store_all(client, user)
-    listed = client.get(f"/api/provider-credentials/webhook?user_id={user}").json["credentials"]
+    listed = resp_json(client.get(f"/api/provider-credentials/webhook?user_id={user}"))["credentials"]
     assert {row["type"] for row in listed} == {"bearer_token", "basic_auth", "header:X-Api-Key"}
     assert_no_secret(json.dumps(listed))
     deleted = client.delete(f"/api/provider-credentials/webhook/header:X-Api-Key?user_id={user}")
@@ -261,7 +262,7 @@ def test_a_header_credential_is_listed_masked_and_deleted(client: FlaskClient, u
 
 
 def test_the_webhook_description_documents_header_auth(client: FlaskClient) -> None:
-    described = client.get("/api/providers/webhook").json
+    described = resp_json(client.get("/api/providers/webhook"))
     assert {"bearer_token", "basic_auth", "header:<Name>"} <= set(described["credential_types"])
     auth = described["actions"]["request"]["params_schema"]["properties"]["auth"]
     assert "header:" in json.dumps(auth) and auth["description"]

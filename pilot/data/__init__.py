@@ -1,0 +1,1 @@
+"""The data layer: ``store.py`` names every query Pilot runs; ``queries.sql`` holds their SQL."""

@@ -1,0 +1,420 @@
+"""The data layer: every read and write Pilot makes, as named functions over a cursor.
+
+Callers open the transaction (``db_manager.transaction(user_id)``) and pass its
+cursor, so one request can group several calls atomically. The SQL itself
+lives in ``queries.sql``.
+
+PostgreSQL refuses U+0000 in text and jsonb (psycopg2 raises ``ValueError`` for
+a text parameter, the server a DataError for jsonb). Upstream replies and
+rendered values may contain it, so every parameter passes through here, where
+NUL is replaced by U+FFFD: no writer can fail on it, whoever forgot to check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from psycopg2.extras import Json
+
+from database import Cursor
+
+QUERIES_FILE = Path(__file__).resolve().parent / "queries.sql"
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"
+# Every backslash in JSON text starts a two-character escape (\uXXXX continues with
+# plain hex digits), so matching escapes left to right finds exactly the NULs.
+_JSON_ESCAPE = re.compile(r"\\(u0000|.)", re.DOTALL)
+
+Row = dict[str, Any]
+DEFAULT_LEASE_SECONDS = 30
+
+
+class PgJson(Json):
+    """A jsonb parameter with every U+0000 (in keys and values) replaced by U+FFFD."""
+
+    def dumps(self, obj: Any) -> str:
+        text = json.dumps(obj)
+        if "\\u0000" not in text:
+            return text
+        return _JSON_ESCAPE.sub(lambda m: "\\ufffd" if m.group(1) == "u0000" else m.group(0), text)
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with NUL replaced in every text value (jsonb values are PgJson already)."""
+    return {
+        key: value.replace(NUL, NUL_REPLACEMENT) if isinstance(value, str) and NUL in value else value
+        for key, value in params.items()
+    }
+
+
+def _execute(cur: Cursor, name: str, params: dict[str, Any]) -> None:
+    cur.execute(queries()[name], _clean(params))
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Parse ``queries.sql`` once into {name: statement}."""
+    text = QUERIES_FILE.read_text(encoding="utf-8")
+    parts = _NAME_LINE.split(text)
+    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _one(cur: Cursor, name: str, /, **params: Any) -> Row | None:
+    _execute(cur, name, params)
+    row = cur.fetchone()
+    return dict(row) if row is not None else None
+
+
+def _all(cur: Cursor, name: str, /, **params: Any) -> list[Row]:
+    _execute(cur, name, params)
+    return [dict(row) for row in cur.fetchall()]
+
+
+# --- credentials -------------------------------------------------------------
+
+
+def upsert_credential(cur: Cursor, user_id: str, provider: str, type_: str, encrypted_value: str) -> Row:
+    row = _one(
+        cur, "upsert_credential", user_id=user_id, provider=provider, type=type_, encrypted_value=encrypted_value
+    )
+    assert row is not None  # RETURNING always yields the row
+    return row
+
+
+def list_credentials(cur: Cursor, user_id: str, provider: str | None = None) -> list[Row]:
+    return _all(cur, "list_credentials", user_id=user_id, provider=provider)
+
+
+def delete_credentials(cur: Cursor, user_id: str, provider: str, type_: str | None = None) -> list[str]:
+    return [row["type"] for row in _all(cur, "delete_credentials", user_id=user_id, provider=provider, type=type_)]
+
+
+def all_credentials_for_update(cur: Cursor) -> list[Row]:
+    """Every user's credentials, locked: operator commands only (connecting role, not pilot_app)."""
+    return _all(cur, "all_credentials_for_update")
+
+
+def set_encrypted_value(cur: Cursor, credential_id: int, encrypted_value: str) -> None:
+    _execute(cur, "set_encrypted_value", {"id": credential_id, "encrypted_value": encrypted_value})
+
+
+# --- plans -------------------------------------------------------------------
+
+PLAN_FIELDS = ("name", "original_prompt", "steps", "schedule", "timezone", "enabled")
+
+
+def _plan_params(user_id: str, plan: dict[str, Any]) -> dict[str, Any]:
+    params = {field: plan.get(field) for field in PLAN_FIELDS}
+    params["steps"] = PgJson(plan.get("steps") or [])
+    params["schedule"] = PgJson(plan["schedule"]) if plan.get("schedule") is not None else None
+    params["user_id"] = user_id
+    return params
+
+
+def insert_plan(cur: Cursor, user_id: str, plan: dict[str, Any]) -> Row:
+    row = _one(cur, "insert_plan", **_plan_params(user_id, plan))
+    assert row is not None
+    return row
+
+
+def list_plans(cur: Cursor, user_id: str, *, limit: int = 100, offset: int = 0) -> list[Row]:
+    return _all(cur, "list_plans", user_id=user_id, limit=limit, offset=offset)
+
+
+def get_plan(cur: Cursor, user_id: str, plan_id: int, *, for_update: bool = False) -> Row | None:
+    return _one(cur, "get_plan_for_update" if for_update else "get_plan", user_id=user_id, id=plan_id)
+
+
+def update_plan(cur: Cursor, user_id: str, plan_id: int, plan: dict[str, Any]) -> Row | None:
+    return _one(cur, "update_plan", id=plan_id, **_plan_params(user_id, plan))
+
+
+def delete_plan(cur: Cursor, user_id: str, plan_id: int) -> bool:
+    return _one(cur, "delete_plan", user_id=user_id, id=plan_id) is not None
+
+
+# --- execution logs ----------------------------------------------------------
+
+LOG_FILTERS = ("provider", "status", "plan_id", "run_id", "since")
+
+
+def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
+    params = {
+        "user_id": user_id,
+        "plan_id": entry.get("plan_id"),
+        "run_id": entry.get("run_id"),
+        "step_index": entry.get("step_index"),
+        "step_id": entry.get("step_id"),
+        "provider": entry["provider"],
+        "action": entry["action"],
+        "status": entry["status"],
+        "latency_ms": entry.get("latency_ms", 0.0),
+        "error_code": entry.get("error_code"),
+        "error": entry.get("error"),
+        "attempt": entry.get("attempt", 1),
+        "input": PgJson(entry.get("input")),
+        "output": PgJson(entry.get("output")),
+    }
+    row = _one(cur, "insert_log", **params)
+    assert row is not None
+    return int(row["id"])
+
+
+def list_logs(cur: Cursor, user_id: str, *, limit: int, offset: int, **filters: Any) -> list[Row]:
+    params = {name: filters.get(name) for name in LOG_FILTERS}
+    return _all(cur, "list_logs", user_id=user_id, limit=limit, offset=offset, **params)
+
+
+def run_logs(cur: Cursor, user_id: str, run_id: int) -> list[Row]:
+    return _all(cur, "run_logs", user_id=user_id, run_id=run_id)
+
+
+def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+
+
+def error_trends(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "error_trends", user_id=user_id, hours=hours)
+
+
+# --- plan runs ---------------------------------------------------------------
+
+
+def insert_run(
+    cur: Cursor,
+    user_id: str,
+    plan_id: int,
+    *,
+    trigger: str,
+    owner_id: str,
+    scheduled_for: Any = None,
+    status: str = "queued",
+    error: str | None = None,
+    input_: dict[str, Any] | None = None,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> Row | None:
+    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one."""
+    return _one(
+        cur,
+        "insert_run",
+        user_id=user_id,
+        plan_id=plan_id,
+        trigger=trigger,
+        scheduled_for=scheduled_for,
+        status=status,
+        owner_id=owner_id,
+        error=error,
+        input=PgJson(input_ or {}),
+        lease_seconds=lease_seconds,
+    )
+
+
+def start_run(
+    cur: Cursor, user_id: str, run_id: int, owner_id: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
+) -> Row | None:
+    """The run, now running and leased to ``owner_id``; None unless it was queued."""
+    return _one(cur, "start_run", user_id=user_id, id=run_id, owner_id=owner_id, lease_seconds=lease_seconds)
+
+
+def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
+    _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
+
+
+def finish_run(
+    cur: Cursor, user_id: str, run_id: int, status: str, step_results: list[Any], error: str | None
+) -> Row | None:
+    return _one(
+        cur, "finish_run", user_id=user_id, id=run_id, status=status, step_results=PgJson(step_results), error=error
+    )
+
+
+def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:
+    return _one(cur, "get_run", user_id=user_id, id=run_id)
+
+
+def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: int) -> list[Row]:
+    return _all(cur, "list_runs", user_id=user_id, plan_id=plan_id, limit=limit, offset=offset)
+
+
+def list_user_runs(
+    cur: Cursor,
+    user_id: str,
+    *,
+    limit: int,
+    plan_id: int | None = None,
+    status: str | None = None,
+    trigger: str | None = None,
+    before: int | None = None,
+) -> list[Row]:
+    """The user's runs of every plan (with ``plan_name``, without step results), newest first."""
+    return _all(
+        cur,
+        "list_user_runs",
+        user_id=user_id,
+        limit=limit,
+        plan_id=plan_id,
+        status=status,
+        trigger=trigger,
+        before=before,
+    )
+
+
+# --- scheduling ----------------------------------------------------------------
+
+
+def lock_plan(cur: Cursor, plan_id: int) -> None:
+    """Serialize claims for one plan until the transaction ends."""
+    _execute(cur, "lock_plan", {"plan_id": plan_id})
+
+
+def claim_slot(
+    cur: Cursor,
+    user_id: str,
+    plan_id: int,
+    scheduled_for: Any,
+    owner_id: str,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> Row | None:
+    """The run row this process created for the slot (queued, or skipped when the plan is busy), else None."""
+    return _one(
+        cur,
+        "claim_slot",
+        user_id=user_id,
+        plan_id=plan_id,
+        scheduled_for=scheduled_for,
+        owner_id=owner_id,
+        lease_seconds=lease_seconds,
+    )
+
+
+def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
+    return [row["status"] for row in _all(cur, "recent_finished_runs", user_id=user_id, plan_id=plan_id, limit=limit)]
+
+
+def set_plan_enabled(cur: Cursor, user_id: str, plan_id: int, enabled: bool) -> Row | None:
+    return _one(cur, "set_plan_enabled", user_id=user_id, id=plan_id, enabled=enabled)
+
+
+def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
+    """Every user's enabled schedules (SECURITY DEFINER; only in a ``system_transaction``)."""
+    return _all(cur, "list_schedules", plan_id=plan_id)
+
+
+def heartbeat(cur: Cursor, owner: str, run_ids: list[int], lease_seconds: int) -> int:
+    """Renew for ``lease_seconds`` the leases of those of ``run_ids`` that ``owner`` holds and are unfinished.
+
+    Only in a ``system_transaction``; returns how many were renewed.
+    """
+    row = _one(cur, "heartbeat", owner=owner, run_ids=list(run_ids), lease_seconds=lease_seconds)
+    return int(row["renewed"]) if row else 0
+
+
+def interrupt_runs(cur: Cursor, owner: str | None, lease_seconds: int, reason: str) -> list[Row]:
+    """Mark interrupted the unfinished runs of ``owner``, or (owner None) those whose own lease expired
+    and that were not renewed for ``lease_seconds`` either. Only in a ``system_transaction``."""
+    return _all(cur, "interrupt_runs", owner=owner, lease_seconds=lease_seconds, reason=reason)
+
+
+def list_scheduled_plans(cur: Cursor, user_id: str) -> list[Row]:
+    return _all(cur, "list_scheduled_plans", user_id=user_id)
+
+
+def all_cron_plans(cur: Cursor) -> list[Row]:
+    """Every user's plans with a cron schedule (id, user_id, name, cron, timezone, enabled): operator commands only."""
+    return _all(cur, "all_cron_plans")
+
+
+# --- API tokens ----------------------------------------------------------------
+
+
+def insert_api_token(cur: Cursor, user_id: str, name: str, token_hash: str) -> Row:
+    row = _one(cur, "insert_api_token", user_id=user_id, name=name, token_hash=token_hash)
+    assert row is not None
+    return row
+
+
+def list_api_tokens(cur: Cursor, user_id: str) -> list[Row]:
+    return _all(cur, "list_api_tokens", user_id=user_id)
+
+
+def revoke_api_token(cur: Cursor, user_id: str, token_id: int) -> bool:
+    """True when an active token of ``user_id`` was revoked now."""
+    return _one(cur, "revoke_api_token", user_id=user_id, id=token_id) is not None
+
+
+def token_user(cur: Cursor, token_hash: str) -> str | None:
+    """The user of the active token with this hash (SECURITY DEFINER: works with no user set)."""
+    row = _one(cur, "token_user", token_hash=token_hash)
+    return row["user_id"] if row else None
+
+
+# --- operator commands -----------------------------------------------------------
+
+
+def role_bypasses_rls(cur: Cursor) -> bool:
+    """Whether the current role is a superuser or has BYPASSRLS (sees every user's rows)."""
+    row = _one(cur, "role_bypasses_rls")
+    return bool(row and row["bypass"])
+
+
+def function_owner_bypasses_rls(cur: Cursor, function: str) -> bool:
+    """Whether the SECURITY DEFINER ``function`` exists and its owner bypasses row-level security."""
+    row = _one(cur, "function_owner_bypasses_rls", function=function)
+    return bool(row and row["bypass"])
+
+
+def prune_logs_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> list[int]:
+    """Delete up to ``limit`` execution logs older than ``cutoff`` with id > ``after_id``; their ids."""
+    return [row["id"] for row in _all(cur, "prune_logs_batch", cutoff=cutoff, after_id=after_id, limit=limit)]
+
+
+def prune_runs_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> list[int]:
+    """Delete up to ``limit`` finished runs older than ``cutoff`` (never a plan's latest); their ids."""
+    return [row["id"] for row in _all(cur, "prune_runs_batch", cutoff=cutoff, after_id=after_id, limit=limit)]
+
+
+# --- redact-history (operator command: connecting role, every user's rows) ------------------
+
+
+def all_credentials(cur: Cursor) -> list[Row]:
+    """Every user's credentials, unlocked (id, user_id, provider, type, encrypted_value)."""
+    return _all(cur, "all_credentials")
+
+
+def logs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` execution logs with id > ``after_id``, locked: id, user_id, error, input, output."""
+    return _all(cur, "logs_to_redact", after_id=after_id, limit=limit)
+
+
+def _json_or_null(value: Any) -> PgJson | None:
+    """SQL NULL stays NULL (``PgJson(None)`` would store a JSON null)."""
+    return None if value is None else PgJson(value)
+
+
+def set_log_redacted(cur: Cursor, log_id: int, error: str | None, input_: Any, output: Any) -> None:
+    params = {"id": log_id, "error": error, "input": _json_or_null(input_), "output": _json_or_null(output)}
+    _execute(cur, "set_log_redacted", params)
+
+
+def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results."""
+    return _all(cur, "runs_to_redact", after_id=after_id, limit=limit)
+
+
+def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any) -> None:
+    params = {"id": run_id, "error": error, "step_results": _json_or_null(step_results)}
+    _execute(cur, "set_run_redacted", params)
+
+
+def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Up to ``limit`` plans with id > ``after_id``, locked: id, user_id, steps."""
+    return _all(cur, "plans_to_redact", after_id=after_id, limit=limit)
+
+
+def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
+    _execute(cur, "set_plan_steps", {"id": plan_id, "steps": PgJson(steps)})

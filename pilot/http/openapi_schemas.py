@@ -1,0 +1,396 @@
+"""JSON Schemas (OpenAPI 3.1 = JSON Schema 2020-12) of Pilot's request and response bodies.
+
+Plan and step bodies come from the pydantic models that validate them
+(``plan_schema``), so the document cannot drift from the validation; the rest
+mirror what the routes serialize. Provider params come from the registry at
+build time (``provider_schemas``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pilot.steps.plan_schema import PlanBody, Step
+from provider_registry import CREDENTIAL_TYPE
+
+Schema = dict[str, Any]
+REF_TEMPLATE = "#/components/schemas/{model}"
+RUN_STATUSES = ["queued", "running", "success", "error", "interrupted", "skipped"]
+RUN_TRIGGERS = ["manual", "schedule", "api"]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+ID: Schema = {"type": "integer", "minimum": 1}
+USER_ID: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "description": "AUTH_MODE=dev: the acting user. AUTH_MODE=token: optional; must equal the token's user (else 403)",
+}
+
+
+def _obj(properties: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _paged(key: str, item: str) -> Schema:
+    return _obj(
+        {key: {"type": "array", "items": ref(item)}, "limit": {"type": "integer"}, "offset": {"type": "integer"}},
+        [key, "limit", "offset"],
+    )
+
+
+def model_schemas() -> dict[str, Schema]:
+    """PlanBody, Step, Schedule and RetryPolicy as the pydantic models define them."""
+    schemas: dict[str, Schema] = {}
+    for model in (PlanBody, Step):
+        generated = model.model_json_schema(ref_template=REF_TEMPLATE)
+        schemas.update(generated.pop("$defs", {}))
+        schemas[model.__name__] = generated
+    schemas["PlanBody"]["properties"]["user_id"] = USER_ID
+    patch = {key: value for key, value in schemas["PlanBody"].items() if key not in {"required", "title"}}
+    patch["description"] = "Any subset of a plan's fields; the merged plan is validated as a whole."
+    schemas["PlanPatch"] = patch
+    return schemas
+
+
+ERROR_SCHEMA: Schema = _obj(
+    {
+        "error": _obj(
+            {
+                "code": {"type": "string", "description": "machine-readable, e.g. invalid_request, not_found"},
+                "message": {"type": "string", "description": "for humans; never contains secrets or SQL"},
+                "details": {"description": "optional structure, e.g. [{field, message}] for validation errors"},
+            },
+            ["code", "message", "details"],
+        )
+    },
+    ["error"],
+    description="Every error response: {error: {code, message, details}}, never a traceback.",
+)
+
+PROVIDER_RESULT: Schema = _obj(
+    {
+        "success": {"type": "boolean"},
+        "data": {"description": "the action's output (provider-specific)"},
+        "error": nullable(
+            _obj(
+                {"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}},
+                ["code", "message", "retryable"],
+            )
+        ),
+        "latency_ms": {"type": "number", "description": "provider time, retries included"},
+        "metadata": _obj(
+            {
+                "http_status": {"type": "integer"},
+                "model": {"type": "string"},
+                "usage": {"type": "object"},
+                "attempts": {"type": "integer", "minimum": 1},
+                "retry_after": {"type": "number"},
+                "outcome_unknown": {"type": "boolean", "description": "the request may have taken effect"},
+            },
+            additionalProperties=True,
+        ),
+    },
+    ["success", "data", "error", "latency_ms", "metadata"],
+    description="The outcome of one step; 200 whenever the step ran, successful or not.",
+)
+
+PLAN: Schema = _obj(
+    {
+        "id": ID,
+        "user_id": {"type": "string"},
+        "name": {"type": "string"},
+        "original_prompt": nullable({"type": "string"}),
+        "steps": {"type": "array", "items": ref("Step")},
+        "schedule": nullable(ref("Schedule")),
+        "timezone": {"type": "string"},
+        "enabled": {"type": "boolean"},
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+    },
+    ["id", "user_id", "name", "steps", "schedule", "timezone", "enabled", "created_at", "updated_at"],
+    additionalProperties=True,
+)
+
+STEP_OUTCOME: Schema = _obj(
+    {
+        "index": {"type": "integer"},
+        "id": nullable({"type": "string"}),
+        "provider": {"type": "string"},
+        "action": {"type": "string"},
+        "status": {"enum": ["success", "error", "skipped", "running"]},
+        "result": ref("ProviderResult"),
+    },
+    ["index", "status"],
+    additionalProperties=True,
+)
+
+RUN: Schema = _obj(
+    {
+        "id": ID,
+        "plan_id": ID,
+        "user_id": {"type": "string"},
+        "trigger": {"enum": RUN_TRIGGERS},
+        "scheduled_for": nullable(TIMESTAMP),
+        "status": {"enum": RUN_STATUSES},
+        "created_at": TIMESTAMP,
+        "started_at": nullable(TIMESTAMP),
+        "finished_at": nullable(TIMESTAMP),
+        "step_results": {"type": "array", "items": ref("StepOutcome")},
+        "error": nullable({"type": "string"}),
+        "input": {"type": "object", "description": "the input the run was accepted with ({{ input.… }})"},
+    },
+    ["id", "plan_id", "trigger", "status", "created_at", "step_results"],
+    additionalProperties=True,
+)
+
+RUN_SUMMARY: Schema = _obj(
+    {
+        "id": ID,
+        "plan_id": ID,
+        "plan_name": nullable({"type": "string"}),
+        "user_id": {"type": "string"},
+        "trigger": {"enum": RUN_TRIGGERS},
+        "scheduled_for": nullable(TIMESTAMP),
+        "status": {"enum": RUN_STATUSES},
+        "created_at": TIMESTAMP,
+        "started_at": nullable(TIMESTAMP),
+        "finished_at": nullable(TIMESTAMP),
+        "error": nullable({"type": "string"}),
+    },
+    ["id", "plan_id", "plan_name", "trigger", "status", "created_at"],
+    description="A run as lists show it: no step results (GET /api/runs/{run_id} has them).",
+)
+
+LOG_ENTRY: Schema = _obj(
+    {
+        "id": ID,
+        "plan_id": nullable(ID),
+        "run_id": nullable(ID),
+        "step_index": nullable({"type": "integer"}),
+        "step_id": nullable({"type": "string"}),
+        "provider": {"type": "string"},
+        "action": {"type": "string"},
+        "status": {"enum": ["success", "error"]},
+        "latency_ms": {"type": "number"},
+        "error_code": nullable({"type": "string"}),
+        "error": nullable({"type": "string"}),
+        "attempt": {"type": "integer"},
+        "input": {"description": "rendered params, secrets redacted"},
+        "output": {"description": "data and metadata, truncated past 32,000 characters"},
+        "timestamp": TIMESTAMP,
+    },
+    ["id", "provider", "action", "status", "latency_ms", "timestamp"],
+)
+
+CREDENTIAL: Schema = _obj(
+    {
+        "provider": {"type": "string"},
+        "type": {"type": "string"},
+        "masked_value": {"type": "string", "description": "e.g. sk-…0001; the secret itself is never returned"},
+        "readable": {"type": "boolean", "description": "false when no configured FERNET_KEY decrypts it"},
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+    },
+    ["provider", "type", "masked_value", "readable", "created_at", "updated_at"],
+)
+
+CREDENTIAL_TYPE_NAME: Schema = {"type": "string", "pattern": f"^(?:{CREDENTIAL_TYPE.pattern})$"}
+
+STATIC_SCHEMAS: dict[str, Schema] = {
+    "Error": ERROR_SCHEMA,
+    "ProviderResult": PROVIDER_RESULT,
+    "Health": _obj(
+        {
+            "status": {"enum": ["healthy", "unhealthy"]},
+            "timestamp": TIMESTAMP,
+            "database": _obj({"status": {"enum": ["ok", "down"]}}, ["status"], additionalProperties=True),
+            "scheduler": _obj(
+                {"status": {"enum": ["running", "stopped", "disabled"]}}, ["status"], additionalProperties=True
+            ),
+            # Dev mode only: token mode's unauthenticated health shows no more than the fields above.
+            "providers": {"type": "array", "items": {"type": "string"}},
+            "auth_mode": {"enum": ["dev", "token"], "description": "how callers identify themselves"},
+        },
+        ["status", "timestamp", "database", "scheduler", "auth_mode"],
+    ),
+    "ProviderList": _obj({"providers": {"type": "array", "items": {"type": "string"}}}, ["providers"]),
+    "ProviderDescription": _obj(
+        {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "actions": {
+                "type": "object",
+                "additionalProperties": _obj(
+                    {"description": {"type": "string"}, "params_schema": {"type": "object"}},
+                    ["description", "params_schema"],
+                ),
+            },
+            "credential_types": {
+                "type": "object",
+                "additionalProperties": _obj(
+                    {"description": {"type": "string"}, "required": {"type": "boolean"}, "secret": {"type": "boolean"}},
+                    ["description", "required", "secret"],
+                ),
+            },
+        },
+        ["name", "description", "actions", "credential_types"],
+    ),
+    "CredentialsBody": _obj(
+        {
+            "user_id": USER_ID,
+            "credentials": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": CREDENTIAL_TYPE_NAME,
+                "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 10_000},
+                "description": "{type: secret}, e.g. {api_key: sk-…}; stored encrypted",
+            },
+        },
+        ["credentials"],
+    ),
+    "Credential": CREDENTIAL,
+    "CredentialList": _obj(
+        {"provider": {"type": "string"}, "credentials": {"type": "array", "items": ref("Credential")}},
+        ["credentials"],
+    ),
+    "Plan": PLAN,
+    "PlanList": _paged("plans", "Plan"),
+    "RunRequest": _obj(
+        {
+            "user_id": USER_ID,
+            "input": {"type": "object", "description": "available to templates as input.*"},
+            "trigger": {"enum": ["manual", "api"], "default": "manual"},
+        }
+    ),
+    "StepOutcome": STEP_OUTCOME,
+    "Run": RUN,
+    "RunWithLogs": {"allOf": [ref("Run"), _obj({"logs": {"type": "array", "items": ref("LogEntry")}}, ["logs"])]},
+    "RunList": _paged("runs", "Run"),
+    "RunSummary": RUN_SUMMARY,
+    "RunSummaryList": _obj(
+        {
+            "runs": {"type": "array", "items": ref("RunSummary")},
+            "limit": {"type": "integer"},
+            "next_before": nullable(ID),
+        },
+        ["runs", "limit", "next_before"],
+    ),
+    "LogEntry": LOG_ENTRY,
+    "LogList": _paged("logs", "LogEntry"),
+    "ExecuteStepRequest": _obj(
+        {
+            "user_id": USER_ID,
+            "step": ref("Step"),
+            "step_results": {
+                "type": "object",
+                "description": "earlier results, referenced as steps.<key> / step_results.<key>",
+            },
+            "input": {"type": "object"},
+        },
+        ["step"],
+        description="step.params must match the action's schema (see ProviderStep) after template rendering.",
+    ),
+    "ProviderMetrics": _obj(
+        {
+            "window_hours": {"type": "integer"},
+            "providers": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "provider": {"type": "string"},
+                        "total_executions": {"type": "integer"},
+                        "successful": {"type": "integer"},
+                        "failed": {"type": "integer"},
+                        "success_rate": {"type": "number"},
+                        "avg_latency_ms": {"type": "number"},
+                        "max_latency_ms": {"type": "number"},
+                        "p95_latency_ms": {"type": "number"},
+                    }
+                ),
+            },
+        },
+        ["window_hours", "providers"],
+    ),
+    "ErrorTrends": _obj(
+        {
+            "window_hours": {"type": "integer"},
+            "trends": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "hour": TIMESTAMP,
+                        "provider": {"type": "string"},
+                        "total": {"type": "integer"},
+                        "errors": {"type": "integer"},
+                        "error_rate": {"type": "number"},
+                    }
+                ),
+            },
+        },
+        ["window_hours", "trends"],
+    ),
+    "SchedulerJobs": _obj(
+        {
+            "jobs": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "id": {"type": "string"},
+                        "plan_id": ID,
+                        "name": {"type": "string"},
+                        "next_run_time": nullable(TIMESTAMP),
+                        "trigger": {"type": "string", "examples": ["cron[0 9 * * 1-5 Europe/Paris]", "interval[300s]"]},
+                        "paused": {"type": "boolean"},
+                    },
+                    ["id", "plan_id", "next_run_time", "trigger"],
+                ),
+            },
+            "scheduler": _obj(
+                {
+                    "status": {"enum": ["running", "stopped", "disabled", "not_started"]},
+                    "jobs": {"type": "integer", "description": "schedules loaded in this process (every user's)"},
+                },
+                ["status", "jobs"],
+            ),
+        },
+        ["jobs", "scheduler"],
+    ),
+}
+
+
+def provider_schemas(registry: Any) -> dict[str, Schema]:
+    """``<provider>.<action>.params`` for every action, and ``ProviderStep``: one of those step shapes."""
+    schemas: dict[str, Schema] = {}
+    variants: list[Schema] = []
+    for name in registry.names():
+        described = registry.get(name).describe()
+        for action, spec in described["actions"].items():
+            key = f"{name}.{action}.params"
+            schemas[key] = {**spec["params_schema"], "description": spec["description"]}
+            variants.append(
+                _obj(
+                    {"provider": {"const": name}, "action": {"const": action}, "params": ref(key)},
+                    ["provider", "action"],
+                    title=f"{name}.{action}",
+                )
+            )
+    schemas["ProviderStep"] = {
+        "allOf": [ref("Step")],
+        "oneOf": variants,
+        "description": "A step whose params match its provider action's schema. In saved plans a "
+        "'{{ expression }}' string may stand for any param; it is checked after rendering.",
+    }
+    return schemas

@@ -1,0 +1,100 @@
+"""Providers, single-step execution, plan runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from pilot.application import current_pilot
+from pilot.data import store
+from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.http.auth import current_user_id
+from pilot.http.common import check_id, json_body, optional_json_body, paging, serialize
+
+bp = Blueprint("execution", __name__, url_prefix="/api")
+
+
+@bp.get("/providers")
+def providers() -> Response:
+    return jsonify({"providers": current_pilot().registry.names()})
+
+
+@bp.get("/providers/<name>")
+def provider(name: str) -> Response:
+    return jsonify(current_pilot().registry.get(name).describe())
+
+
+@bp.post("/execute-step")
+def execute_step() -> Response:
+    body = json_body()
+    user_id = current_user_id()
+    if "step" not in body:
+        raise ValidationError("step is required: {provider, action, params}")
+    step_results = body.get("step_results") or {}
+    input_ = body.get("input") or {}
+    if not isinstance(step_results, dict) or not isinstance(input_, dict):
+        raise ValidationError("step_results and input must be objects")
+    results = {str(key): value for key, value in step_results.items()}
+    context = {"steps": results, "step_results": results, "input": input_}
+    result = current_pilot().engine.execute_step(user_id, body["step"], context)
+    return jsonify(result.to_dict())
+
+
+@bp.post("/provider-credentials/<name>/test")
+def test_credentials(name: str) -> Response:
+    optional_json_body()
+    user_id = current_user_id()
+    return jsonify(current_pilot().engine.test_credentials(user_id, name))
+
+
+def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
+    with current_pilot().db.transaction(user_id) as cur:
+        logs = store.run_logs(cur, user_id, run["id"])
+    return {**serialize(run), "logs": [serialize(row) for row in logs]}
+
+
+@bp.post("/plans/<int:plan_id>/run")
+def run_plan(plan_id: int) -> tuple[Response, int]:
+    body = optional_json_body()
+    user_id = current_user_id()
+    check_id(plan_id, "plan")
+    input_ = body.get("input") or {}
+    if not isinstance(input_, dict):
+        raise ValidationError("input must be an object")
+    engine = current_pilot().engine
+    trigger = "api" if body.get("trigger") == "api" else "manual"
+    run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
+    if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
+        raise Conflict(f"plan {plan_id} already has this run")
+    if request.args.get("wait", "").lower() in {"1", "true", "yes"}:
+        finished = engine.run(user_id, run["id"])
+        if finished is None:  # not queued any more (ended by someone else): answer what it is now
+            with current_pilot().db.transaction(user_id) as cur:
+                finished = store.get_run(cur, user_id, run["id"])
+            if finished is None:
+                raise NotFound(f"run {run['id']} not found")
+        return jsonify(_run_view(user_id, finished)), 200
+    engine.submit(user_id, run["id"])
+    return jsonify(serialize(run)), 202
+
+
+@bp.get("/plans/<int:plan_id>/runs")
+def plan_runs(plan_id: int) -> Response:
+    user_id = current_user_id()
+    limit, offset = paging()
+    with current_pilot().db.transaction(user_id) as cur:
+        if store.get_plan(cur, user_id, check_id(plan_id, "plan")) is None:
+            raise NotFound(f"plan {plan_id} not found")
+        runs = store.list_runs(cur, user_id, plan_id, limit=limit, offset=offset)
+    return jsonify({"runs": [serialize(run) for run in runs], "limit": limit, "offset": offset})
+
+
+@bp.get("/runs/<int:run_id>")
+def get_run(run_id: int) -> Response:
+    user_id = current_user_id()
+    with current_pilot().db.transaction(user_id) as cur:
+        run = store.get_run(cur, user_id, check_id(run_id, "run"))
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return jsonify(_run_view(user_id, run))

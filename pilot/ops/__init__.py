@@ -1,0 +1,1 @@
+"""Running Pilot: Prometheus metrics, JSON logging, operator CLI commands and maintenance over all users."""

@@ -1,0 +1,158 @@
+"""Structural validation of plans and steps (pydantic), with 400s that name the field.
+
+Checks here need no database: shapes, sizes, unique step ids, the schedule's
+cron fields and timezone. Whether each step's provider, action and params fit
+the provider's JSON Schema is checked by the registry (``validate_steps``).
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from functools import cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from pilot.errors import ValidationError
+from pilot.steps import cron
+
+MAX_STEPS = 100
+StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_s: float = Field(1.0, ge=0, le=60)
+
+
+class Step(BaseModel):
+    """One step: a provider action with params; ``when`` and templates are JMESPath."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: StepId | None = None
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    provider: Name
+    action: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+    when: str | None = Field(None, min_length=1, max_length=1000)
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = Field(None, gt=0, le=600)
+    continue_on_error: bool = False
+
+
+class Schedule(BaseModel):
+    """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` (crontab(5): day of week 0 and 7 are Sunday,
+    1 is Monday; @daily and the other macros) or ``{"interval_seconds": N}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    cron: str | None = Field(None, max_length=200)
+    timezone: str | None = Field(None, max_length=64)
+    interval_seconds: int | None = Field(None, ge=1, le=366 * 86400)
+    pause_on_failure: int | None = Field(None, ge=1, le=1000)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return value if value is None else check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("a schedule needs exactly one of 'cron' or 'interval_seconds'")
+        return self
+
+
+class PlanBody(BaseModel):
+    """A whole plan as POST and PUT take it (``user_id`` is read by auth, not stored from here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Any = None
+    name: str = Field(min_length=1, max_length=200)
+    original_prompt: str | None = Field(None, max_length=20_000)
+    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
+    schedule: Schedule | None = None
+    timezone: str = Field("UTC", max_length=64)
+    enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[Step]) -> list[Step]:
+        seen: set[str] = set()
+        for index, step in enumerate(steps):
+            if step.id is not None:
+                if step.id in seen:
+                    raise ValueError(f"step {index}: id {step.id!r} is used by an earlier step")
+                seen.add(step.id)
+        return steps
+
+
+@cache
+def zone_names() -> frozenset[str]:
+    """Every IANA zone name this machine knows (system tzdata and the tzdata package).
+
+    ``localtime`` is a Debian link to the machine's own zone, not an IANA name: a plan
+    must mean the same wherever it runs.
+    """
+    return frozenset(zoneinfo.available_timezones()) - {"localtime"}
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA zone name, e.g. ``Europe/Berlin``.
+
+    Membership is checked before anything is opened: ``ZoneInfo`` takes its key
+    as a path under the zoneinfo tree, so ``Europe`` (a directory) raises
+    IsADirectoryError and other keys raise other OSErrors rather than
+    ZoneInfoNotFoundError.
+    """
+    if name not in zone_names():
+        raise ValueError(f"unknown timezone {name!r}: use an IANA zone name such as 'Europe/Berlin' or 'UTC'")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"timezone {name!r} cannot be loaded on this server") from exc
+    return name
+
+
+def check_cron(expression: str) -> str:
+    """``expression`` unchanged if crontab(5) would run it (see ``cron``), else a ValueError naming the bad field."""
+    cron.parse(expression)  # CronError is a ValueError whose message starts with the field's name
+    return expression
+
+
+def _location(loc: tuple[int | str, ...], where: str) -> str:
+    out = where if where != "body" or not loc else ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or where
+
+
+def parse(model: type[BaseModel], payload: Any, where: str = "body") -> Any:
+    """Validate ``payload`` into ``model`` or raise a ValidationError whose message names the first bad field."""
+    try:
+        return model.model_validate(payload)
+    except PydanticValidationError as exc:
+        errors = [{"field": _location(err["loc"], where), "message": err["msg"]} for err in exc.errors()]
+        first = errors[0]
+        raise ValidationError(f"{first['field']}: {first['message']}", details=errors) from None
+
+
+def plan_to_record(body: PlanBody) -> dict[str, Any]:
+    """The columns stored for a validated plan."""
+    data = body.model_dump(exclude={"user_id"}, exclude_none=False)
+    data["steps"] = [step.model_dump(exclude_none=True) for step in body.steps]
+    data["schedule"] = body.schedule.model_dump(exclude_none=True) if body.schedule else None
+    return data
