@@ -17,9 +17,10 @@ ANALYZE`` (autovacuum is off here):
   r10    ``POST /api/plans/<id>/run?wait=true``, a 10-step logic plan, at concurrency 1
          vs ``POST /floor/run?steps=10``: ms per run (goal: <= 20 ms);
   r3     the same with a 3-step plan at concurrency 10: runs/s (goals: >= 390/s and >= 0.8 x floor);
-  profile  ``py-spy record --gil`` of one Pilot worker while execute-step runs at concurrency 10:
-         where the worker's Python CPU goes (only the thread holding the GIL is sampled, so
-         waiting for PostgreSQL or a socket is left out), by area and by function.
+  profile  ``py-spy record --gil`` of one Pilot worker while execute-step runs at concurrency 10,
+         then of one floor worker under /floor/step: where a worker's Python CPU goes (only the
+         thread holding the GIL is sampled, so waiting for PostgreSQL or a socket is left out),
+         by area and by function.
 
 CPU per request of the servers' workers and of every postgres process (all databases, so
 rough on a shared machine) comes from /proc. The load average is printed with every phase.
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -183,8 +185,9 @@ def run_phases(args: argparse.Namespace, pilot: Server, floor: Server, admin: Ad
         )
 
 
-def summarize_profile(raw: Path, top: int) -> None:
-    """Print where the samples of py-spy's collapsed stacks fall: by function (inclusive, self) and by area."""
+def summarize_profile(raw: Path, top: int, cpu_ms_per_req: float = float("nan")) -> None:
+    """Print where the samples of py-spy's collapsed stacks fall: by area (with the worker CPU per request
+    apportioned by share, an estimate) and by function (inclusive, self)."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     areas: Counter[str] = Counter()
@@ -205,9 +208,10 @@ def summarize_profile(raw: Path, top: int) -> None:
         print("profile: no samples")
         return
     print(f"profile: {total} samples")
-    print("  by area (the innermost frame that belongs to a known part):")
+    print(f"  by area (the innermost frame that belongs to a known part); workers' CPU {cpu_ms_per_req:.2f} ms/req:")
     for name, count in areas.most_common():
-        print(f"    {100 * count / total:5.1f} %  {name}")
+        share = count / total
+        print(f"    {100 * share:5.1f} %  ~{share * cpu_ms_per_req:5.3f} ms/req  {name}")
     print(f"  top {top} functions, inclusive:")
     for name, count in inclusive.most_common(top):
         print(f"    {100 * count / total:5.1f} %  {name[:150]}")
@@ -228,6 +232,7 @@ AREAS = (
     ("werkzeug / flask request handling", ("werkzeug/", "flask/")),
     ("gunicorn (HTTP parsing, worker loop)", ("gunicorn/",)),
     ("threads, queues, locks", ("threading.py", "queue.py", "concurrent/")),
+    ("the floor app's own code", ("floor_app.py",)),
     (
         "Pilot's engine, routes and providers",
         ("execution_engine", "providers/", "provider_registry", "routes/", "runs.py", "auth.py", "app.py", "pilot/"),
@@ -243,54 +248,82 @@ def area(frames: list[str]) -> str:
     return "other"
 
 
-def profile(args: argparse.Namespace, pilot: Server, admin: Admin, tmp: Path) -> None:
+PROFILE_CHUNK_S = 5  # py-spy 0.4.2 --gil sometimes crashes (SIGSEGV) on long records: short ones, merged
+
+
+def record_chunk(spy: str, pid: int, seconds: int, out: Path) -> tuple[Counter[str], str | None]:
+    """One ``py-spy record --gil`` of ``seconds`` s: its collapsed stacks, or None and why it failed."""
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--gil"]
+    done = subprocess.run(
+        [*cmd, "--format", "raw", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    if done.returncode != 0 or not out.exists():
+        return Counter(), f"exit {done.returncode}"
+    stacks: Counter[str] = Counter()
+    for text in out.read_text(errors="replace").splitlines():
+        stack, _, count = text.rpartition(" ")
+        if count.isdigit():
+            stacks[stack] += int(count)
+    out.unlink()
+    return stacks, None
+
+
+def profile(args: argparse.Namespace, server: Server, path: str, admin: Admin, tmp: Path) -> None:
+    """Profile one worker of ``server`` while ``path`` is under load at concurrency 10."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("profile: py-spy is not installed (pip install -r requirements-dev.txt)")
         return
     admin.vacuum_analyze()
-    worker = pilot.workers()[0]
-    raw = tmp / "step-profile.txt"
+    worker = server.workers()[0]
+    chunks = max(1, args.profile_seconds // PROFILE_CHUNK_S)
     print(
-        f"\nprofile: py-spy record --pid {worker} --duration {args.profile_seconds} --rate 200 --gil --format raw"
-        f" (load {loadavg()}); --gil: only the thread holding the GIL is sampled, i.e. the worker's Python CPU"
+        f"\nprofile of {server.name} ({path}): {chunks} x py-spy record --pid {worker}"
+        f" --duration {PROFILE_CHUNK_S} --rate 200 --gil --format raw"
+        f" (load {loadavg()}); --gil samples only the thread holding the GIL: the worker's Python CPU"
     )
-    recorder = subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(worker),
-            "--duration",
-            str(args.profile_seconds),
-            "--rate",
-            "200",
-            "--gil",
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--output",
-            str(raw),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    result: list[Outcome] = []
+    load = threading.Thread(
+        target=lambda: result.append(
+            steady(
+                server.port,
+                1_000_000,
+                10,
+                lambda i: ("POST", path, step_body(i)),
+                step_ok,
+                deadline_s=chunks * (PROFILE_CHUNK_S + 3) + 2,
+            )
+        ),
+        daemon=True,
     )
+    load.start()
     time.sleep(1.0)
-    phase_calls = lambda i: ("POST", "/api/execute-step", step_body(i))  # noqa: E731
-    outcome = steady(pilot.port, 100_000, 10, phase_calls, step_ok, deadline_s=args.profile_seconds)
-    try:
-        err, _ = recorder.communicate(timeout=args.profile_seconds + 30)
-    except subprocess.TimeoutExpired:
-        recorder.kill()
-        err, _ = recorder.communicate()
-    print(f"  load while profiling: {outcome.ok} ok, {outcome.rate:.0f}/s, {len(outcome.errors)} errors")
-    if not raw.exists():
-        print(f"  py-spy wrote nothing (exit {recorder.returncode}): {err.decode(errors='replace')[-800:]}")
-        return
+    cpu_before, span_start = server.worker_cpu_seconds(), time.monotonic()
+    stacks: Counter[str] = Counter()
+    failures = []
+    for index in range(chunks):
+        got, failure = record_chunk(spy, worker, PROFILE_CHUNK_S, tmp / f"chunk-{index}.txt")
+        stacks.update(got)
+        if failure:
+            failures.append(failure)
+    cpu, span = server.worker_cpu_seconds() - cpu_before, time.monotonic() - span_start
+    load.join(timeout=chunks * (PROFILE_CHUNK_S + 3) + 60)
+    outcome = result[0] if result else Outcome()
+    # Requests served while py-spy recorded, estimated from the phase's mean rate (both workers).
+    cpu_ms_per_req = 1000 * cpu / max(1.0, outcome.rate * span)
+    print(
+        f"  load while profiling: {outcome.ok} ok, {outcome.rate:.0f}/s, {len(outcome.errors)} errors;"
+        f" {chunks - len(failures)} of {chunks} records kept" + (f" (lost: {', '.join(failures)})" if failures else "")
+    )
+    raw = Path(args.profile_out or tmp) / f"{server.name}-step-profile.txt"
+    raw.write_text("".join(f"{stack} {count}\n" for stack, count in stacks.items()))
     if args.profile_out:
-        shutil.copy(raw, args.profile_out)
-        print(f"  raw collapsed stacks copied to {args.profile_out}")
-    summarize_profile(raw, args.profile_top)
+        print(f"  collapsed stacks written to {raw}")
+    summarize_profile(raw, args.profile_top, cpu_ms_per_req)
 
 
 def main() -> int:
@@ -306,7 +339,7 @@ def main() -> int:
     parser.add_argument("--phase-seconds", type=float, default=40.0, help="cap on each measurement")
     parser.add_argument("--profile-seconds", type=int, default=20)
     parser.add_argument("--profile-top", type=int, default=25)
-    parser.add_argument("--profile-out", help="keep py-spy's collapsed stacks here")
+    parser.add_argument("--profile-out", help="a directory to keep py-spy's collapsed stacks in")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 5 or not 1 <= args.workers <= 4 or not 1 <= args.pool <= 20:
         parser.error("--rounds 1..5, --workers 1..4, --pool 1..20")
@@ -342,7 +375,8 @@ def main() -> int:
             steady(floor.port, 200, 10, lambda i: ("POST", "/floor/step", step_body(i)), step_ok)
             run_phases(args, pilot, floor, admin, plans)
             if "profile" in args.phases.split(","):
-                profile(args, pilot, admin, tmp)
+                profile(args, pilot, "/api/execute-step", admin, tmp)
+                profile(args, floor, "/floor/step", admin, tmp)
         finally:
             admin.close()
             for server in (pilot, floor):
