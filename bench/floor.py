@@ -14,7 +14,8 @@ and ``--threads`` (8) finishing threads, share one database (issue 9 design §12
   sleeps until the earliest next due time (at most 0.2 s);
 * claim (commit asynchronous): ``UPDATE plan_runs … WHERE id IN (SELECT … WHERE status = 'queued'
   ORDER BY id LIMIT <free threads> FOR UPDATE SKIP LOCKED)`` returning each run's plan steps,
-  woken by LISTEN or a 0.1 s poll;
+  again at once after a claim that got rows, else woken by LISTEN, by a finishing thread, or a
+  0.1 s poll;
 * finish (commit synchronous, RLS identity as ``pilot_app``): the run ``success`` with its step
   results and one ``execution_logs`` row per step, in one statement.
 
@@ -26,6 +27,7 @@ that do not exist yet). The schedule table lives in the bench database and is dr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -130,7 +132,9 @@ class FloorProcess:
         self.work: queue.Queue[tuple[int, str, list[dict[str, Any]]]] = queue.Queue()
         self.busy = 0
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake_r, self.wake_w = os.pipe()  # a finishing thread wakes the claimer (design D4)
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
 
     def running(self) -> bool:
         return time.time() < self.until and not (self.stop_file is not None and self.stop_file.exists())
@@ -154,18 +158,21 @@ class FloorProcess:
             while self.running():
                 with self.lock:
                     free = self.threads - self.busy - self.work.qsize()
-                claimed = []
                 if free > 0:
                     cur.execute(CLAIM, {"owner": self.owner, "limit": free})
                     claimed = cur.fetchall()
                     for row in claimed:
                         self.work.put(row)
-                if claimed and len(claimed) == free:
-                    self.wake.wait(0.05)  # every thread busy: wait for one to finish
-                    self.wake.clear()
-                elif not claimed and select.select([listen], [], [], 0.1)[0]:
+                    if claimed:
+                        continue  # more may be queued: claim again while threads are free
+                # Nothing queued, or no free thread: wait for a NOTIFY or a thread finishing (0.1 s poll as the net).
+                ready = select.select([listen, self.wake_r], [], [], 0.1)[0]
+                if listen in ready:
                     listen.poll()
                     listen.notifies.clear()
+                if self.wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
         conn.close()
         listen.close()
 
@@ -209,7 +216,8 @@ class FloorProcess:
                 finally:
                     with self.lock:
                         self.busy -= 1
-                    self.wake.set()
+                    with contextlib.suppress(BlockingIOError):
+                        os.write(self.wake_w, b"x")
         conn.close()
 
     def serve(self) -> None:

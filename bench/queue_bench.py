@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import sys
 import tempfile
 import threading
@@ -60,6 +61,8 @@ from bench.common import (
     pct,
     pilot_env,
     post_ok,
+    postgres_cpu_seconds,
+    proc_cpu_seconds,
     request,
     wait_until,
 )
@@ -209,6 +212,7 @@ class SlotReport:
     pending: int  # slots whose run was still queued when measured: late, not (yet) missed
     missing: int
     statuses: dict[str, int]
+    reasons: dict[str, int]  # why runs were skipped or ended without starting (their error, numbers removed)
     rejected: int
     lags_ms: list[float]  # per expected slot; inf when it never started
     claim_ms: list[float]
@@ -229,7 +233,7 @@ class SlotReport:
         return (
             f"expected {self.expected}, runs created {self.rows}, duplicates {self.duplicates}, started"
             f" {self.executed}, misses {self.misses} (no run {self.missing}, rejected {self.rejected},"
-            f" statuses {self.statuses}), still queued when measured {self.pending};"
+            f" statuses {self.statuses}, reasons {self.reasons}), still queued when measured {self.pending};"
             f" start lag p50 {ms(0.5)}, p99 {ms(0.99)}; claimed (created_at) lag"
             f" p50 {pct(self.claim_ms, 0.5):.0f} ms p99 {pct(self.claim_ms, 0.99):.0f} ms; all finished after"
             f" {done}; {self.finished_per_s:.1f} runs/s executed"
@@ -272,6 +276,9 @@ def slot_report(
         pending=len(pending_keys),
         missing=expected - len(by_key),
         statuses=dict(Counter(r["status"] for r in rows)),
+        reasons=dict(
+            Counter(re.sub(r"\d+", "N", r["error"] or "")[:60] for r in rows if not r["started_at"] and r["error"])
+        ),
         rejected=sum(1 for r in rows if r["status"] == "error" and not r["started_at"]),
         lags_ms=lags,
         claim_ms=[(r["created_at"] - r["scheduled_for"]).total_seconds() * 1000 for r in rows],
@@ -352,11 +359,13 @@ def phase_sustained(ctx: Ctx, n: int) -> tuple[SlotReport, SlotReport]:
         ctx.admin.execute("UPDATE execution_plans SET enabled = true, updated_at = now() WHERE id = ANY(%s)", (ids,))
         first = floor_mod.aligned(5)
         last = first + timedelta(seconds=seconds - 1)
-        time.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds() + 1))
+        workers = [pid for server in servers for pid in server.workers()]
+        cpu = CpuMeter(workers, first, last)
         ctx.admin.execute("UPDATE execution_plans SET enabled = false WHERE id = ANY(%s)", (ids,))
         time.sleep(5)  # runs of the last slots may start late; they count as late, not missed
         pilot = slot_report(ctx.admin, ids, first, last, 1, seconds)
         print(f"  pilot: {pilot.line()} (load {loadavg()})")
+        print(f"  pilot: {cpu.line(pilot.executed, n)}")
     finally:
         stop_all(servers)
     ctx.admin.execute("TRUNCATE plan_runs, execution_logs")
@@ -367,14 +376,34 @@ def phase_sustained(ctx: Ctx, n: int) -> tuple[SlotReport, SlotReport]:
     last = first + timedelta(seconds=seconds - 1)
     floor = floor_mod.Floor(ctx.dsn, seconds + 10, processes=ctx.args.instances * ctx.args.workers)
     try:
-        time.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds() + 3))
+        floor_cpu = CpuMeter(floor.pids(), first, last)
+        time.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds() + 2))
     finally:
         floor.stop()
     floor_report = slot_report(ctx.admin, ids, first, last, 1, seconds)
     print(f"  floor: {floor_report.line()} (load {loadavg()})")
+    print(f"  floor: {floor_cpu.line(floor_report.executed, n)}")
     if floor_report.finished_per_s:
         print(f"  pilot/floor finished runs/s: {pilot.finished_per_s / floor_report.finished_per_s:.2f}")
     return pilot, floor_report
+
+
+class CpuMeter:
+    """CPU seconds of ``pids`` and of every postgres process from ``first`` to ``last`` + 1 s (sleeps until then)."""
+
+    def __init__(self, pids: list[int], first: datetime, last: datetime) -> None:
+        time.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds()))
+        before = sum(proc_cpu_seconds(pid) for pid in pids), postgres_cpu_seconds()
+        time.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds() + 1))
+        self.procs = sum(proc_cpu_seconds(pid) for pid in pids) - before[0]
+        self.postgres = postgres_cpu_seconds() - before[1]
+
+    def line(self, runs: int, per_second: int) -> str:
+        procs, postgres = 1000 * self.procs / max(1, runs), 1000 * self.postgres / max(1, runs)
+        return (
+            f"CPU per run {procs:.2f} ms in its processes + {postgres:.2f} ms in postgres (all databases);"
+            f" {per_second} runs/s at that cost need ~{per_second * (procs + postgres) / 1000:.2f} cores"
+        )
 
 
 def plan_with(port: int, user: str, name: str, steps: list[dict[str, Any]]) -> int:
