@@ -4,7 +4,7 @@
     .venv/bin/python bench/scheduler_bench.py --cron               # + 20 per-minute cron plans over 2 minutes
     .venv/bin/python bench/scheduler_bench.py --cron --downtime    # + stop everything across 3 missed minutes
 
-Starts ``--instances`` (2) copies of ``gunicorn -c deploy/gunicorn.conf.py "app:create_app()"``,
+Starts ``--instances`` (2) copies of ``gunicorn -c deploy/gunicorn.conf.py APP_SPEC`` (``bench/common.py``),
 each with ``--workers`` (2) workers, on free loopback ports against a fresh database
 on the local PostgreSQL (dropped at the end), and measures from ``plan_runs``:
 
@@ -42,7 +42,7 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, fresh_database  # noqa: E402
+from bench.common import APP_SPEC, free_port, fresh_database  # noqa: E402
 
 USER = "bench_scheduler"
 TICK = [{"provider": "logic", "action": "transform", "params": {"template": "tick"}}]
@@ -58,7 +58,7 @@ class Instance:
         self.log = (log_dir / f"{name}.log").open("w")
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.process = subprocess.Popen(
-            [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
+            [str(gunicorn), "-c", "deploy/gunicorn.conf.py", APP_SPEC],
             cwd=ROOT,
             env={**env, "FLASK_PORT": str(self.port), "PILOT_WORKERS": str(workers), "PILOT_THREADS": "32"},
             stdout=self.log,

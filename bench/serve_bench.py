@@ -5,7 +5,7 @@
 
 Everything is on this machine: a loopback OpenAI-compatible server that answers
 after ``--delay`` s (1 s), a fresh database on the local PostgreSQL (dropped at the
-end) and ``gunicorn -c deploy/gunicorn.conf.py "app:create_app()"`` started once per config on
+end) and ``gunicorn -c deploy/gunicorn.conf.py APP_SPEC`` (``bench/common.py``) started once per config on
 a free loopback port. Per config it measures
 
   a. ``--llm`` (200) concurrent ``POST /api/execute-step`` openai chat_completion calls:
@@ -56,7 +56,7 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, fresh_database  # noqa: E402
+from bench.common import APP_SPEC, free_port, fresh_database  # noqa: E402
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_CONFIGS = ["gthread:2:256:10", "gthread:2:128:10", "gthread:2:32:10", "gthread:4:64:10", "gevent:2:1000:10"]
@@ -244,7 +244,7 @@ def postgres_cpu_seconds() -> float:
 
 
 class Gunicorn:
-    """``gunicorn -c deploy/gunicorn.conf.py "app:create_app()"`` in its own process group."""
+    """``gunicorn -c deploy/gunicorn.conf.py APP_SPEC`` (``bench/common.py``) in its own process group."""
 
     def __init__(self, config: ServeConfig, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
@@ -257,7 +257,7 @@ class Gunicorn:
             "--bind",
             f"127.0.0.1:{self.port}",
             *config.flags(),
-            "app:create_app()",
+            APP_SPEC,
         ]
         self.log_path = log_path
         self._log = log_path.open("wb")
