@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -9,6 +10,8 @@ from flask import Blueprint, Response, jsonify, request
 from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.execution.streaming import StepStream
+from pilot.http import sse
 from pilot.http.auth import current_user_id
 from pilot.http.common import check_id, json_body, optional_json_body, paging, serialize
 
@@ -27,6 +30,7 @@ def provider(name: str) -> Response:
 
 @bp.post("/execute-step")
 def execute_step() -> Response:
+    """One step now; with ``Accept: text/event-stream`` or ``?stream=true`` its text as Server-Sent Events."""
     body = json_body()
     user_id = current_user_id()
     if "step" not in body:
@@ -37,8 +41,23 @@ def execute_step() -> Response:
         raise ValidationError("step_results and input must be objects")
     results = {str(key): value for key, value in step_results.items()}
     context = {"steps": results, "step_results": results, "input": input_}
+    if sse.wants_stream():
+        stream = StepStream(current_pilot().engine, user_id, body["step"], context)  # 400s raise here
+        return sse.stream_response(_step_events(stream))
     result = current_pilot().engine.execute_step(user_id, body["step"], context)
     return jsonify(result.to_dict())
+
+
+def _step_events(stream: StepStream) -> Iterator[bytes]:
+    """A streamed step on the wire: ``delta`` events ``{"text"}``, comments for signs of life, one ``result``."""
+    yield sse.comment("stream open")  # headers out at once: the client knows the step was accepted
+    for item in stream.events():
+        if item.kind == "delta":
+            yield sse.event("delta", {"text": item.data})
+        elif item.kind == "result":
+            yield sse.event("result", item.data)
+        else:
+            yield sse.comment()
 
 
 @bp.post("/provider-credentials/<name>/test")
