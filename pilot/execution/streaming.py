@@ -172,4 +172,3 @@ class StepStream:
         params = self.engine._redacted_params(self.params, self.redactor)
         attempts = int(result.metadata.get("attempts", 1))
         return self.engine._log(self.user_id, self.step, result, params, where, attempts, self.redactor)
-
