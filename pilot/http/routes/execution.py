@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.execution.dry_run import dry_run_plan
 from pilot.execution.streaming import StepStream
 from pilot.http import sse
 from pilot.http.auth import current_user_id
@@ -82,11 +83,13 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     if not isinstance(input_, dict):
         raise ValidationError("input must be an object")
     engine = current_pilot().engine
+    if _flag("dry_run"):  # nothing is queued, sent or written: logic steps run, the others are shown
+        return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
     trigger = "api" if body.get("trigger") == "api" else "manual"
     run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
     if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
         raise Conflict(f"plan {plan_id} already has this run")
-    if request.args.get("wait", "").lower() in {"1", "true", "yes"}:
+    if _flag("wait"):
         finished = engine.run(user_id, run["id"])
         if finished is None:  # not queued any more (ended by someone else): answer what it is now
             with current_pilot().db.transaction(user_id) as cur:
@@ -96,6 +99,10 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
         return jsonify(_run_view(user_id, finished)), 200
     engine.submit(user_id, run["id"])
     return jsonify(serialize(run)), 202
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "").lower() in {"1", "true", "yes"}
 
 
 @bp.get("/plans/<int:plan_id>/runs")
