@@ -114,11 +114,15 @@ def test_dry_run_reports_missing_credentials_and_stops_at_an_error(
 
 
 def test_a_failing_logic_step_is_an_error_and_continue_on_error_goes_on(client: FlaskClient, user: str) -> None:
-    steps = [
-        {"provider": "logic", "action": "extract", "params": {"expression": "ceil(`1e400`)"}},
+    steps: list[dict[str, Any]] = [
+        {
+            "provider": "logic",
+            "action": "extract",
+            "params": {"expression": "ceil(`1e400`)"},
+            "continue_on_error": True,
+        },
         {"provider": "logic", "action": "transform", "params": {"template": 1}},
     ]
-    steps[0]["continue_on_error"] = True
     body = resp_json(dry_run(client, user, create_plan(client, user, steps)))
     assert [step["status"] for step in body["steps"]] == ["error", "success"] and body["status"] == "success"
 
