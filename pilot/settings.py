@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     openai_api_key: OptionalText = env("OPENAI_API_KEY", repr=False)
     groq_api_key: OptionalText = env("GROQ_API_KEY", repr=False)
     anthropic_api_key: OptionalText = env("ANTHROPIC_API_KEY", repr=False)
+    planner_max_repairs: int = env("PLANNER_MAX_REPAIRS", 2)
+    planner_model_openai: str = env("PLANNER_MODEL_OPENAI", "gpt-4o-mini")
+    planner_model_groq: str = env("PLANNER_MODEL_GROQ", "llama-3.3-70b-versatile")
+    planner_model_anthropic: str = env("PLANNER_MODEL_ANTHROPIC", "claude-3-5-haiku-latest")
 
     @field_validator("pilot_env", mode="after")
     @classmethod
@@ -154,6 +158,8 @@ class Settings(BaseSettings):
             )
         if self.db_pool_size < 1 or self.run_workers < 1:
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
+        if not 0 <= self.planner_max_repairs <= 10:
+            raise ConfigurationError("PLANNER_MAX_REPAIRS must be between 0 and 10")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
         return self

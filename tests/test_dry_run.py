@@ -17,6 +17,7 @@ from pilot.application import PilotApp
 from pilot.data import store
 from tests.conftest import resp_json
 from tests.fake_upstreams import FakeOpenAI, WebhookReceiver
+from tests.test_openapi import check
 
 TOKEN = "tok-0123456789-secret"
 
@@ -93,6 +94,7 @@ def test_dry_run_executes_logic_renders_the_rest_and_connects_nowhere(
     assert seen["status"] == "success" and seen["result"]["data"] == {"dry_run": True}
     assert later["status"] == "skipped"
     assert TOKEN not in response.get_data(as_text=True)
+    check(resp_json(client.get("/api/openapi.json")), "DryRun", body)
     assert receiver.connections == 0 and openai.connections == 0 and not receiver.requests
     assert written(app, user) == (0, 0)
 

@@ -148,6 +148,12 @@ def test_stream_query_parameter_and_accept_preferences(client: FlaskClient, user
         assert client.post("/api/execute-step", json=body, headers={"Accept": accept}).is_json
 
 
+def test_the_stream_is_in_the_openapi_document(client: FlaskClient) -> None:
+    operation = resp_json(client.get("/api/openapi.json"))["paths"]["/api/execute-step"]["post"]
+    assert set(operation["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert "stream" in [parameter.get("name") for parameter in operation["parameters"]]
+
+
 def test_invalid_step_is_a_json_400_not_a_stream(client: FlaskClient, user: str) -> None:
     step = {"provider": "openai", "action": "chat_completion", "params": {"prompt": "x", "temperature": 9}}
     response = client.post("/api/execute-step?stream=true", json={"user_id": user, "step": step})
