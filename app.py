@@ -25,7 +25,7 @@ from execution_engine import ExecutionEngine
 from pilot import console
 from pilot.application import PilotApp
 from pilot.errors import ConfigurationError
-from pilot.http import errors, guard, openapi, request_ids
+from pilot.http import cors, errors, guard, openapi, request_ids
 from pilot.http.routes import credentials, drafts, execution, health, logs, plans, runs
 from pilot.http.routes import scheduler as scheduler_routes
 from pilot.ops import cli, metrics
@@ -56,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, registry: Provid
     request_ids.init_app(app)
     errors.init_app(app)
     guard.init_app(app)
+    cors.init_app(app)  # after the guard: a preflight to a refused Host is refused too
     for module in BLUEPRINTS:
         app.register_blueprint(module.bp)
     metrics.init_app(app)
