@@ -96,6 +96,8 @@ class StepStream:
                 if tail:
                     yield StreamEvent("delta", tail)
             cancelled = False
+        except Exception as exc:  # a bug here still ends the step with a result and its row, not "cancelled"
+            result, cancelled = unexpected_failure(exc), False
         finally:
             upstream.close()  # first: the upstream connection closes before anything is written
             if cancelled:
