@@ -303,7 +303,7 @@ def test_gunicorn_gthread_serves_concurrent_streams_with_one_thread_each(
             assert wait_until_healthy(base) is not None, (tmp_path / "gunicorn.log").read_text()[-3000:]
             body = {"user_id": "streamer", "credentials": {"api_key": API_KEY, "base_url": fake.base_url}}
             assert requests.post(f"{base}/api/provider-credentials/openai", json=body, timeout=10).ok
-            fake.script(*[StreamReply([f"{n}{i} " for i in range(12)], gap=0.1) for n in ("a", "b")])
+            fake.script(*[StreamReply([f"{n}{i} " for i in range(12)], gap=0.25) for n in ("a", "b")])  # 3 s each
 
             def consume(name: str) -> None:
                 step = {"user_id": "streamer", "step": chat("openai")}
