@@ -117,14 +117,6 @@ def failed_after(result: ProviderResult, started: float) -> ProviderResult:
     return result
 
 
-def read_events(stream: OutboundStream) -> Iterator[SSEEvent | None]:
-    """The stream's events; the connection is closed when the iteration ends or is abandoned."""
-    try:
-        yield from sse_events(stream.chunks())
-    finally:
-        stream.close()
-
-
 def stream_failure(exc: Exception, vendor: str, text: str) -> ProviderResult:
     """A stream that broke after it started: the transport's code (not retried: text was already sent)."""
     if isinstance(exc, PilotError):
@@ -136,4 +128,4 @@ def stream_failure(exc: Exception, vendor: str, text: str) -> ProviderResult:
     return result
 
 
-__all__ = ["SSEEvent", "StreamItem", "failed_after", "open_stream", "read_events", "sse_events", "stream_failure"]
+__all__ = ["SSEEvent", "StreamItem", "failed_after", "open_stream", "sse_events", "stream_failure"]
