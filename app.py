@@ -25,8 +25,8 @@ from execution_engine import ExecutionEngine
 from pilot import console
 from pilot.application import PilotApp
 from pilot.errors import ConfigurationError
-from pilot.http import errors, guard, openapi, request_ids
-from pilot.http.routes import credentials, execution, health, logs, plans, runs
+from pilot.http import cors, errors, guard, openapi, request_ids
+from pilot.http.routes import credentials, drafts, execution, health, logs, plans, runs
 from pilot.http.routes import scheduler as scheduler_routes
 from pilot.ops import cli, metrics
 from pilot.ops.logging_setup import configure_logging
@@ -35,7 +35,7 @@ from pilot.settings import load_settings
 from provider_registry import ProviderRegistry
 
 log = logging.getLogger("pilot")
-BLUEPRINTS = (health, credentials, plans, execution, logs, scheduler_routes, runs)
+BLUEPRINTS = (health, credentials, drafts, plans, execution, logs, scheduler_routes, runs)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, registry: ProviderRegistry | None = None) -> PilotApp:
@@ -56,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, registry: Provid
     request_ids.init_app(app)
     errors.init_app(app)
     guard.init_app(app)
+    cors.init_app(app)  # after the guard: a preflight to a refused Host is refused too
     for module in BLUEPRINTS:
         app.register_blueprint(module.bp)
     metrics.init_app(app)

@@ -125,17 +125,20 @@ class ExecutionEngine(RunExecution):
             raise unreadable_credentials(provider.name, failures)
         return readable
 
-    def execute_step(self, user_id: str, step: Any, run_context: dict[str, Any]) -> ProviderResult:
+    def execute_step(
+        self, user_id: str, step: Any, run_context: dict[str, Any], *, literal: bool = False
+    ) -> ProviderResult:
         """Run one step on its own and log it.
 
         Raises ValidationError for a step that is not valid, including params that do
         not fit the action's schema once rendered: the caller sent them. Every other
         failure (missing reference, missing credentials, upstream error, a result that
         cannot be stored, any unexpected error) comes back as a failed ProviderResult,
-        logged like a success.
+        logged like a success. ``literal`` sends params as given, without rendering
+        ``{{ }}`` (Pilot's own calls whose text explains the syntax: the planner).
         """
         where = {"plan_id": None, "run_id": None, "step_index": None}
-        return self._execute(user_id, step, run_context, where, params_error_fails=False)
+        return self._execute(user_id, step, run_context, where, params_error_fails=False, literal=literal)
 
     def execute_run_step(
         self, user_id: str, step: Any, run_context: dict[str, Any], *, plan_id: int, run_id: int, step_index: int
@@ -149,7 +152,14 @@ class ExecutionEngine(RunExecution):
         return self._execute(user_id, step, run_context, where, params_error_fails=True)
 
     def _execute(
-        self, user_id: str, step: Any, run_context: dict[str, Any], where: dict[str, Any], *, params_error_fails: bool
+        self,
+        user_id: str,
+        step: Any,
+        run_context: dict[str, Any],
+        where: dict[str, Any],
+        *,
+        params_error_fails: bool,
+        literal: bool = False,
     ) -> ProviderResult:
         parsed, provider = self.validate_step(step)
         redactor = Redactor()
@@ -157,7 +167,7 @@ class ExecutionEngine(RunExecution):
         attempts = 0
         elapsed = 0.0
         try:
-            params = render(parsed.params, run_context)
+            params = parsed.params if literal else render(parsed.params, run_context)
             self.registry.validate_params(parsed.provider, parsed.action, params)
             credentials = self.credentials_for(user_id, provider) if provider.credential_types else {}
             redactor = Redactor(provider.secret_values(credentials))

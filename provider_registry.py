@@ -17,7 +17,7 @@ import pkgutil
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
@@ -27,7 +27,7 @@ from pilot.errors import NotFound, ValidationError
 from pilot.security.redaction import Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Generator, Iterable
 
     from pilot.security.outbound import OutboundClient
 
@@ -102,6 +102,11 @@ class ProviderResult:
         )
 
 
+# What ``Provider.stream`` yields: a piece of text as the upstream produced it ("" when the
+# upstream only showed it is alive, e.g. a ping), and last of all one ProviderResult.
+StreamItem: TypeAlias = "str | ProviderResult"
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     """One action: what it does and the JSON Schema (draft 2020-12) of its params object."""
@@ -149,6 +154,9 @@ class Provider(ABC):
 
     ``name`` is the registry key (lowercase identifier); ``actions`` maps each action name to
     its ``ActionSpec``; ``credential_types`` maps each credential field to its ``CredentialSpec``.
+    ``pure`` declares that the provider makes no network call, needs no credentials and has
+    no side effect (dry runs execute its steps for real); ``streaming_actions`` names the
+    actions whose ``stream`` yields text as the upstream produces it.
     Instances are shared by all threads, so a provider keeps no per-call state on ``self``.
     """
 
@@ -156,6 +164,8 @@ class Provider(ABC):
     description: ClassVar[str] = ""
     actions: ClassVar[dict[str, ActionSpec]] = {}
     credential_types: ClassVar[dict[str, CredentialSpec]] = {}
+    pure: ClassVar[bool] = False
+    streaming_actions: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def execute(
@@ -173,6 +183,19 @@ class Provider(ABC):
         upstream text is shortened only with ``context.redactor.cut``).
         The engine retries; a provider makes exactly one attempt.
         """
+
+    def stream(
+        self, action: str, params: dict[str, Any], credentials: dict[str, str], context: ExecutionContext
+    ) -> Generator[StreamItem, None, None]:
+        """Run ``action`` once like ``execute``, yielding its text as the upstream streams it.
+
+        Yields ``str`` pieces (each as received; ``""`` for a sign of life without text) and
+        then exactly one ``ProviderResult``, last, equal in shape to what ``execute`` returns
+        for the same answer. Closing the generator early must close the upstream connection
+        (that is how a caller cancels). The default, for actions that do not stream, yields
+        ``execute``'s result alone.
+        """
+        yield self.execute(action, params, credentials, context)
 
     def test_credentials(self, credentials: dict[str, str], context: ExecutionContext) -> ProviderResult:
         """Cheaply check that ``credentials`` work (e.g. list models); never raises for upstream failures."""

@@ -19,6 +19,7 @@ writes.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pilot.errors import ConfigurationError
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+ORIGIN = re.compile(r"https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Read only by `flask --app app import-env-credentials`, which stores them for one user.
 ENV_API_KEYS = (("openai", "OPENAI_API_KEY"), ("groq", "GROQ_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"))
@@ -108,6 +110,11 @@ class Settings(BaseSettings):
     openai_api_key: OptionalText = env("OPENAI_API_KEY", repr=False)
     groq_api_key: OptionalText = env("GROQ_API_KEY", repr=False)
     anthropic_api_key: OptionalText = env("ANTHROPIC_API_KEY", repr=False)
+    cors_origins: CommaList = env("CORS_ORIGINS", ())
+    planner_max_repairs: int = env("PLANNER_MAX_REPAIRS", 2)
+    planner_model_openai: str = env("PLANNER_MODEL_OPENAI", "gpt-4o-mini")
+    planner_model_groq: str = env("PLANNER_MODEL_GROQ", "llama-3.3-70b-versatile")
+    planner_model_anthropic: str = env("PLANNER_MODEL_ANTHROPIC", "claude-3-5-haiku-latest")
 
     @field_validator("pilot_env", mode="after")
     @classmethod
@@ -136,6 +143,26 @@ class Settings(BaseSettings):
         """Compared with a request's Host as ``guard.host_name`` reads it: lower case, no brackets or final dot."""
         return tuple(host.lower().strip("[]").removesuffix(".") for host in value)
 
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Exact origins (``scheme://host[:port]``), compared as browsers send them: lower case, no path.
+
+        ``*`` is refused: answers carry ``Access-Control-Allow-Credentials``, which must
+        never go with a wildcard, and a dev-mode Pilot open to every site would let any
+        page act as any user.
+        """
+        origins = []
+        for origin in value:
+            normal = origin.lower().removesuffix("/")
+            if not ORIGIN.fullmatch(normal):
+                raise ConfigurationError(
+                    f"CORS_ORIGINS takes exact origins such as https://app.example.com or http://localhost:5173 "
+                    f"(scheme, host, optional port; no path, no '*'), not {origin!r}"
+                )
+            origins.append(normal)
+        return tuple(origins)
+
     @field_validator("openai_base_url", "groq_base_url", "anthropic_base_url", mode="after")
     @classmethod
     def _no_final_slash(cls, value: str | None) -> str | None:
@@ -154,6 +181,8 @@ class Settings(BaseSettings):
             )
         if self.db_pool_size < 1 or self.run_workers < 1:
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
+        if not 0 <= self.planner_max_repairs <= 10:
+            raise ConfigurationError("PLANNER_MAX_REPAIRS must be between 0 and 10")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
         return self

@@ -16,6 +16,7 @@ class LogicProvider(Provider):
 
     name = "logic"
     description = "Transform, test and extract data between steps (no network, no credentials)"
+    pure = True  # dry runs evaluate logic steps for real
     actions: ClassVar[dict[str, ActionSpec]] = {
         "transform": ActionSpec(
             "Return `template` (any JSON value, rendered by the engine) as data",

@@ -13,6 +13,15 @@ Behaviours: SUCCESS, UNAUTHORIZED (401), RATE_LIMITED (429, Retry-After: 1), SER
 (500), OVERLOADED (529), SLOW (success after SLOW_SECONDS, for client timeouts), MALFORMED
 (200 with a body that is not JSON), ECHO_KEY (401 whose message repeats the api key, for
 redaction tests). A ``Reply`` scripts any other response.
+
+Streaming: a model request with ``"stream": true`` is answered (for SUCCESS) in the vendor's
+Server-Sent Events wire format, with the shapes of the vendors' documentation: OpenAI's
+``chat.completion.chunk`` lines (``usage`` in a last chunk with empty ``choices`` when
+``stream_options.include_usage`` is set) ending in ``data: [DONE]``; Anthropic's
+``message_start``, ``content_block_start``/``_delta``/``_stop``, ``ping``, ``message_delta``,
+``message_stop`` events. A ``StreamReply`` scripts the pieces, their pacing and a cut-off;
+``stream_cancelled`` is set when the client closed the connection before the stream ended.
+``connections`` counts accepted TCP connections (requests on a kept-alive connection share one).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import hmac
 import json
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -48,6 +58,19 @@ class Reply:
     body: bytes | str = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+
+
+@dataclass
+class StreamReply:
+    """A streamed answer: ``pieces`` of text, ``gap`` seconds apart after ``first_delay`` (cut short on close).
+
+    ``complete=False`` ends the stream without its closing events (an upstream that broke off).
+    """
+
+    pieces: list[str]
+    gap: float = 0.0
+    first_delay: float = 0.0
+    complete: bool = True
 
 
 @dataclass
@@ -81,17 +104,28 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
-        self._script: deque[str | Reply] = deque()
+        self._script: deque[str | Reply | StreamReply] = deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self.connections = 0
+        self.stream_cancelled = threading.Event()
+        accept = self._server.get_request
+
+        def counted_accept() -> Any:
+            accepted = accept()
+            with self._lock:
+                self.connections += 1
+            return accepted
+
+        self._server.get_request = counted_accept  # type: ignore[method-assign]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
         )
         self._thread.start()
 
-    def script(self, *behaviours: str | Reply) -> Self:
+    def script(self, *behaviours: str | Reply | StreamReply) -> Self:
         """Queue the next replies, in order."""
         with self._lock:
             self._script.extend(behaviours)
@@ -110,9 +144,29 @@ class FakeServer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def reply_for(self, behaviour: str, request: RecordedRequest) -> Reply:
+    def reply_for(self, behaviour: str, request: RecordedRequest) -> Reply | StreamReply:
         """The reply a behaviour name stands for; subclasses add their API's bodies."""
         raise NotImplementedError(behaviour)
+
+    def stream_events(self, reply: StreamReply, request: RecordedRequest) -> Iterator[tuple[bytes, str | None]]:
+        """``(encoded event, piece or None)`` in order; the piece marks events that carry text (paced)."""
+        raise NotImplementedError
+
+    def _paced(self, reply: StreamReply, events: Iterator[tuple[bytes, str | None]]) -> Iterator[bytes]:
+        finished = False
+        try:
+            if reply.first_delay:
+                self._closing.wait(reply.first_delay)
+            first = True
+            for data, piece in events:
+                if piece is not None and not first and reply.gap:
+                    self._closing.wait(reply.gap)
+                first = first and piece is None
+                yield data
+            finished = True
+        finally:
+            if not finished and not self._closing.is_set():
+                self.stream_cancelled.set()  # the server closed us: the client's connection is gone
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -126,7 +180,10 @@ class FakeServer:
         with self._lock:
             self.requests.append(recorded)
             behaviour = self._script.popleft() if self._script else self.default
-        reply = behaviour if isinstance(behaviour, Reply) else self.reply_for(behaviour, recorded)
+        reply = behaviour if isinstance(behaviour, Reply | StreamReply) else self.reply_for(behaviour, recorded)
+        if isinstance(reply, StreamReply):
+            events = self._paced(reply, self.stream_events(reply, recorded))
+            return Response(events, 200, content_type="text/event-stream")(environ, start_response)
         if reply.delay:
             self._closing.wait(reply.delay)
         if reply.json is not None:
@@ -138,10 +195,29 @@ class FakeServer:
         return response(environ, start_response)
 
 
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One Server-Sent Event as the vendors send it: ``event:`` (Anthropic) and one ``data:`` line."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    return ((f"event: {event}\n" if event else "") + f"data: {text}\n\n").encode()
+
+
+def _wants_stream(request: RecordedRequest) -> bool:
+    payload = request.json if request.body else None
+    return isinstance(payload, dict) and payload.get("stream") is True
+
+
 class _ModelFake(FakeServer):
     """Shared behaviours of the model APIs; subclasses give the success and error bodies."""
 
-    def success(self, request: RecordedRequest) -> Reply:
+    reply_text: str | None = None
+
+    def success(self, request: RecordedRequest) -> Reply | StreamReply:
+        if _wants_stream(request):
+            text = self.reply_text if self.reply_text is not None else "echo: " + _last_user_text(request.json)
+            return StreamReply([text[i : i + 4] for i in range(0, len(text), 4)])
+        return self.complete(request)
+
+    def complete(self, request: RecordedRequest) -> Reply:
         raise NotImplementedError
 
     def error(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -150,12 +226,15 @@ class _ModelFake(FakeServer):
     def api_key(self, request: RecordedRequest) -> str:
         raise NotImplementedError
 
-    def reply_for(self, behaviour: str, request: RecordedRequest) -> Reply:
+    def reply_for(self, behaviour: str, request: RecordedRequest) -> Reply | StreamReply:
         if behaviour == SUCCESS:
             return self.success(request)
         if behaviour == SLOW:
             reply = self.success(request)
-            reply.delay = SLOW_SECONDS
+            if isinstance(reply, StreamReply):
+                reply.first_delay = SLOW_SECONDS
+            else:
+                reply.delay = SLOW_SECONDS
             return reply
         if behaviour == UNAUTHORIZED:
             return self.error(401, "authentication_error", "Incorrect API key provided")
@@ -183,8 +262,6 @@ def _last_user_text(payload: Any) -> str:
 class FakeOpenAI(_ModelFake):
     """OpenAI's ``POST /v1/chat/completions`` and ``GET /v1/models``; use ``base_url``."""
 
-    reply_text: str | None = None
-
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
@@ -192,11 +269,14 @@ class FakeOpenAI(_ModelFake):
     def api_key(self, request: RecordedRequest) -> str:
         return (request.header("Authorization") or "").removeprefix("Bearer ")
 
-    def success(self, request: RecordedRequest) -> Reply:
+    def success(self, request: RecordedRequest) -> Reply | StreamReply:
         if request.path.endswith("/models"):
             return Reply(json={"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
         if not request.path.endswith("/chat/completions"):
             return self.error(404, "not_found", f"no route {request.path}")
+        return super().success(request)
+
+    def complete(self, request: RecordedRequest) -> Reply:
         payload = request.json
         text = self.reply_text if self.reply_text is not None else "echo: " + _last_user_text(payload)
         return Reply(
@@ -212,11 +292,34 @@ class FakeOpenAI(_ModelFake):
     def error(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Reply:
         return Reply(status, json={"error": {"message": message, "type": kind, "code": None}}, headers=headers or {})
 
+    def stream_events(self, reply: StreamReply, request: RecordedRequest) -> Iterator[tuple[bytes, str | None]]:
+        payload = request.json
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1694268190}
+        base |= {"model": payload.get("model"), "system_fingerprint": "fp_fake"}
+        usage = (payload.get("stream_options") or {}).get("include_usage") is True
+        extra = {"usage": None} if usage else {}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return sse({**base, "choices": [choice], **extra})
+
+        yield chunk({"role": "assistant", "content": "", "refusal": None}), None
+        for piece in reply.pieces:
+            yield chunk({"content": piece}), piece
+        if not reply.complete:
+            return
+        yield chunk({}, "stop"), None
+        if usage:
+            counts = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}  # as ``complete`` says
+            yield sse({**base, "choices": [], "usage": counts}), None
+        yield sse("[DONE]"), None
+
 
 class FakeAnthropic(_ModelFake):
-    """Anthropic's ``POST /v1/messages`` and ``GET /v1/models``; ``base_url`` has no ``/v1``."""
+    """Anthropic's ``POST /v1/messages`` and ``GET /v1/models``; ``base_url`` has no ``/v1``.
 
-    reply_text: str | None = None
+    Text comes in two content blocks (the first half, then the rest), streamed or not.
+    """
 
     @property
     def base_url(self) -> str:
@@ -225,11 +328,14 @@ class FakeAnthropic(_ModelFake):
     def api_key(self, request: RecordedRequest) -> str:
         return request.header("x-api-key") or ""
 
-    def success(self, request: RecordedRequest) -> Reply:
+    def success(self, request: RecordedRequest) -> Reply | StreamReply:
         if request.path == "/v1/models":
             return Reply(json={"data": [{"id": "claude-3-5-haiku-latest", "type": "model"}], "has_more": False})
         if request.path != "/v1/messages":
             return self.error(404, "not_found_error", f"no route {request.path}")
+        return super().success(request)
+
+    def complete(self, request: RecordedRequest) -> Reply:
         payload = request.json
         text = self.reply_text if self.reply_text is not None else "echo: " + _last_user_text(payload)
         half = len(text) // 2
@@ -247,6 +353,46 @@ class FakeAnthropic(_ModelFake):
 
     def error(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Reply:
         return Reply(status, json={"type": "error", "error": {"type": kind, "message": message}}, headers=headers or {})
+
+    @staticmethod
+    def _block_change(index: int, block: int) -> Iterator[tuple[bytes, str | None]]:
+        if index >= 0:
+            yield sse({"type": "content_block_stop", "index": index}, "content_block_stop"), None
+        start = {"type": "content_block_start", "index": block, "content_block": {"type": "text", "text": ""}}
+        yield sse(start, "content_block_start"), None
+        if block == 0:
+            yield sse({"type": "ping"}, "ping"), None
+
+    def stream_events(self, reply: StreamReply, request: RecordedRequest) -> Iterator[tuple[bytes, str | None]]:
+        """Two text blocks, as ``complete`` gives them: pieces before the text's middle in block 0."""
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": request.json.get("model"),
+        }
+        message |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 1}}
+        yield sse({"type": "message_start", "message": message}, "message_start"), None
+        half = len("".join(reply.pieces)) // 2
+        position, index = 0, -1
+        for piece in reply.pieces:
+            split = min(max(half - position, 0), len(piece))
+            for block, part in ((0, piece[:split]), (1, piece[split:])):
+                if not part:
+                    continue
+                if block != index:
+                    yield from self._block_change(index, block)
+                    index = block
+                delta = {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": part}}
+                yield sse(delta, "content_block_delta"), part
+            position += len(piece)
+        if not reply.complete:
+            return
+        yield sse({"type": "content_block_stop", "index": index}, "content_block_stop"), None
+        end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+        yield sse({**end, "usage": {"output_tokens": 5}}, "message_delta"), None
+        yield sse({"type": "message_stop"}, "message_stop"), None
 
 
 class WebhookReceiver(FakeServer):

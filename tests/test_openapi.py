@@ -42,6 +42,7 @@ SPEC_ENDPOINTS = [
     "GET /api/scheduler/jobs",
     "GET /metrics",
     "GET /api/openapi.json",
+    "POST /api/plans/draft",
 ]
 
 

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from pilot.security.redaction import MIN_FRAGMENT_CHARS, MIN_SECRET_CHARS, REDACTED, Redactor, secret_header
+from pilot.security.redaction import (
+    MAX_HELD_CHARS,
+    MIN_FRAGMENT_CHARS,
+    MIN_SECRET_CHARS,
+    REDACTED,
+    Redactor,
+    StreamRedactor,
+    secret_header,
+)
 
 SECRET = "s3cr3t-Value-0123456789"
 
@@ -125,3 +133,52 @@ def test_pieces_anywhere_finds_a_stored_piece_in_the_middle_of_a_text() -> None:
     text = f"preview ... {piece}... more text"
     assert piece in Redactor([SECRET]).text(text)  # at neither end: left alone by default
     assert piece not in Redactor([SECRET], pieces_anywhere=True).text(text)
+
+
+# --- StreamRedactor: text that arrives in pieces -----------------------------------------------
+
+STREAMED_TEXTS = [
+    f"Your key is {SECRET}, keep it.",
+    f"{SECRET}{SECRET} twice, then sk-proj-ABCDEFGHIJKLMNOPQRSTUV and tasks-done.",
+    "Authorization: Bearer abcdefghijklmnop.qrstuvwx/yz== sent; bearer",
+    "no secrets here at all, just text ending in s",
+    f"ghp_{'a' * 36} and AKIA{'B' * 16} and plain words",
+]
+
+
+def pieces_of(text: str, rng: random.Random) -> list[str]:
+    cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, min(12, len(text) - 1))))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+@pytest.mark.parametrize("text", STREAMED_TEXTS)
+def test_streamed_pieces_join_to_the_whole_text_redacted_and_none_leaks(text: str) -> None:
+    """Against the reference: however the text is split, what is shown equals ``Redactor.text`` of the whole,
+    and no piece shown holds a secret or any run of MIN_FRAGMENT_CHARS of it."""
+    redactor = Redactor([SECRET])
+    fragments = {SECRET[i : i + MIN_FRAGMENT_CHARS] for i in range(len(SECRET) - MIN_FRAGMENT_CHARS + 1)}
+    rng = random.Random(text)
+    for _ in range(300):
+        stream = StreamRedactor(redactor)
+        shown = [stream.feed(piece) for piece in pieces_of(text, rng)] + [stream.flush()]
+        assert "".join(shown) == redactor.text(text)
+        assert not [piece for piece in shown if any(fragment in piece for fragment in fragments)]
+
+
+def test_streamed_text_is_held_only_while_it_could_become_a_secret() -> None:
+    stream = StreamRedactor(Redactor([SECRET]))
+    assert stream.feed("Hello world. ") == "Hello world. "  # nothing held back
+    assert stream.feed("Key: " + SECRET[:5]) == "Key: "  # the start of the secret waits
+    assert stream.feed(SECRET[5:] + " done") == REDACTED + " done"
+    assert stream.feed("ask") == "a"  # 'sk' may begin a key ('sk-…'); 'a' cannot
+    assert stream.feed(" me") == "sk me"
+    assert stream.flush() == ""
+
+
+def test_a_run_that_never_ends_is_let_out_redacted_after_the_hold_limit() -> None:
+    stream = StreamRedactor(Redactor([SECRET]))
+    shown = stream.feed("sk-" + "x" * (MAX_HELD_CHARS + 100))
+    assert shown == REDACTED  # a key-shaped run cut by the limit is redacted, not shown in part
+    assert stream.feed("xxxx") == ""  # the rest of that key is dropped as it arrives
+    assert stream.feed("xx and more") + stream.flush() == " and more"
+    assert Redactor([SECRET]).text("sk-" + "x" * (MAX_HELD_CHARS + 106) + " and more") == REDACTED + " and more"

@@ -272,3 +272,9 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 
 -- name: set_plan_steps
 UPDATE execution_plans SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s;
+
+-- name: insert_drafted_plan
+INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, timezone, enabled, provenance)
+VALUES (%(user_id)s, %(name)s, %(original_prompt)s, %(steps)s, %(schedule)s, %(timezone)s, %(enabled)s,
+        %(provenance)s)
+RETURNING *;

@@ -418,3 +418,13 @@ def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
 
 def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
     _execute(cur, "set_plan_steps", {"id": plan_id, "steps": PgJson(steps)})
+
+
+# --- drafted plans (issue 10) -------------------------------------------------
+
+
+def insert_drafted_plan(cur: Cursor, user_id: str, plan: dict[str, Any], provenance: dict[str, Any]) -> Row:
+    """Store a plan the planner drafted, with where it came from (``provenance``)."""
+    row = _one(cur, "insert_drafted_plan", **_plan_params(user_id, plan), provenance=PgJson(provenance))
+    assert row is not None
+    return row

@@ -29,6 +29,7 @@ from pilot.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
+from pilot.planner.drafting import DraftInvalid, ModelCallFailed
 from pilot.security.outbound import InvalidURL, OutboundConnectionError, OutboundTimeout
 from pilot.security.ssrf import OutboundError, SSRFBlocked
 from pilot.security.vault import CredentialDecryptError
@@ -54,6 +55,8 @@ STATUS: dict[type[PilotError], int] = {
     OutboundTimeout: 504,
     ServiceUnavailable: 503,
     DatabaseError: 503,
+    DraftInvalid: 422,  # the model answered, but no answer was a valid plan
+    ModelCallFailed: 502,  # the user's model server failed or refused
 }
 
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from pilot.application import PilotApp, current_pilot
 from pilot.http.openapi_schemas import (
+    DRAFT_SCHEMAS,
     RUN_STATUSES,
     RUN_TRIGGERS,
     STATIC_SCHEMAS,
@@ -45,6 +46,8 @@ ERRORS: dict[int, tuple[str, str]] = {
     409: ("Conflict", "a record with the same key exists, or a stored credential is unreadable"),
     413: ("PayloadTooLarge", "the body is larger than MAX_REQUEST_BYTES"),
     415: ("UnsupportedMediaType", "the body must be application/json"),
+    422: ("Unprocessable", "the model answered, but no answer was a valid plan (details: attempts, errors)"),
+    502: ("BadGateway", "the model's server failed, refused the key or could not be reached (details: error)"),
     503: ("ServiceUnavailable", "the database is unavailable or the run queue is full"),
 }
 
@@ -66,6 +69,7 @@ class Op:
     auth: bool = True
     content_type: str = "application/json"
     extra_responses: dict[int, tuple[str, Schema]] = field(default_factory=dict)
+    alt_content: dict[str, Schema] = field(default_factory=dict)  # other media types of the ok answer
 
 
 PAGING = (
@@ -129,10 +133,22 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("DELETE", "/api/plans/{plan_id}"): Op("deletePlan", "Delete a plan", "plans", 204, "deleted", errors=(404,)),
     ("POST", "/api/plans/{plan_id}/run"): Op(
-        "runPlan", "Run a plan now: queued (202), or finished with ?wait=true (200)", "runs", 202, "the queued run",
-        ref("Run"), body=ref("RunRequest"), body_required=False, errors=(404,),
-        query=(("wait", {"type": "boolean", "default": False}, "run inline and return the finished run"),),
-        extra_responses={200: ("the finished run (?wait=true)", ref("RunWithLogs"))},
+        "runPlan", "Run a plan now: queued (202), finished with ?wait=true (200), or dry with ?dry_run=true (200)",
+        "runs", 202, "the queued run", ref("Run"), body=ref("RunRequest"), body_required=False, errors=(404,),
+        query=(
+            ("wait", {"type": "boolean", "default": False}, "run inline and return the finished run"),
+            ("dry_run", {"type": "boolean", "default": False}, "execute logic steps only; render, validate and "
+             "show (redacted) what the other steps would send; no network call, no run or log row"),
+        ),
+        extra_responses={
+            200: ("the finished run (?wait=true) or the dry run (?dry_run=true)",
+                  {"oneOf": [ref("RunWithLogs"), ref("DryRun")]}),
+        },
+    ),
+    ("POST", "/api/plans/draft"): Op(
+        "draftPlan", "Draft a plan from a prompt with the caller's own model (validated, repaired, disabled)",
+        "plans", 200, "a valid draft, not stored", ref("DraftAnswer"), body=ref("DraftRequest"),
+        errors=(422, 502), extra_responses={201: ("saved (save: true): plan is the stored row", ref("DraftAnswer"))},
     ),
     ("GET", "/api/plans/{plan_id}/runs"): Op(
         "listRuns", "A plan's run history, newest first", "runs", 200, "runs", ref("RunList"), query=PAGING,
@@ -165,8 +181,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "(dev mode without a user: the state and no jobs)", "scheduler", 200, "jobs", ref("SchedulerJobs"),
     ),
     ("POST", "/api/execute-step"): Op(
-        "executeStep", "Run one step now", "runs", 200, "the step ran (successfully or not)", ref("ProviderResult"),
+        "executeStep", "Run one step now; streamed as Server-Sent Events with Accept: text/event-stream or "
+        "?stream=true", "runs", 200, "the step ran (successfully or not)", ref("ProviderResult"),
         body=ref("ExecuteStepRequest"),
+        query=(("stream", {"type": "boolean", "default": False}, "answer text/event-stream (as Accept would)"),),
+        alt_content={"text/event-stream": ref("StepEventStream")},
     ),
     ("GET", "/api/logs"): Op(
         "listLogs", "The caller's execution logs, newest first", "logs", 200, "logs", ref("LogList"),
@@ -250,6 +269,8 @@ def _operation(method: str, path: str, params: list[tuple[str, str]]) -> dict[st
     ok: dict[str, Any] = {"description": op.ok_description}
     if op.response is not None:
         ok["content"] = _json(op.response, op.content_type)
+    for media_type, schema in op.alt_content.items():
+        ok.setdefault("content", {})[media_type] = {"schema": schema}
     responses: dict[str, Any] = {str(op.ok): ok}
     for status, (description, schema) in op.extra_responses.items():
         responses[str(status)] = {"description": description, "content": _json(schema)}
@@ -280,7 +301,7 @@ def build_document(app: PilotApp) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, params in _routes(app):
         paths.setdefault(path, {})[method.lower()] = _operation(method, path, params)
-    schemas = {**model_schemas(), **STATIC_SCHEMAS, **provider_schemas(app.registry)}
+    schemas = {**model_schemas(), **STATIC_SCHEMAS, **DRAFT_SCHEMAS, **provider_schemas(app.registry)}
     return {
         "openapi": "3.1.0",
         "info": {

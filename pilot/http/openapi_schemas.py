@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pilot.http.routes.drafts import DraftBody
 from pilot.steps.plan_schema import PlanBody, Step
 from provider_registry import CREDENTIAL_TYPE
 
@@ -119,6 +120,7 @@ PLAN: Schema = _obj(
         "enabled": {"type": "boolean"},
         "created_at": TIMESTAMP,
         "updated_at": TIMESTAMP,
+        "provenance": nullable(ref("Provenance")),
     },
     ["id", "user_id", "name", "steps", "schedule", "timezone", "enabled", "created_at", "updated_at"],
     additionalProperties=True,
@@ -368,6 +370,94 @@ STATIC_SCHEMAS: dict[str, Schema] = {
         },
         ["jobs", "scheduler"],
     ),
+}
+
+
+def _draft_request() -> Schema:
+    """The request as ``DraftBody`` (the model that validates it) defines it."""
+    schema = DraftBody.model_json_schema(ref_template=REF_TEMPLATE)
+    schema["properties"]["user_id"] = USER_ID
+    return schema
+
+
+DRY_STEP: Schema = _obj(
+    {
+        "index": {"type": "integer"},
+        "id": nullable({"type": "string"}),
+        "provider": nullable({"type": "string"}),
+        "action": nullable({"type": "string"}),
+        "status": {
+            "enum": ["success", "error", "would_run", "skipped", "unresolved"],
+            "description": "success/error: a logic step, executed; would_run: a step with effects, not executed; "
+            "skipped: its when was false; unresolved: it reads an output the dry run did not produce",
+        },
+        "params": {"description": "the rendered params, as they would be sent (secrets redacted)"},
+        "result": ref("ProviderResult"),
+        "error": {"type": "object"},
+        "missing_credentials": {"type": "array", "items": {"type": "string"}},
+    },
+    ["index", "status"],
+    additionalProperties=True,
+)
+DRY_RUN: Schema = _obj(
+    {
+        "dry_run": {"const": True},
+        "plan_id": ID,
+        "status": {"enum": ["success", "error"]},
+        "error": nullable({"type": "string"}),
+        "steps": {"type": "array", "items": ref("DryRunStep")},
+    },
+    ["dry_run", "status", "error", "steps"],
+    description="Nothing was sent, spent or written; later steps saw {dry_run: true} for outputs not produced.",
+)
+DRAFT_ATTEMPT: Schema = _obj(
+    {
+        "attempt": {"type": "integer", "minimum": 1},
+        "valid": {"type": "boolean"},
+        "errors": {"type": "array", "items": {"type": "object"}, "description": "validation errors sent back"},
+        "usage": {"type": "object", "description": "the vendor's token counts for this call"},
+        "latency_ms": {"type": "number"},
+    },
+    ["attempt", "valid", "errors", "usage"],
+)
+DRAFT_SCHEMAS: dict[str, Schema] = {
+    "DraftRequest": _draft_request(),
+    "DraftAttempt": DRAFT_ATTEMPT,
+    "Provenance": _obj(
+        {
+            "provider": {"type": "string"},
+            "model": {"type": "string"},
+            "attempts": {"type": "integer", "minimum": 1},
+            "drafted_at": TIMESTAMP,
+        },
+        ["provider", "model", "attempts", "drafted_at"],
+        description="Where a drafted plan came from (POST /api/plans/draft with save: true).",
+    ),
+    "DraftAnswer": _obj(
+        {
+            "plan": {
+                "oneOf": [ref("Plan"), ref("PlanBody")],
+                "description": "the stored plan (201) or the validated draft (200); always enabled: false",
+            },
+            "provider": {"type": "string"},
+            "model": {"type": "string"},
+            "attempts": {"type": "array", "items": ref("DraftAttempt")},
+            "usage": {"type": "object", "description": "token counts summed over the attempts"},
+            "saved": {"type": "boolean"},
+            "dry_run": ref("DryRun"),
+        },
+        ["plan", "provider", "model", "attempts", "usage", "saved"],
+    ),
+    "DryRunStep": DRY_STEP,
+    "DryRun": DRY_RUN,
+    "StepEventStream": {
+        "type": "string",
+        "description": "text/event-stream: 'delta' events {text} (the model's text as the vendor streams it, "
+        "secrets redacted, held back only while it could be the start of one), comment lines as keep-alives, "
+        "then one 'result' event whose data is the ProviderResult the JSON answer would be. A step that does "
+        "not stream text sends the result alone. The step's log row is written once, at the end; a client "
+        "that disconnects cancels the upstream call (logged as error, code cancelled).",
+    },
 }
 
 

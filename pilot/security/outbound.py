@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,7 @@ __all__ = [
     "OutboundError",
     "OutboundPolicy",
     "OutboundResponse",
+    "OutboundStream",
     "OutboundTimeout",
     "ResponseTooLarge",
     "SSRFBlocked",
@@ -325,6 +326,41 @@ class OutboundClient:
         or read waits longer than ``timeout``, and the exchange is abandoned once ``timeout``
         has elapsed overall. Bodies above ``max_bytes`` raise ResponseTooLarge.
         """
+        resp, target, final_url, deadline = self._open(method, url, headers, params, json, data, timeout)
+        return self._read(resp, target, final_url, deadline)
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float = 30.0,
+    ) -> OutboundStream:
+        """Send one request like ``request`` and return once the status and headers have arrived.
+
+        The body is read piece by piece from ``OutboundStream.chunks()`` as the server sends
+        it (Server-Sent Events from a model API): the same address checks, redirect rules,
+        size cap and overall ``timeout`` apply. The caller must ``close()`` the stream; closing
+        it early closes the connection, which is how an upstream call is cancelled.
+        """
+        sent = {"Accept-Encoding": "identity", **(headers or {})}  # no decoder buffering between events
+        resp, target, final_url, deadline = self._open(method, url, sent, None, json, data, timeout)
+        return OutboundStream(self, resp, target, final_url, deadline)
+
+    def _open(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        timeout: float,
+    ) -> tuple[requests.Response, _Target, str, float]:
+        """Send the request and follow redirects; the final response (body unread), its target and URL, the deadline."""
         if not timeout > 0:
             raise ValidationError("timeout must be a positive number of seconds")
         deadline, method = time.monotonic() + timeout, method.upper()
@@ -335,7 +371,7 @@ class OutboundClient:
             resp, final_url = self._send(method, target, sent, {"params": params, "json": json, "data": data}, deadline)
             location = resp.headers.get("location") if resp.status_code in _REDIRECTS else None
             if not location:
-                return self._read(resp, target, final_url, deadline)
+                return resp, target, final_url, deadline
             resp.close()
             with_body = resp.status_code in (307, 308) or (resp.status_code != 303 and method != "POST")
             if not with_body:
@@ -395,26 +431,37 @@ class OutboundClient:
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _read(self, resp: requests.Response, target: _Target, url: str, deadline: float) -> OutboundResponse:
+        body = bytearray()
+        try:
+            for chunk in self._chunks(resp, target, deadline):
+                body += chunk
+        finally:
+            resp.close()
+        return OutboundResponse(resp.status_code, Headers(resp.headers.items()), bytes(body), url)
+
+    def _chunks(self, resp: requests.Response, target: _Target, deadline: float) -> Iterator[bytes]:
+        """The body as it arrives, at most ``max_bytes`` in all and within ``deadline``; errors translated."""
         where, details = f"{target.host}:{target.port}", {"host": target.host}
         too_large = ResponseTooLarge(
             f"the response from {where} exceeds {self.max_bytes} bytes", details={**details, "limit": self.max_bytes}
         )
-        body = bytearray()
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise too_large
+        size = 0
         try:
-            declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                raise too_large
             for _ in range(self.max_bytes + 1):  # each pass adds at least one byte or ends
                 chunk = resp.raw.read1(_CHUNK, decode_content=True)
                 if not chunk:
-                    break
-                body += chunk
-                if len(body) > self.max_bytes:
+                    return
+                size += len(chunk)
+                if size > self.max_bytes:
                     raise too_large
                 if time.monotonic() > deadline:
                     raise OutboundTimeout(
                         f"{where} did not finish sending within the timeout", details=details, request_sent=True
                     )
+                yield chunk
         except ReadTimeoutError:
             raise OutboundTimeout(
                 f"{where} did not answer within the timeout", details=details, request_sent=True
@@ -423,6 +470,27 @@ class OutboundClient:
             raise OutboundConnectionError(
                 f"reading from {where} failed: {_cause(exc)}", details=details, request_sent=True
             ) from None
-        finally:
-            resp.close()
-        return OutboundResponse(resp.status_code, Headers(resp.headers.items()), bytes(body), url)
+
+
+class OutboundStream:
+    """A response whose body is read as it arrives (``OutboundClient.stream``); close it when done."""
+
+    def __init__(
+        self, client: OutboundClient, resp: requests.Response, target: _Target, url: str, deadline: float
+    ) -> None:
+        self.status = resp.status_code
+        self.headers = Headers(resp.headers.items())
+        self.url = url
+        self._client, self._resp, self._target, self._deadline = client, resp, target, deadline
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body's bytes as the server sends them; OutboundError subclasses on failure (see ``request``)."""
+        return self._client._chunks(self._resp, self._target, self._deadline)
+
+    def read(self) -> OutboundResponse:
+        """The rest of the body at once, as ``request`` returns it (for an error status), then closed."""
+        return self._client._read(self._resp, self._target, self.url, self._deadline)
+
+    def close(self) -> None:
+        """Close the connection (not returned to the pool: an unfinished body cannot be reused)."""
+        self._resp.close()

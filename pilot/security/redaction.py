@@ -198,3 +198,88 @@ class Redactor:
 def secret_header(name: str) -> bool:
     """Whether a header of this name carries a secret (authorization, cookies, keys, tokens, …)."""
     return SECRET_HEADER.search(name) is not None
+
+
+# What may still grow into a key of a known shape at the end of a text: a known prefix (or the
+# start of one) in a run of key characters, or "bearer" (or its start) and a token after it.
+_BEARER_TAIL = re.compile(r"(?i)(?:bearer\s+[A-Za-z0-9._~+/\-]*=*|bearer\s*|beare|bear|bea|be|b)\Z")
+_BEARER_CHARS = _KEY_CHARS + "._~+/="
+MAX_HELD_CHARS = 4096  # a tail held longer than this is let out (redacted, with its end cut as a key's)
+
+
+class StreamRedactor:
+    """Redacts text that arrives in pieces (a model's streamed answer), so no secret passes split.
+
+    ``feed`` returns the part of the text so far that is safe to show, redacted; it holds back
+    the shortest tail that could be the beginning of a secret or of a key-shaped string
+    (which the next piece might complete), and never cuts through one. ``flush`` returns
+    the rest at the end. The pieces returned, joined, are the whole text redacted.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._pending = ""
+        self._dropping = ""  # after a forced cut through a key: the characters that continue it
+
+    def feed(self, piece: str) -> str:
+        """The text now safe to show (possibly ""), redacted."""
+        if self._dropping:
+            kept = piece.lstrip(self._dropping)  # the rest of a key already shown as [REDACTED]
+            self._dropping = "" if kept else self._dropping
+            piece = kept
+        self._pending += piece
+        cut = self._safe_end(self._pending)
+        if len(self._pending) - cut > MAX_HELD_CHARS:
+            # A run held too long is let out with its end redacted as a cut key, and the rest
+            # of that run is dropped as it arrives, as whole-text redaction would replace it.
+            shown, self._pending = self._pending, ""
+            bearer = _BEARER_TAIL.search(shown, max(0, len(shown) - MAX_HELD_CHARS - 16))
+            self._dropping = _BEARER_CHARS if bearer else _KEY_CHARS
+            return self._redactor.text(shown)
+        shown, self._pending = self._pending[:cut], self._pending[cut:]
+        return self._whole(shown) if shown else ""
+
+    def flush(self) -> str:
+        """Whatever is still held, redacted; the stream has ended."""
+        shown, self._pending = self._pending, ""
+        return self._redactor.text(shown) if shown else ""
+
+    def _whole(self, text: str) -> str:
+        """``text`` with every whole secret and key-shaped string replaced (no edge pieces: the text goes on)."""
+        pattern = self._redactor._pattern
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        return KEY_SHAPES.sub(REDACTED, text)
+
+    def _safe_end(self, text: str) -> int:
+        """Where ``text`` may be cut: before any tail a later piece could turn into a secret or a key."""
+        cut = len(text)
+        for secret in self._redactor._secrets:
+            for length in range(min(len(secret) - 1, len(text)), 0, -1):
+                if text.endswith(secret[:length]):
+                    cut = min(cut, len(text) - length)
+                    break
+        run_start = len(text.rstrip(_KEY_CHARS))  # C speed, as in _cut_key_at_end
+        for offset in range(run_start, len(text)):
+            rest = text[offset:]
+            if any(prefix.startswith(rest) or rest.startswith(prefix) for prefix in _KEY_PREFIXES):
+                cut = min(cut, offset)
+                break
+        window = max(0, len(text) - MAX_HELD_CHARS - 16)  # a bearer token held longer is let out anyway
+        bearer = _BEARER_TAIL.search(text, window)
+        if bearer is not None:
+            cut = min(cut, bearer.start())
+        return self._not_through_a_match(text, cut)
+
+    def _not_through_a_match(self, text: str, cut: int) -> int:
+        """``cut`` moved back to the start of any secret or key-shaped match it would split."""
+        pattern = self._redactor._pattern
+        spans = [m.span() for m in KEY_SHAPES.finditer(text)]
+        if pattern is not None:
+            spans += [m.span() for m in pattern.finditer(text)]
+        for _ in range(len(spans) + 1):  # each pass moves the cut back past one span, or ends
+            inside = [start for start, end in spans if start < cut < end]
+            if not inside:
+                break
+            cut = min(inside)
+        return cut

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -9,6 +10,9 @@ from flask import Blueprint, Response, jsonify, request
 from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.execution.dry_run import dry_run_plan
+from pilot.execution.streaming import StepStream
+from pilot.http import sse
 from pilot.http.auth import current_user_id
 from pilot.http.common import check_id, json_body, optional_json_body, paging, serialize
 
@@ -27,6 +31,7 @@ def provider(name: str) -> Response:
 
 @bp.post("/execute-step")
 def execute_step() -> Response:
+    """One step now; with ``Accept: text/event-stream`` or ``?stream=true`` its text as Server-Sent Events."""
     body = json_body()
     user_id = current_user_id()
     if "step" not in body:
@@ -37,8 +42,23 @@ def execute_step() -> Response:
         raise ValidationError("step_results and input must be objects")
     results = {str(key): value for key, value in step_results.items()}
     context = {"steps": results, "step_results": results, "input": input_}
+    if sse.wants_stream():
+        stream = StepStream(current_pilot().engine, user_id, body["step"], context)  # 400s raise here
+        return sse.stream_response(_step_events(stream))
     result = current_pilot().engine.execute_step(user_id, body["step"], context)
     return jsonify(result.to_dict())
+
+
+def _step_events(stream: StepStream) -> Iterator[bytes]:
+    """A streamed step on the wire: ``delta`` events ``{"text"}``, comments for signs of life, one ``result``."""
+    yield sse.comment("stream open")  # headers out at once: the client knows the step was accepted
+    for item in stream.events():
+        if item.kind == "delta":
+            yield sse.event("delta", {"text": item.data})
+        elif item.kind == "result":
+            yield sse.event("result", item.data)
+        else:
+            yield sse.comment()
 
 
 @bp.post("/provider-credentials/<name>/test")
@@ -63,11 +83,13 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     if not isinstance(input_, dict):
         raise ValidationError("input must be an object")
     engine = current_pilot().engine
+    if _flag("dry_run"):  # nothing is queued, sent or written: logic steps run, the others are shown
+        return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
     trigger = "api" if body.get("trigger") == "api" else "manual"
     run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
     if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
         raise Conflict(f"plan {plan_id} already has this run")
-    if request.args.get("wait", "").lower() in {"1", "true", "yes"}:
+    if _flag("wait"):
         finished = engine.run(user_id, run["id"])
         if finished is None:  # not queued any more (ended by someone else): answer what it is now
             with current_pilot().db.transaction(user_id) as cur:
@@ -77,6 +99,10 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
         return jsonify(_run_view(user_id, finished)), 200
     engine.submit(user_id, run["id"])
     return jsonify(serialize(run)), 202
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "").lower() in {"1", "true", "yes"}
 
 
 @bp.get("/plans/<int:plan_id>/runs")

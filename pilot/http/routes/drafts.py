@@ -1,0 +1,57 @@
+"""``POST /api/plans/draft``: a plan drafted from a prompt by the user's own model, validated, optionally saved."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel, ConfigDict, Field
+
+from pilot.application import current_pilot
+from pilot.execution.dry_run import dry_run
+from pilot.http.auth import current_user_id
+from pilot.http.common import json_body, serialize
+from pilot.planner.drafting import DraftRequest, Planner, save_draft
+from pilot.steps.plan_schema import parse
+
+bp = Blueprint("drafts", __name__, url_prefix="/api/plans")
+
+
+class DraftBody(BaseModel):
+    """The request: a prompt, and optionally which model, a name, whether to save and whether to dry-run."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Any = None
+    prompt: str = Field(min_length=1, max_length=20_000)
+    provider: Literal["openai", "groq", "anthropic"] | None = None
+    model: str | None = Field(None, min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=200)
+    save: bool = False
+    dry_run: bool = False
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+@bp.post("/draft")
+def draft() -> tuple[Response, int]:
+    body: DraftBody = parse(DraftBody, json_body())
+    user_id = current_user_id()
+    engine = current_pilot().engine
+    request = DraftRequest(prompt=body.prompt, provider=body.provider, model=body.model, name=body.name)
+    drafted = Planner(engine).draft(user_id, request)
+    answer: dict[str, Any] = {
+        "plan": drafted.plan,
+        "provider": drafted.provider,
+        "model": drafted.model,
+        "attempts": drafted.attempts,
+        "usage": drafted.usage,
+        "saved": body.save,
+    }
+    if body.dry_run:  # logic steps evaluated, nothing else run: the draft is untrusted input
+        answer["dry_run"] = dry_run(engine, user_id, drafted.plan["steps"], body.input)
+    if not body.save:
+        return jsonify(answer), 200
+    row = serialize(save_draft(engine, user_id, drafted))
+    answer["plan"] = row
+    response = jsonify(answer)
+    response.headers["Location"] = f"/api/plans/{row['id']}"
+    return response, 201
