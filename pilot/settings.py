@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     openai_api_key: OptionalText = env("OPENAI_API_KEY", repr=False)
     groq_api_key: OptionalText = env("GROQ_API_KEY", repr=False)
     anthropic_api_key: OptionalText = env("ANTHROPIC_API_KEY", repr=False)
+    price_table: Path | None = env("PRICE_TABLE")
+    breaker_failures: int = env("BREAKER_FAILURES", 5)
+    breaker_window_seconds: float = env("BREAKER_WINDOW_SECONDS", 60.0)
+    breaker_cooldown_seconds: float = env("BREAKER_COOLDOWN_SECONDS", 30.0)
 
     @field_validator("pilot_env", mode="after")
     @classmethod
@@ -156,6 +160,11 @@ class Settings(BaseSettings):
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
+        if self.breaker_failures < 0 or self.breaker_window_seconds <= 0 or self.breaker_cooldown_seconds <= 0:
+            raise ConfigurationError(
+                "BREAKER_FAILURES must be 0 (no breakers) or more, BREAKER_WINDOW_SECONDS and "
+                "BREAKER_COOLDOWN_SECONDS more than 0"
+            )
         return self
 
     @property

@@ -40,7 +40,7 @@ MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and 405s: one series, whatever path was asked for
 STEP_STATUSES = frozenset({"success", "error"})
-SCHEDULER_OUTCOMES = ("claimed", "lost", "skipped_overlap", "skipped_misfire", "catch_up", "error")
+SCHEDULER_OUTCOMES = ("claimed", "lost", "skipped_overlap", "skipped_misfire", "skipped_budget", "catch_up", "error")
 RUN_TRIGGERS = ("manual", "schedule", "api")
 RUN_STATUSES = ("success", "error", "interrupted", "skipped")
 # Steps wait on models and webhooks: seconds to minutes, not milliseconds.
@@ -165,7 +165,8 @@ def record_step(provider: str, action: str, status: str, latency_ms: float, atte
 
 
 def record_scheduler_firing(outcome: str) -> None:
-    """Count one firing: claimed, lost (another process won), skipped_overlap, skipped_misfire, catch_up or error."""
+    """Count one firing: claimed, lost (another process won), skipped_overlap, skipped_misfire,
+    skipped_budget (its owner's refuse budget is spent), catch_up or error."""
     if outcome not in SCHEDULER_OUTCOMES:
         raise ValueError(f"scheduler outcome must be one of {SCHEDULER_OUTCOMES}, not {outcome!r}")
     collectors().scheduler_firings.labels(outcome).inc()
