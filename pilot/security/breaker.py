@@ -18,6 +18,7 @@ shared by every thread; ``admit`` and ``settle`` hold a lock only for bookkeepin
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -66,6 +67,11 @@ def host_key(url: str) -> str | None:
     if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
         return f"{host}:{port}"
     return host
+
+
+def _tenths_up(seconds: float) -> float:
+    """Seconds rounded up to a tenth: 0 only once the wait is really over."""
+    return math.ceil(seconds * 10) / 10
 
 
 def status_outcome(status: int) -> Outcome:
@@ -168,8 +174,8 @@ class CircuitBreakers:
         wait = wait if state == OPEN else 1.0  # half-open: the probe is under way
         raise CircuitOpen(
             f"{provider} calls to {host} fail fast: its circuit is {state.replace('_', '-')} after "
-            f"{self.failures} consecutive upstream failures; retry in {wait:.0f} s",
-            details={"provider": provider, "host": host, "state": state, "retry_after": round(wait, 1)},
+            f"{self.failures} consecutive upstream failures; retry in {math.ceil(wait)} s",
+            details={"provider": provider, "host": host, "state": state, "retry_after": _tenths_up(wait)},
         )
 
     def settle(self, ticket: Ticket | None, outcome: Outcome) -> None:
@@ -275,7 +281,7 @@ class CircuitBreakers:
             "state": circuit.state,
             "consecutive_failures": recent,
             "opened_at": circuit.opened_wall.isoformat() if circuit.opened_wall else None,
-            "retry_in_s": round(retry, 1) if retry is not None else None,
+            "retry_in_s": _tenths_up(retry) if retry is not None else None,
         }
 
     def state(self, provider: str, host: str) -> str:
