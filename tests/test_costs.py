@@ -311,3 +311,39 @@ def test_prometheus_counts_tokens_and_cost_by_provider_and_model(llm: PilotApp, 
     # A model without a price is counted under 'unpriced', never under its (user-chosen) name.
     assert delta("pilot_llm_tokens_total", provider="openai", model="unpriced", kind="input") == FAKE_INPUT_TOKENS
     assert not any(dict(labels).get("model") == "made-up-name-1" for _, labels in after)
+
+
+def test_the_new_answers_match_their_documented_schemas(llm: PilotApp, user: str, openai: FakeOpenAI) -> None:
+    from tests.test_openapi import SPEC_ENDPOINTS, check
+
+    client = llm.test_client()
+    document = resp_json(client.get("/api/openapi.json"))
+    paths = document["paths"]
+    for endpoint in ("GET /api/budget", "PUT /api/budget", "DELETE /api/budget", "GET /api/metrics/costs"):
+        method, path = endpoint.split()
+        assert endpoint not in SPEC_ENDPOINTS and method.lower() in paths[path]
+    for method, path in (("post", "/api/execute-step"), ("post", "/api/plans"), ("post", "/api/plans/{plan_id}/run")):
+        operation = paths[path][method]
+        assert {"$ref": "#/components/parameters/IdempotencyKey"} in operation["parameters"]
+        assert {"409", "422"} <= set(operation["responses"])
+    store_key(client, user)
+    check(document, "ProviderResult", resp_json(execute(client, user, chat())))
+    check(document, "LogList", resp_json(client.get(f"/api/logs?user_id={user}")))
+    check(document, "Budget", resp_json(client.get(f"/api/budget?user_id={user}")))
+    budget = client.put("/api/budget", json={"user_id": user, "monthly_usd": 5})
+    check(document, "Budget", resp_json(budget))
+    for group_by in ("provider", "model", "plan", "day"):
+        check(document, "CostReport", resp_json(client.get(f"/api/metrics/costs?user_id={user}&group_by={group_by}")))
+    described = resp_json(client.get("/api/providers/openai"))
+    check(document, "ProviderDescription", described)
+    hosts = [host["host"] for host in described["circuit_breakers"]["hosts"]]
+    assert hosts == sorted([openai.url.removeprefix("http://"), "api.openai.com"])  # the defaults, by name
+    plan = resp_json(
+        client.post("/api/plans", json={"user_id": user, "name": "d", "steps": [chat()], "max_cost_usd": 1})
+    )
+    check(document, "Plan", plan)
+    check(
+        document,
+        "RunWithLogs",
+        resp_json(client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": user})),
+    )

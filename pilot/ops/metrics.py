@@ -30,6 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from pilot.application import current_pilot
+from pilot.ops import cost_metrics
 from pilot.settings import PROMETHEUS_MULTIPROC_ENV, process_metrics_dir
 
 if TYPE_CHECKING:
@@ -237,6 +238,7 @@ def sample_pool(app: PilotApp) -> None:
 def init_app(app: PilotApp) -> None:
     """Measure every request of ``app`` and serve ``GET /metrics``."""
     writes_to = collectors().multiprocess_dir
+    cost_metrics.collectors()  # costs, budgets, breakers: their alerted series exist from the first scrape
     if app.settings.prometheus_multiproc_dir != writes_to:
         log.warning(
             "PROMETHEUS_MULTIPROC_DIR differs from what prometheus_client saw at import (%s): /metrics reads %s, "
