@@ -39,7 +39,7 @@ from tests.fake_upstreams import SERVER_ERROR, SLOW, UNAUTHORIZED, FakeOpenAI, W
 from tests.llm_support import GatedOpenAI, chat, completions, execute, poll, store_key
 from tests.test_metrics_endpoint import scrape, value
 
-ONCE = {"retry": {"max_attempts": 1}}
+ONCE: dict[str, Any] = {"retry": {"max_attempts": 1}}
 
 
 # --- the state machine against a plain reference ---------------------------------------------
@@ -51,7 +51,8 @@ class ReferenceCircuit:
 
     def __init__(self, failures: int, window: float, cooldown: float) -> None:
         self.n, self.window, self.cooldown = failures, window, cooldown
-        self.state, self.failure_times, self.opened, self.probe_out = CLOSED, [], 0.0, False
+        self.state, self.opened, self.probe_out = CLOSED, 0.0, False
+        self.failure_times: list[float] = []
 
     def admit(self, now: float) -> str:
         if self.state == OPEN and now - self.opened >= self.cooldown:
@@ -98,9 +99,9 @@ def test_the_breaker_matches_the_reference_on_random_histories(seed: int) -> Non
     for _ in range(300):
         clock.now += rng.choice([0.0, 0.5, 1.0, 4.0, 11.0])
         if outstanding and rng.random() < 0.5:
-            ticket, kind = outstanding.pop(rng.randrange(len(outstanding)))
+            held, kind = outstanding.pop(rng.randrange(len(outstanding)))
             outcome = rng.choice([Outcome.SUCCESS, Outcome.FAILURE, Outcome.FAILURE, Outcome.NEUTRAL])
-            breakers.settle(ticket, outcome)
+            breakers.settle(held, outcome)
             reference.settle(kind, outcome, clock.now)
         else:
             expected = reference.admit(clock.now)
@@ -379,3 +380,15 @@ def test_breakers_can_be_turned_off(
         assert resp_json(client.get("/api/providers/openai"))["circuit_breakers"]["enabled"] is False
     finally:
         app.db.close()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"breaker_failures": -1}, {"breaker_window_seconds": 0}, {"breaker_cooldown_seconds": -5}],
+)
+def test_bad_breaker_settings_stop_startup(overrides: dict[str, Any]) -> None:
+    from pilot.errors import ConfigurationError
+    from pilot.settings import load_settings
+
+    with pytest.raises(ConfigurationError, match="BREAKER_"):
+        load_settings(**overrides)
