@@ -127,6 +127,12 @@ def test_the_month_is_the_utc_calendar_month(moment: datetime, month: date) -> N
 # --- the API ------------------------------------------------------------------------------------
 
 
+def test_the_largest_budget_and_sub_cent_budgets_are_stored_as_given(client: FlaskClient, user: str) -> None:
+    assert put_budget(client, user, 10_000_000)["budget"]["monthly_usd"] == 10_000_000
+    assert put_budget(client, user, 0.000001)["budget"]["monthly_usd"] == 0.000001
+    assert put_budget(client, user, 0.1)["budget"]["monthly_usd"] == 0.1
+
+
 def test_budget_api_sets_shows_and_removes(client: FlaskClient, user: str, other_user: str) -> None:
     empty = resp_json(client.get(f"/api/budget?user_id={user}"))
     assert empty["budget"] is None and empty["spent_usd"] == 0 and empty["exceeded"] is False
@@ -151,7 +157,7 @@ def test_budget_api_sets_shows_and_removes(client: FlaskClient, user: str, other
         {"monthly_usd": "ten"},
         {"monthly_usd": 10, "on_exceed": "panic"},
         {"monthly_usd": 10, "extra": 1},
-        {"monthly_usd": 10**12},
+        {"monthly_usd": 10_000_001},
     ],
 )
 def test_bad_budgets_are_400_naming_the_field(client: FlaskClient, user: str, body: dict[str, Any]) -> None:

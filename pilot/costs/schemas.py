@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_MONTHLY_USD = 1_000_000_000
+MAX_MONTHLY_USD = 10_000_000  # budgets.monthly_usd is numeric(14, 6): below 10^8
 BUDGET_QUANTUM = Decimal("0.000001")  # budgets.monthly_usd is numeric(14, 6)
 MAX_HOURS = 24 * 400  # a little more than a year of history
 DEFAULT_HOURS = 24
