@@ -26,7 +26,7 @@ from pilot import console
 from pilot.application import PilotApp
 from pilot.errors import ConfigurationError
 from pilot.http import cors, errors, guard, openapi, request_ids
-from pilot.http.routes import credentials, drafts, execution, health, logs, plans, runs
+from pilot.http.routes import costs, credentials, drafts, execution, health, logs, plans, runs
 from pilot.http.routes import scheduler as scheduler_routes
 from pilot.ops import cli, metrics
 from pilot.ops.logging_setup import configure_logging
@@ -35,7 +35,7 @@ from pilot.settings import load_settings
 from provider_registry import ProviderRegistry
 
 log = logging.getLogger("pilot")
-BLUEPRINTS = (health, credentials, drafts, plans, execution, logs, scheduler_routes, runs)
+BLUEPRINTS = (health, credentials, drafts, plans, execution, logs, scheduler_routes, runs, costs)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, registry: ProviderRegistry | None = None) -> PilotApp:

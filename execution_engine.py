@@ -17,21 +17,23 @@ import time
 from typing import Any
 
 from database import DatabaseManager
+from pilot.costs.meter import Meter, logged_usage
+from pilot.costs.prices import PriceBook
 from pilot.data import store
 from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
 from pilot.execution.runs import RunExecution, process_owner_id, unexpected_failure
-from pilot.ops import metrics
+from pilot.ops import cost_metrics, metrics
+from pilot.security.breaker import CircuitBreakers, host_key
 from pilot.security.outbound import OutboundClient, OutboundPolicy
 from pilot.security.redaction import Redactor
 from pilot.security.vault import CredentialDecryptError, Vault, unreadable_credentials
 from pilot.settings import Settings
 from pilot.steps.plan_schema import Step, parse
 from pilot.steps.templating import TemplateError, render
-from provider_registry import ExecutionContext, Provider, ProviderRegistry, ProviderResult
+from provider_registry import DEFAULT_TIMEOUT_S, ExecutionContext, Provider, ProviderRegistry, ProviderResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 30.0
 CREDENTIAL_TEST_TIMEOUT_S = 15.0
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_S = 0.5
@@ -75,7 +77,15 @@ def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float
     return delay
 
 
-__all__ = ["ExecutionEngine", "process_owner_id", "truncate"]
+def _kept_metadata(result: ProviderResult, attempts: int) -> dict[str, Any]:
+    """The metadata a replacement failure keeps: the attempts, and what the call cost (it was spent)."""
+    kept: dict[str, Any] = {"attempts": attempts}
+    if "cost" in result.metadata:
+        kept["cost"] = result.metadata["cost"]
+    return kept
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "ExecutionEngine", "process_owner_id", "truncate"]
 
 
 class ExecutionEngine(RunExecution):
@@ -87,7 +97,24 @@ class ExecutionEngine(RunExecution):
         self.vault = vault
         self.registry = registry
         self.http = OutboundClient(OutboundPolicy.from_entries(settings.outbound_allowlist))
+        self.meter = Meter(db, PriceBook.load(settings.price_table))  # usage, cost and budgets of LLM steps
+        self.breakers = CircuitBreakers(
+            settings.breaker_failures,
+            settings.breaker_window_seconds,
+            settings.breaker_cooldown_seconds,
+            public_hosts=self._default_hosts(),
+            on_state=cost_metrics.record_breaker_state,
+            on_reject=cost_metrics.record_breaker_rejection,
+        )
         self._setup_runs()
+
+    def _default_hosts(self) -> dict[str, set[str]]:
+        """Each provider's default endpoint hosts (the server's base URL and the built-in one)."""
+        hosts: dict[str, set[str]] = {}
+        for name, provider in self.registry.providers.items():
+            urls = (self.settings.provider_base_urls.get(name), getattr(provider, "default_base_url", None))
+            hosts[name] = {host for url in urls if isinstance(url, str) and (host := host_key(url))}
+        return hosts
 
     # --- one step --------------------------------------------------------------
 
@@ -177,9 +204,9 @@ class ExecutionEngine(RunExecution):
                     "missing_credentials", f"no {', '.join(missing)} stored for provider {provider.name!r}"
                 )
             else:
-                started = time.monotonic()
-                result, attempts = self._attempt(parsed, provider, params, credentials, user_id, run_context, redactor)
-                elapsed = time.monotonic() - started
+                result, attempts, elapsed = self._metered_call(
+                    parsed, provider, params, credentials, user_id, run_context, redactor, where
+                )
         except (TemplateError, CredentialDecryptError) as exc:
             result = ProviderResult.fail(exc.code, exc.message)
         except ValidationError as exc:
@@ -209,7 +236,7 @@ class ExecutionEngine(RunExecution):
         if not credentials:
             raise NotFound(f"no credentials stored for {provider_name}")
         redactor = Redactor([*credentials.values(), *provider.secret_values(credentials)])
-        context = self.context(user_id, timeout_s=CREDENTIAL_TEST_TIMEOUT_S, redactor=redactor)
+        context = self.context(user_id, timeout_s=CREDENTIAL_TEST_TIMEOUT_S, redactor=redactor, provider=provider)
         result = provider.test_credentials(credentials, context)
         return dict(redactor.value(result.to_dict()))
 
@@ -220,7 +247,8 @@ class ExecutionEngine(RunExecution):
             failed = ProviderResult.fail(
                 "result_too_deep", f"the step's result nests deeper than {MAX_RESULT_DEPTH} levels; it was not kept"
             )
-            failed.latency_ms, failed.metadata = result.latency_ms, {"attempts": result.metadata.get("attempts", 1)}
+            failed.latency_ms = result.latency_ms
+            failed.metadata = _kept_metadata(result, result.metadata.get("attempts", 1))
             return failed
         return ProviderResult.from_dict(redactor.value(result.to_dict()))
 
@@ -236,9 +264,10 @@ class ExecutionEngine(RunExecution):
         timeout_s: float,
         run_context: dict[str, Any] | None = None,
         redactor: Redactor | None = None,
+        provider: Provider | None = None,
     ) -> ExecutionContext:
         """What a provider call may use: the guarded HTTP client, its timeout, the server's base URLs,
-        and the redactor of the call's secrets (for cutting upstream text)."""
+        the redactor of the call's secrets (for cutting upstream text) and the circuit breakers."""
         return ExecutionContext(
             user_id=user_id,
             http=self.http,
@@ -246,7 +275,35 @@ class ExecutionEngine(RunExecution):
             run_context=run_context or {},
             base_urls=dict(self.settings.provider_base_urls),
             redactor=redactor or Redactor(),
+            provider=provider.name if provider else "",
+            breakers=self.breakers,
+            default_timeout_s=provider.default_timeout_s if provider else DEFAULT_TIMEOUT_S,
         )
+
+    def _metered_call(
+        self,
+        step: Step,
+        provider: Provider,
+        params: dict[str, Any],
+        credentials: dict[str, str],
+        user_id: str,
+        run_context: dict[str, Any],
+        redactor: Redactor,
+        where: dict[str, Any],
+    ) -> tuple[ProviderResult, int, float]:
+        """The step's calls (``_attempt``) between the meter's budget check and its cost: (result, attempts, s).
+
+        A step a budget refuses makes no call (0 attempts); an LLM step's result carries ``metadata.cost``.
+        """
+        gate = self.meter.admit(user_id, provider, step.action, params, where)
+        if gate.refusal is not None:
+            self.meter.settle(gate, gate.refusal, called=False)
+            return gate.refusal, 0, 0.0
+        started = time.monotonic()
+        result, attempts = self._attempt(step, provider, params, credentials, user_id, run_context, redactor)
+        elapsed = time.monotonic() - started
+        self.meter.settle(gate, result, called=True)
+        return result, attempts, elapsed
 
     def _attempt(
         self,
@@ -260,7 +317,8 @@ class ExecutionEngine(RunExecution):
     ) -> tuple[ProviderResult, int]:
         max_attempts = step.retry.max_attempts if step.retry else DEFAULT_ATTEMPTS
         base = step.retry.backoff_s if step.retry else DEFAULT_BACKOFF_S
-        context = self.context(user_id, step.timeout_s or DEFAULT_TIMEOUT_S, run_context, redactor)
+        timeout_s = step.timeout_s or provider.default_timeout_s
+        context = self.context(user_id, timeout_s, run_context, redactor, provider)
         attempt = 0
         while True:
             attempt += 1
@@ -304,7 +362,7 @@ class ExecutionEngine(RunExecution):
             kept = ProviderResult.fail(
                 "result_unstorable", f"the step's result could not be stored ({reason}); it was not kept"
             )
-            kept.latency_ms, kept.metadata = result.latency_ms, {"attempts": attempts}
+            kept.latency_ms, kept.metadata = result.latency_ms, _kept_metadata(result, attempts)
             self._insert_log(user_id, step, kept, None, where, attempts, redactor)
             return kept
 
@@ -331,6 +389,9 @@ class ExecutionEngine(RunExecution):
             "attempt": attempts,
             "input": truncate(params, redactor=redactor),
             "output": truncate({"data": result.data, "metadata": result.metadata}, redactor=redactor),
+            **logged_usage(result),
         }
         with self.db.transaction(user_id) as cur:
             store.insert_log(cur, user_id, entry)
+            if entry["cost_usd"]:  # the month's spend moves with the log row, in one transaction
+                store.add_month_spend(cur, user_id, entry["cost_usd"])

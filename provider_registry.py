@@ -29,6 +29,7 @@ from pilot.security.redaction import Redactor
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable
 
+    from pilot.security.breaker import CircuitBreakers
     from pilot.security.outbound import OutboundClient
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ HEADER_CREDENTIAL = "header:"
 # (the only place a ':' may appear; a header name is a plain token, so no CR/LF or spaces).
 CREDENTIAL_TYPE = re.compile(r"[A-Za-z0-9_.-]{1,64}|header:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 P = TypeVar("P", bound="type[Provider]")
+DEFAULT_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -138,15 +140,21 @@ class ExecutionContext:
     ``run_context`` is ``{"steps", "step_results", "input"}`` and never holds credentials;
     ``base_urls`` are the server's default endpoints keyed by provider name; ``redactor``
     knows this call's secrets: a provider that shortens upstream text does it with
-    ``redactor.cut`` so that no piece of a key is left at the cut.
+    ``redactor.cut`` so that no piece of a key is left at the cut. ``breakers`` (when
+    set) are the process's circuit breakers, keyed by ``provider`` and upstream host;
+    ``default_timeout_s`` is the provider's own default, which decides whether a
+    timeout counts against a circuit (``providers/_http.send`` applies them).
     """
 
     user_id: str
     http: OutboundClient
-    timeout_s: float = 30.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     run_context: dict[str, Any] = field(default_factory=dict)
     base_urls: dict[str, str] = field(default_factory=dict)
     redactor: Redactor = field(default_factory=Redactor)
+    provider: str = ""
+    breakers: CircuitBreakers | None = None
+    default_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 class Provider(ABC):
@@ -166,6 +174,7 @@ class Provider(ABC):
     credential_types: ClassVar[dict[str, CredentialSpec]] = {}
     pure: ClassVar[bool] = False
     streaming_actions: ClassVar[frozenset[str]] = frozenset()
+    default_timeout_s: ClassVar[float] = DEFAULT_TIMEOUT_S  # a step's timeout_s overrides it
 
     @abstractmethod
     def execute(
@@ -200,6 +209,14 @@ class Provider(ABC):
     def test_credentials(self, credentials: dict[str, str], context: ExecutionContext) -> ProviderResult:
         """Cheaply check that ``credentials`` work (e.g. list models); never raises for upstream failures."""
         return ProviderResult.fail("not_supported", f"provider {self.name!r} cannot test credentials")
+
+    def billed_model(self, action: str, params: dict[str, Any]) -> str | None:
+        """The model a call of ``action`` with ``params`` is billed for per token, or None when it is not.
+
+        Steps with a billed model are LLM steps: their usage and cost are recorded and
+        budgets apply to them (``pilot.costs``). By default nothing is billed.
+        """
+        return None
 
     def check_credential(self, type_: str, value: str) -> None:
         """Raise ValidationError when ``value`` cannot be stored as this provider's ``type_``.

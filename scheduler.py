@@ -37,6 +37,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from flask_apscheduler import APScheduler
 
 from execution_engine import process_owner_id
+from pilot.costs.firing import check_firing
 from pilot.data import store
 from pilot.errors import PilotError
 from pilot.ops import metrics
@@ -307,17 +308,31 @@ class PilotScheduler:
                     status="skipped",
                     error="missed: the scheduler was not running at this time",
                 )
-            run = (
-                None
-                if latest is None
-                else store.claim_slot(cur, user_id, plan_id, latest, process_owner_id(), self.lease_seconds)
-            )
+            run, budget_skipped = None, False
+            if latest is not None:
+                # Issue 11: an owner over a refuse budget gets the slot recorded skipped and nothing runs.
+                firing = check_firing(cur, self.app.registry, user_id, plan_id)
+                if firing.allowed:
+                    run = store.claim_slot(cur, user_id, plan_id, latest, process_owner_id(), self.lease_seconds)
+                else:
+                    run = store.insert_run(
+                        cur,
+                        user_id,
+                        plan_id,
+                        trigger="schedule",
+                        owner_id=process_owner_id(),
+                        scheduled_for=latest,
+                        status="skipped",
+                        error=firing.reason,
+                    )
+                    budget_skipped = True
         for _ in missed[-MAX_RECORDED_MISSES:]:
             metrics.record_scheduler_firing("skipped_misfire")
         if latest is None:
             return None
         if run is None or run["status"] != "queued":
-            metrics.record_scheduler_firing("lost" if run is None else "skipped_overlap")
+            skipped = "skipped_budget" if budget_skipped else "skipped_overlap"
+            metrics.record_scheduler_firing("lost" if run is None else skipped)
             return None
         metrics.record_scheduler_firing(won)
         self.app.engine.submit(user_id, run["id"])

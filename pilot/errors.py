@@ -57,6 +57,12 @@ class Conflict(PilotError):
     code = "conflict"
 
 
+class Unprocessable(PilotError):
+    """The request is well formed but cannot be taken as it is (an idempotency key reused for another request)."""
+
+    code = "unprocessable"
+
+
 class ServiceUnavailable(PilotError):
     """Pilot cannot take this now (run queue full, shutting down, database slow); try again shortly."""
 

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     planner_model_openai: str = env("PLANNER_MODEL_OPENAI", "gpt-4o-mini")
     planner_model_groq: str = env("PLANNER_MODEL_GROQ", "llama-3.3-70b-versatile")
     planner_model_anthropic: str = env("PLANNER_MODEL_ANTHROPIC", "claude-3-5-haiku-latest")
+    price_table: Path | None = env("PRICE_TABLE")
+    breaker_failures: int = env("BREAKER_FAILURES", 5)
+    breaker_window_seconds: float = env("BREAKER_WINDOW_SECONDS", 60.0)
+    breaker_cooldown_seconds: float = env("BREAKER_COOLDOWN_SECONDS", 30.0)
 
     @field_validator("pilot_env", mode="after")
     @classmethod
@@ -185,6 +189,11 @@ class Settings(BaseSettings):
             raise ConfigurationError("PLANNER_MAX_REPAIRS must be between 0 and 10")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
+        if self.breaker_failures < 0 or self.breaker_window_seconds <= 0 or self.breaker_cooldown_seconds <= 0:
+            raise ConfigurationError(
+                "BREAKER_FAILURES must be 0 (no breakers) or more, BREAKER_WINDOW_SECONDS and "
+                "BREAKER_COOLDOWN_SECONDS more than 0"
+            )
         return self
 
     @property

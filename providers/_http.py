@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pilot.errors import PilotError
+from pilot.security.breaker import CircuitOpen, Outcome, error_outcome, status_outcome
 from provider_registry import ExecutionContext, ProviderResult
 
 if TYPE_CHECKING:
@@ -81,19 +82,32 @@ def send(
 
     Outbound errors (``ssrf_blocked``, ``timeout``, ``connection_error``, ``invalid_url``, …)
     keep their code and retryability; one raised after the request may have reached the
-    server is marked ``metadata["outcome_unknown"]``.
+    server is marked ``metadata["outcome_unknown"]``. With ``context.breakers`` the call
+    passes the circuit of (provider, host) first: an open circuit fails with
+    ``circuit_open`` and no request; the call's outcome is then reported to it.
     """
     kwargs.setdefault("timeout", context.timeout_s)
+    breakers = context.breakers
+    try:
+        ticket = breakers.admit(context.provider, url) if breakers is not None else None
+    except CircuitOpen as exc:
+        return ProviderResult.fail(exc.code, exc.message, retry_after=exc.details["retry_after"]), 0.0
+    outcome = Outcome.NEUTRAL
     started = time.perf_counter()
     try:
         response = context.http.request(method, url, **kwargs)
+        outcome = status_outcome(response.status)
     except PilotError as exc:
         elapsed = (time.perf_counter() - started) * 1000
+        outcome = error_outcome(exc, float(kwargs["timeout"]), context.default_timeout_s)
         failure = ProviderResult.fail(exc.code, exc.message, retryable=bool(getattr(exc, "retryable", False)))
         if getattr(exc, "request_sent", False):
             failure.metadata["outcome_unknown"] = True
         failure.latency_ms = elapsed
         return failure, elapsed
+    finally:
+        if breakers is not None:
+            breakers.settle(ticket, outcome)
     return response, (time.perf_counter() - started) * 1000
 
 

@@ -150,6 +150,10 @@ class OpenAICompatProvider(Provider):
             stream.close()
         yield failed_after(answer.result(stream.status), started)
 
+    def billed_model(self, action: str, params: dict[str, Any]) -> str | None:
+        """``chat_completion`` is billed per token for its ``model`` (the provider's default when unset)."""
+        return str(params.get("model") or self.default_model) if action == "chat_completion" else None
+
     def _parse(self, response: OutboundResponse, model: str) -> ProviderResult:
         body, failure = json_body(response, self.vendor)
         if failure is not None:

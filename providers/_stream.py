@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pilot.errors import PilotError
+from pilot.security.breaker import CircuitOpen, Outcome, error_outcome, status_outcome
 from provider_registry import ExecutionContext, ProviderResult, StreamItem
 from providers._http import http_failure
 
@@ -92,16 +93,31 @@ def open_stream(
     Failures are those of the non-streamed call: transport errors keep their code and
     retryability, error statuses go through ``http_failure`` (the body read whole, bounded).
     """
+    breakers = context.breakers
+    try:
+        ticket = breakers.admit(context.provider, url) if breakers is not None else None
+    except CircuitOpen as exc:
+        return (
+            None,
+            ProviderResult.fail(exc.code, exc.message, retry_after=exc.details["retry_after"]),
+            time.perf_counter(),
+        )
+    outcome = Outcome.NEUTRAL
     started = time.perf_counter()
     try:
         stream = context.http.stream(
             "POST", url, headers={**headers, "Accept": "text/event-stream"}, json=payload, timeout=context.timeout_s
         )
+        outcome = status_outcome(stream.status)
     except PilotError as exc:
+        outcome = error_outcome(exc, context.timeout_s, context.default_timeout_s)
         failure = ProviderResult.fail(exc.code, exc.message, retryable=bool(getattr(exc, "retryable", False)))
         if getattr(exc, "request_sent", False):
             failure.metadata["outcome_unknown"] = True
         return None, failed_after(failure, started), started
+    finally:
+        if breakers is not None:
+            breakers.settle(ticket, outcome)
     if stream.status >= 400:
         try:
             reply = stream.read()

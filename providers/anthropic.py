@@ -124,6 +124,10 @@ class AnthropicProvider(Provider):
             stream.close()
         yield failed_after(message.result(stream.status), started)
 
+    def billed_model(self, action: str, params: dict[str, Any]) -> str | None:
+        """``messages`` is billed per token for its ``model`` (the provider's default when unset)."""
+        return str(params.get("model") or self.default_model) if action == "messages" else None
+
     def _parse(self, response: OutboundResponse, model: str) -> ProviderResult:
         body, failure = json_body(response, "Anthropic")
         if failure is not None:

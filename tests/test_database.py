@@ -16,7 +16,16 @@ from pilot.errors import NotFound
 from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-USER_TABLES = ("provider_credentials", "execution_plans", "plan_runs", "execution_logs", "api_tokens")
+USER_TABLES = (
+    "provider_credentials",
+    "execution_plans",
+    "plan_runs",
+    "execution_logs",
+    "api_tokens",
+    "budgets",
+    "budget_spend",
+    "idempotency_keys",
+)
 NOT_USER_DATA = ("schema_migrations",)
 ROLES = ("pilot_app", "pilot_system")
 # Every function in the schema: (SECURITY DEFINER?, which of ROLES may execute it). A new
@@ -253,6 +262,15 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
                 "INSERT INTO execution_logs (user_id, provider, action, status) VALUES ('someone', 'x', 'y', 'success')"
             )
             cur.execute("INSERT INTO api_tokens (user_id, name, token_hash) VALUES ('someone', 't', repeat('a', 64))")
+            cur.execute("INSERT INTO budgets (user_id, monthly_usd) VALUES ('someone', 1) ON CONFLICT DO NOTHING")
+            cur.execute(
+                "INSERT INTO budget_spend (user_id, month) VALUES ('someone', date_trunc('month', now())::date) "
+                "ON CONFLICT DO NOTHING"
+            )
+            cur.execute(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, method, path, token) "
+                "VALUES ('someone', 'k', 'f', 'POST', '/api/plans', 't') ON CONFLICT DO NOTHING"
+            )
             for table in USER_TABLES:  # the owner of the rows sees them: the zero counts below mean something
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
                 assert cur.fetchone()[0] >= 1, table

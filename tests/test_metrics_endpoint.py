@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pilot.application import PilotApp
-from pilot.ops import metrics
+from pilot.ops import cost_metrics, metrics
 from tests.conftest import make_app, resp_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +45,7 @@ def test_metrics_is_prometheus_text(client: FlaskClient) -> None:
     assert "# TYPE pilot_http_request_duration_seconds histogram" in text
     # Alerts take rate() of these from the first scrape on: they exist at zero.
     assert 'pilot_scheduler_firings_total{outcome="error"}' in text
+    assert 'pilot_budget_refusals_total{reason="monthly_budget"}' in text
 
 
 def test_openmetrics_when_the_scraper_asks(client: FlaskClient) -> None:
@@ -157,7 +158,7 @@ def test_pool_gauges_follow_the_app(app: PilotApp, client: FlaskClient, user: st
 
 
 WORKER = """
-from pilot.ops import metrics
+from pilot.ops import cost_metrics, metrics
 metrics.record_step("logic", "transform", "success", 5.0, 1)
 metrics.record_scheduler_firing("claimed")
 metrics.collectors().db_pool_size.set(3)
@@ -196,7 +197,7 @@ def test_multiprocess_mode_sums_every_worker(session_db: str, tmp_path: Path, fe
 
 def _exported_names() -> set[str]:
     names = set()
-    for collector in metrics.collectors().all():
+    for collector in (*metrics.collectors().all(), *cost_metrics.collectors().all()):
         for family in collector.describe():
             names.add(family.name)
             names.update(family.name + suffix for suffix in ("_total", "_bucket", "_count", "_sum"))
@@ -207,7 +208,14 @@ def test_alert_rules_use_only_exported_metrics() -> None:
     text = (ROOT / "deploy" / "prometheus-alerts.yml").read_text()
     used = set(re.findall(r"\bpilot_[a-z_]+", text))
     assert used and used <= _exported_names(), used - _exported_names()
-    for alert in ("PilotStepErrorRateHigh", "PilotScheduledRunsFailing", "PilotTargetDown", "PilotHttpLatencyHigh"):
+    for alert in (
+        "PilotStepErrorRateHigh",
+        "PilotScheduledRunsFailing",
+        "PilotTargetDown",
+        "PilotHttpLatencyHigh",
+        "PilotBudgetRefusals",
+        "PilotCircuitOpen",
+    ):
         assert f"alert: {alert}" in text
     assert re.search(r"> 0\.05", text)  # the checklist's 5 % error-rate threshold
 
@@ -218,7 +226,7 @@ def test_dashboard_is_valid_json_using_only_exported_metrics() -> None:
     used = {name for expr in exprs for name in re.findall(r"\bpilot_[a-z_]+", expr)}
     assert used and used <= _exported_names(), used - _exported_names()
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("request rate", "error", "latency", "success rate", "scheduler"):
+    for topic in ("request rate", "error", "latency", "success rate", "scheduler", "cost", "budget", "circuit breaker"):
         assert topic in titles
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pilot.application import PilotApp
 from pilot.data import store
 from providers._stream import SSEEvent, sse_events
 from tests.conftest import resp_json
-from tests.fake_upstreams import RATE_LIMITED, UNAUTHORIZED, FakeAnthropic, FakeOpenAI, StreamReply
+from tests.fake_upstreams import RATE_LIMITED, SERVER_ERROR, UNAUTHORIZED, FakeAnthropic, FakeOpenAI, StreamReply
 from tests.test_crash_recovery import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,3 +327,49 @@ def test_gunicorn_gthread_serves_concurrent_streams_with_one_thread_each(
     firsts = {name: next(i for i, (n, line) in enumerate(marks) if n == name) for name in ("first", "second")}
     assert len(ends) == 2, marks
     assert max(firsts.values()) < min(ends), marks  # each stream had started before either ended
+
+
+# --- costs, budgets and breakers apply to streamed steps too (issue 11 on the issue 10 path) ------
+
+
+def test_a_streamed_step_records_its_cost_like_a_plain_one(app: PilotApp, client: FlaskClient, user: str) -> None:
+    with FakeOpenAI() as fake:
+        store_key(client, user, "openai", fake, API_KEY)
+        result = the_result(stream(client, user, chat("openai")))
+        assert result["success"] is True and result["metadata"]["cost"]["cost_usd"] > 0
+        [row] = user_logs(app, user)
+        assert row["cost_usd"] is not None and float(row["cost_usd"]) == result["metadata"]["cost"]["cost_usd"]
+        assert row["input_tokens"] and row["output_tokens"]
+        budget = resp_json(client.get(f"/api/budget?user_id={user}"))
+        assert budget["spent_usd"] == pytest.approx(result["metadata"]["cost"]["cost_usd"])
+
+
+def test_a_spent_budget_refuses_a_streamed_step_before_any_request(
+    app: PilotApp, client: FlaskClient, user: str
+) -> None:
+    with FakeOpenAI() as fake:
+        store_key(client, user, "openai", fake, API_KEY)
+        put = client.put("/api/budget", json={"user_id": user, "monthly_usd": 1, "on_exceed": "refuse"})
+        assert put.status_code == 200
+        with app.db.transaction(user) as cur:
+            store.add_month_spend(cur, user, Decimal("1"))
+        before = len(fake.requests)
+        result = the_result(stream(client, user, chat("openai")))
+        assert result["success"] is False and result["error"]["code"] == "budget_exceeded"
+        assert len(fake.requests) == before  # nothing reached the upstream
+        [row] = user_logs(app, user)
+        assert row["error_code"] == "budget_exceeded"
+
+
+def test_an_open_circuit_fails_a_streamed_step_fast(app: PilotApp, client: FlaskClient, user: str) -> None:
+    failures = app.settings.breaker_failures
+    with FakeOpenAI() as fake:
+        store_key(client, user, "openai", fake, API_KEY)
+        fake.script(*[SERVER_ERROR] * failures)
+        once = {**chat("openai"), "retry": {"max_attempts": 1}}
+        for _ in range(failures):
+            assert the_result(stream(client, user, once))["error"]["code"] == "upstream_error"
+        sent = len(fake.requests)
+        result = the_result(stream(client, user, once))
+        assert result["error"]["code"] == "circuit_open"
+        assert len(fake.requests) == sent  # failed fast: no request

@@ -27,8 +27,9 @@ SELECT id, user_id, provider, type, encrypted_value FROM provider_credentials OR
 UPDATE provider_credentials SET encrypted_value = %(encrypted_value)s WHERE id = %(id)s;
 
 -- name: insert_plan
-INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, timezone, enabled)
-VALUES (%(user_id)s, %(name)s, %(original_prompt)s, %(steps)s, %(schedule)s, %(timezone)s, %(enabled)s)
+INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, timezone, enabled, max_cost_usd)
+VALUES (%(user_id)s, %(name)s, %(original_prompt)s, %(steps)s, %(schedule)s, %(timezone)s, %(enabled)s,
+        %(max_cost_usd)s)
 RETURNING *;
 
 -- name: list_plans
@@ -43,7 +44,7 @@ SELECT * FROM execution_plans WHERE user_id = %(user_id)s AND id = %(id)s FOR UP
 -- name: update_plan
 UPDATE execution_plans
 SET name = %(name)s, original_prompt = %(original_prompt)s, steps = %(steps)s, schedule = %(schedule)s,
-    timezone = %(timezone)s, enabled = %(enabled)s, updated_at = now()
+    timezone = %(timezone)s, enabled = %(enabled)s, max_cost_usd = %(max_cost_usd)s, updated_at = now()
 WHERE user_id = %(user_id)s AND id = %(id)s
 RETURNING *;
 
@@ -52,14 +53,15 @@ DELETE FROM execution_plans WHERE user_id = %(user_id)s AND id = %(id)s RETURNIN
 
 -- name: insert_log
 INSERT INTO execution_logs (user_id, plan_id, run_id, step_index, step_id, provider, action, status, latency_ms,
-                            error_code, error, attempt, input, output)
+                            error_code, error, attempt, input, output, model, input_tokens, output_tokens, cost_usd)
 VALUES (%(user_id)s, %(plan_id)s, %(run_id)s, %(step_index)s, %(step_id)s, %(provider)s, %(action)s, %(status)s,
-        %(latency_ms)s, %(error_code)s, %(error)s, %(attempt)s, %(input)s, %(output)s)
+        %(latency_ms)s, %(error_code)s, %(error)s, %(attempt)s, %(input)s, %(output)s, %(model)s, %(input_tokens)s,
+        %(output_tokens)s, %(cost_usd)s)
 RETURNING id;
 
 -- name: list_logs
 SELECT id, plan_id, run_id, step_index, step_id, provider, action, status, latency_ms, error_code, error, attempt,
-       input, output, "timestamp"
+       input, output, "timestamp", model, input_tokens, output_tokens, cost_usd::float8 AS cost_usd
 FROM execution_logs
 WHERE user_id = %(user_id)s
   AND (%(provider)s::text IS NULL OR provider = %(provider)s)
@@ -72,7 +74,7 @@ LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: run_logs
 SELECT id, step_index, step_id, provider, action, status, latency_ms, error_code, error, attempt, input, output,
-       "timestamp"
+       "timestamp", model, input_tokens, output_tokens, cost_usd::float8 AS cost_usd
 FROM execution_logs WHERE user_id = %(user_id)s AND run_id = %(run_id)s ORDER BY id;
 
 -- name: provider_metrics
@@ -278,3 +280,118 @@ INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, ti
 VALUES (%(user_id)s, %(name)s, %(original_prompt)s, %(steps)s, %(schedule)s, %(timezone)s, %(enabled)s,
         %(provenance)s)
 RETURNING *;
+
+-- --- costs and budgets (issue 11) ------------------------------------------------
+
+-- name: budget_standing
+-- What an LLM step's admission reads, in one round trip: the user's budget (NULLs when
+-- none), this UTC month's recorded spend, the plan's cap per run and the run's spend.
+SELECT b.monthly_usd, b.on_exceed,
+       coalesce((SELECT s.spent_usd FROM budget_spend s
+                 WHERE s.user_id = %(user_id)s
+                   AND s.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0) AS month_spent,
+       (SELECT p.max_cost_usd FROM execution_plans p
+        WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s::bigint) AS plan_max,
+       (SELECT coalesce(sum(l.cost_usd), 0) FROM execution_logs l
+        WHERE l.user_id = %(user_id)s AND l.run_id = %(run_id)s::bigint) AS run_spent
+FROM (SELECT 1) AS one
+LEFT JOIN budgets b ON b.user_id = %(user_id)s;
+
+-- name: add_month_spend
+-- Runs in the transaction that writes the step's log row: the counter always equals the
+-- sum of the month's committed costs, and every admission sees each committed cost.
+INSERT INTO budget_spend AS s (user_id, month, spent_usd, steps)
+VALUES (%(user_id)s, date_trunc('month', now() AT TIME ZONE 'UTC')::date, %(cost_usd)s, 1)
+ON CONFLICT (user_id, month)
+DO UPDATE SET spent_usd = s.spent_usd + EXCLUDED.spent_usd, steps = s.steps + 1, updated_at = now();
+
+-- name: month_spend
+SELECT to_char(m.month, 'YYYY-MM') AS month, coalesce(s.spent_usd, 0)::float8 AS spent_usd,
+       coalesce(s.steps, 0) AS priced_steps
+FROM (SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date AS month) AS m
+LEFT JOIN budget_spend s ON s.user_id = %(user_id)s AND s.month = m.month;
+
+-- name: get_budget
+SELECT monthly_usd::float8 AS monthly_usd, on_exceed, created_at, updated_at FROM budgets
+WHERE user_id = %(user_id)s;
+
+-- name: put_budget
+INSERT INTO budgets (user_id, monthly_usd, on_exceed) VALUES (%(user_id)s, %(monthly_usd)s, %(on_exceed)s)
+ON CONFLICT (user_id)
+DO UPDATE SET monthly_usd = EXCLUDED.monthly_usd, on_exceed = EXCLUDED.on_exceed, updated_at = now()
+RETURNING monthly_usd::float8 AS monthly_usd, on_exceed, created_at, updated_at;
+
+-- name: delete_budget
+DELETE FROM budgets WHERE user_id = %(user_id)s RETURNING user_id;
+
+-- name: budget_for_firing
+-- The scheduler's view of a plan's owner at a firing (run as that user): budget and month's spend.
+SELECT b.monthly_usd, b.on_exceed,
+       coalesce((SELECT s.spent_usd FROM budget_spend s
+                 WHERE s.user_id = %(user_id)s
+                   AND s.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0) AS month_spent
+FROM budgets b WHERE b.user_id = %(user_id)s;
+
+-- name: cost_report
+-- GET /api/metrics/costs: the user's LLM steps (model set) since a time, grouped by one of
+-- provider, model (with its provider), plan or UTC day. Group columns that do not apply are NULL.
+WITH grouped AS (
+    SELECT CASE WHEN %(group_by)s IN ('provider', 'model') THEN l.provider END AS provider,
+           CASE WHEN %(group_by)s = 'model' THEN l.model END AS model,
+           CASE WHEN %(group_by)s = 'plan' THEN l.plan_id END AS plan_id,
+           CASE WHEN %(group_by)s = 'day' THEN (l."timestamp" AT TIME ZONE 'UTC')::date END AS day,
+           coalesce(sum(l.input_tokens), 0) AS input_tokens,
+           coalesce(sum(l.output_tokens), 0) AS output_tokens,
+           coalesce(sum(l.cost_usd), 0)::float8 AS cost_usd,
+           count(*) AS steps,
+           count(*) FILTER (WHERE l.cost_usd IS NULL) AS unpriced_steps
+    FROM execution_logs l
+    WHERE l.user_id = %(user_id)s AND l.model IS NOT NULL AND l."timestamp" >= %(since)s
+    GROUP BY 1, 2, 3, 4
+)
+SELECT g.provider, g.model, g.plan_id, p.name AS plan_name, to_char(g.day, 'YYYY-MM-DD') AS day,
+       g.input_tokens, g.output_tokens, g.cost_usd, g.steps, g.unpriced_steps
+FROM grouped g
+LEFT JOIN execution_plans p ON p.user_id = %(user_id)s AND p.id = g.plan_id
+ORDER BY g.day NULLS FIRST, g.cost_usd DESC, g.provider, g.model, g.plan_id;
+
+-- --- idempotency keys (issue 11) --------------------------------------------------
+
+-- name: claim_idempotency_key
+-- Claim (user, key) for this request: a new key, one older than the retention, or one
+-- left in progress by a process that died (its lock lapsed) for the same request. No row
+-- back: another request holds or answered it.
+INSERT INTO idempotency_keys AS k (user_id, key, fingerprint, method, path, state, token, locked_until)
+VALUES (%(user_id)s, %(key)s, %(fingerprint)s, %(method)s, %(path)s, 'in_progress', %(token)s,
+        now() + make_interval(secs => %(lock_seconds)s))
+ON CONFLICT (user_id, key) DO UPDATE
+SET fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method, path = EXCLUDED.path, state = 'in_progress',
+    token = EXCLUDED.token, locked_until = EXCLUDED.locked_until, response_status = NULL,
+    response_headers = NULL, response_body = NULL, created_at = now(), completed_at = NULL
+WHERE k.created_at < now() - make_interval(hours => %(retention_hours)s)
+   OR (k.state = 'in_progress' AND k.locked_until < now() AND k.fingerprint = EXCLUDED.fingerprint)
+RETURNING k.token;
+
+-- name: get_idempotency_key
+SELECT fingerprint, state, response_status, response_headers, response_body, created_at
+FROM idempotency_keys WHERE user_id = %(user_id)s AND key = %(key)s;
+
+-- name: complete_idempotency_key
+UPDATE idempotency_keys
+SET state = 'done', response_status = %(status)s, response_headers = %(headers)s, response_body = %(body)s,
+    completed_at = now(), locked_until = NULL
+WHERE user_id = %(user_id)s AND key = %(key)s AND token = %(token)s AND state = 'in_progress'
+RETURNING id;
+
+-- name: release_idempotency_key
+DELETE FROM idempotency_keys
+WHERE user_id = %(user_id)s AND key = %(key)s AND token = %(token)s AND state = 'in_progress';
+
+-- name: prune_idempotency_batch
+WITH batch AS (
+    SELECT id FROM idempotency_keys
+    WHERE id > %(after_id)s AND created_at < %(cutoff)s
+    ORDER BY id LIMIT %(limit)s
+)
+DELETE FROM idempotency_keys k USING batch WHERE k.id = batch.id
+RETURNING k.id;

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from psycopg2.extras import Json
 
 from database import Cursor
@@ -105,7 +107,7 @@ def set_encrypted_value(cur: Cursor, credential_id: int, encrypted_value: str) -
 
 # --- plans -------------------------------------------------------------------
 
-PLAN_FIELDS = ("name", "original_prompt", "steps", "schedule", "timezone", "enabled")
+PLAN_FIELDS = ("name", "original_prompt", "steps", "schedule", "timezone", "enabled", "max_cost_usd")
 
 
 def _plan_params(user_id: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +161,10 @@ def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
         "attempt": entry.get("attempt", 1),
         "input": PgJson(entry.get("input")),
         "output": PgJson(entry.get("output")),
+        "model": entry.get("model"),
+        "input_tokens": entry.get("input_tokens"),
+        "output_tokens": entry.get("output_tokens"),
+        "cost_usd": entry.get("cost_usd"),
     }
     row = _one(cur, "insert_log", **params)
     assert row is not None
@@ -428,3 +434,103 @@ def insert_drafted_plan(cur: Cursor, user_id: str, plan: dict[str, Any], provena
     row = _one(cur, "insert_drafted_plan", **_plan_params(user_id, plan), provenance=PgJson(provenance))
     assert row is not None
     return row
+
+
+# --- costs and budgets --------------------------------------------------------------
+
+
+def budget_standing(cur: Cursor, user_id: str, plan_id: int | None, run_id: int | None) -> Row:
+    """What an LLM step's admission needs: monthly_usd and on_exceed (NULL without a budget), month_spent,
+    plan_max (the plan's max_cost_usd) and run_spent, as Decimals."""
+    row = _one(cur, "budget_standing", user_id=user_id, plan_id=plan_id, run_id=run_id)
+    assert row is not None  # SELECT FROM (SELECT 1) always yields a row
+    return row
+
+
+def add_month_spend(cur: Cursor, user_id: str, cost_usd: Decimal) -> None:
+    """Add one step's cost to the user's spend of the current UTC month."""
+    _execute(cur, "add_month_spend", {"user_id": user_id, "cost_usd": cost_usd})
+
+
+def month_spend(cur: Cursor, user_id: str) -> Row:
+    """``{month: 'YYYY-MM', spent_usd, priced_steps}`` of the current UTC month."""
+    row = _one(cur, "month_spend", user_id=user_id)
+    assert row is not None
+    return row
+
+
+def get_budget(cur: Cursor, user_id: str) -> Row | None:
+    return _one(cur, "get_budget", user_id=user_id)
+
+
+def put_budget(cur: Cursor, user_id: str, monthly_usd: Decimal, on_exceed: str) -> Row:
+    row = _one(cur, "put_budget", user_id=user_id, monthly_usd=monthly_usd, on_exceed=on_exceed)
+    assert row is not None
+    return row
+
+
+def delete_budget(cur: Cursor, user_id: str) -> bool:
+    return _one(cur, "delete_budget", user_id=user_id) is not None
+
+
+def budget_for_firing(cur: Cursor, user_id: str) -> Row | None:
+    """The plan owner's monthly_usd, on_exceed and this month's month_spent (Decimals); None without a budget."""
+    return _one(cur, "budget_for_firing", user_id=user_id)
+
+
+def cost_report(cur: Cursor, user_id: str, since: Any, group_by: str) -> list[Row]:
+    """The user's LLM tokens, cost and steps since ``since``, grouped by provider, model, plan or day."""
+    return _all(cur, "cost_report", user_id=user_id, since=since, group_by=group_by)
+
+
+# --- idempotency keys -------------------------------------------------------------
+
+
+def claim_idempotency_key(
+    cur: Cursor, user_id: str, key: str, *, fingerprint: str, method: str, path: str, token: str, **limits: int
+) -> bool:
+    """Whether this request now holds (user, key); ``limits``: lock_seconds and retention_hours."""
+    row = _one(
+        cur,
+        "claim_idempotency_key",
+        user_id=user_id,
+        key=key,
+        fingerprint=fingerprint,
+        method=method,
+        path=path,
+        token=token,
+        lock_seconds=limits["lock_seconds"],
+        retention_hours=limits["retention_hours"],
+    )
+    return row is not None
+
+
+def get_idempotency_key(cur: Cursor, user_id: str, key: str) -> Row | None:
+    return _one(cur, "get_idempotency_key", user_id=user_id, key=key)
+
+
+def complete_idempotency_key(
+    cur: Cursor, user_id: str, key: str, token: str, *, status: int, headers: dict[str, str], body: bytes
+) -> bool:
+    """Store the answer of the request holding (user, key) with ``token``; False when it no longer holds it."""
+    row = _one(
+        cur,
+        "complete_idempotency_key",
+        user_id=user_id,
+        key=key,
+        token=token,
+        status=status,
+        headers=PgJson(headers),
+        body=psycopg2.Binary(body),
+    )
+    return row is not None
+
+
+def release_idempotency_key(cur: Cursor, user_id: str, key: str, token: str) -> None:
+    """Give (user, key) up without an answer (the request failed with 5xx): it may be sent again."""
+    _execute(cur, "release_idempotency_key", {"user_id": user_id, "key": key, "token": token})
+
+
+def prune_idempotency_batch(cur: Cursor, cutoff: Any, after_id: int, limit: int) -> list[int]:
+    """Delete up to ``limit`` idempotency keys created before ``cutoff`` with id > ``after_id``; their ids."""
+    return [row["id"] for row in _all(cur, "prune_idempotency_batch", cutoff=cutoff, after_id=after_id, limit=limit)]

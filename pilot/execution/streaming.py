@@ -19,7 +19,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from execution_engine import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_TIMEOUT_S, backoff_delay
+from execution_engine import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, backoff_delay
+from pilot.costs.meter import Gate
 from pilot.errors import PilotError
 from pilot.execution.runs import unexpected_failure
 from pilot.ops import metrics
@@ -37,6 +38,7 @@ CANCELLED = "cancelled"
 # Facts about the stream kept in the log row's output metadata, not in the answer (which is
 # exactly the non-streamed one).
 LOG_ONLY_METADATA = ("streamed", "time_to_first_token_ms")
+NO_RUN: dict[str, Any] = {"plan_id": None, "run_id": None, "step_index": None}  # execute-step belongs to no run
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,22 @@ class StepStream:
         self.text = ""
 
     def events(self) -> Iterator[StreamEvent]:
-        """``delta``/``alive`` events as the upstream streams, then one ``result``; logs the step once."""
+        """``delta``/``alive`` events as the upstream streams, then one ``result``; logs the step once.
+
+        An LLM step passes the meter first, as ``execute_step`` does: a budget that refuses it
+        makes no call, and the streamed result carries its cost.
+        """
         started = time.monotonic()
         attempts = 0
         result: ProviderResult | None = self.early
+        gate: Gate | None = None
         cancelled = True  # until the stream ends on its own: GeneratorExit skips every other assignment
         clean = StreamRedactor(self.redactor)
         upstream = self._attempts(clean, started)
         try:
+            if result is None:
+                gate = self.engine.meter.admit(self.user_id, self.provider, self.step.action, self.params, NO_RUN)
+                result = gate.refusal
             if result is None:
                 for attempt, event in upstream:
                     attempts = attempt
@@ -102,7 +112,10 @@ class StepStream:
             upstream.close()  # first: the upstream connection closes before anything is written
             if cancelled:
                 result = self._cancelled()
-            answer = self._finish(result, attempts, time.monotonic() - started if self.early is None else 0.0)
+            if gate is not None and result is not None:
+                self.engine.meter.settle(gate, result, called=gate.refusal is None)
+            called = self.early is None and (gate is None or gate.refusal is None)
+            answer = self._finish(result, attempts, time.monotonic() - started if called else 0.0)
         yield StreamEvent("result", answer.to_dict())
 
     def _attempts(
@@ -112,8 +125,8 @@ class StepStream:
         step = self.step
         max_attempts = step.retry.max_attempts if step.retry else DEFAULT_ATTEMPTS
         base = step.retry.backoff_s if step.retry else DEFAULT_BACKOFF_S
-        timeout = step.timeout_s or DEFAULT_TIMEOUT_S
-        context = self.engine.context(self.user_id, timeout, self.run_context, self.redactor)
+        timeout = step.timeout_s or self.provider.default_timeout_s
+        context = self.engine.context(self.user_id, timeout, self.run_context, self.redactor, self.provider)
         for attempt in range(1, max_attempts + 1):
             result = None
             for item in self._guarded(context):
@@ -170,7 +183,7 @@ class StepStream:
         return kept
 
     def _log(self, result: ProviderResult) -> ProviderResult:
-        where = {"plan_id": None, "run_id": None, "step_index": None}
+        where = dict(NO_RUN)
         params = self.engine._redacted_params(self.params, self.redactor)
         attempts = int(result.metadata.get("attempts", 1))
         return self.engine._log(self.user_id, self.step, result, params, where, attempts, self.redactor)

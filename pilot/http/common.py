@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from flask import request
@@ -62,5 +63,13 @@ def check_id(value: int, what: str) -> int:
     return value
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):  # numeric columns (costs, budgets) answer as JSON numbers
+        return float(value)
+    return value
+
+
 def serialize(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
+    return {key: _json_value(value) for key, value in row.items()}

@@ -26,6 +26,7 @@ from pilot.errors import (
     PilotError,
     ServiceUnavailable,
     Unauthorized,
+    Unprocessable,
     UnsupportedMediaType,
     ValidationError,
 )
@@ -48,6 +49,7 @@ STATUS: dict[type[PilotError], int] = {
     Conflict: 409,
     CredentialDecryptError: 409,  # the request is fine, the stored value is not
     UnsupportedMediaType: 415,
+    Unprocessable: 422,
     OutboundError: 502,  # an upstream failed: too large, too many redirects, …
     OutboundConnectionError: 502,
     SSRFBlocked: 400,  # the caller named an address Pilot may not reach

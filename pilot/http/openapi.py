@@ -46,7 +46,11 @@ ERRORS: dict[int, tuple[str, str]] = {
     409: ("Conflict", "a record with the same key exists, or a stored credential is unreadable"),
     413: ("PayloadTooLarge", "the body is larger than MAX_REQUEST_BYTES"),
     415: ("UnsupportedMediaType", "the body must be application/json"),
-    422: ("Unprocessable", "the model answered, but no answer was a valid plan (details: attempts, errors)"),
+    422: (
+        "Unprocessable",
+        "no valid plan came out of the model (details: attempts, errors), or the Idempotency-Key was used for "
+        "a different request (idempotency_key_reused)",
+    ),
     502: ("BadGateway", "the model's server failed, refused the key or could not be reached (details: error)"),
     503: ("ServiceUnavailable", "the database is unavailable or the run queue is full"),
 }
@@ -70,6 +74,7 @@ class Op:
     content_type: str = "application/json"
     extra_responses: dict[int, tuple[str, Schema]] = field(default_factory=dict)
     alt_content: dict[str, Schema] = field(default_factory=dict)  # other media types of the ok answer
+    idempotent: bool = False  # takes an Idempotency-Key header (pilot/http/idempotency.py)
 
 
 PAGING = (
@@ -118,7 +123,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("POST", "/api/plans"): Op(
         "createPlan", "Create a plan (steps validated against provider schemas)", "plans", 201, "the plan",
-        ref("Plan"), body=ref("PlanBody"),
+        ref("Plan"), body=ref("PlanBody"), idempotent=True,
     ),
     ("GET", "/api/plans"): Op("listPlans", "The caller's plans", "plans", 200, "plans", ref("PlanList"), query=PAGING),
     ("GET", "/api/plans/{plan_id}"): Op(
@@ -135,6 +140,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/api/plans/{plan_id}/run"): Op(
         "runPlan", "Run a plan now: queued (202), finished with ?wait=true (200), or dry with ?dry_run=true (200)",
         "runs", 202, "the queued run", ref("Run"), body=ref("RunRequest"), body_required=False, errors=(404,),
+        idempotent=True,
         query=(
             ("wait", {"type": "boolean", "default": False}, "run inline and return the finished run"),
             ("dry_run", {"type": "boolean", "default": False}, "execute logic steps only; render, validate and "
@@ -183,9 +189,27 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/api/execute-step"): Op(
         "executeStep", "Run one step now; streamed as Server-Sent Events with Accept: text/event-stream or "
         "?stream=true", "runs", 200, "the step ran (successfully or not)", ref("ProviderResult"),
-        body=ref("ExecuteStepRequest"),
+        body=ref("ExecuteStepRequest"), idempotent=True,
         query=(("stream", {"type": "boolean", "default": False}, "answer text/event-stream (as Accept would)"),),
         alt_content={"text/event-stream": ref("StepEventStream")},
+    ),
+    ("GET", "/api/budget"): Op(
+        "getBudget", "The caller's monthly budget (null when none) and this UTC month's recorded spend", "costs", 200,
+        "budget and spend", ref("Budget"),
+    ),
+    ("PUT", "/api/budget"): Op(
+        "putBudget", "Set the caller's monthly budget in USD and what happens once it is spent", "costs", 200,
+        "budget and spend", ref("Budget"), body=ref("BudgetBody"),
+    ),
+    ("DELETE", "/api/budget"): Op("deleteBudget", "Remove the caller's budget", "costs", 204, "removed", errors=(404,)),
+    ("GET", "/api/metrics/costs"): Op(
+        "costMetrics", "The caller's LLM tokens, cost and steps, grouped", "costs", 200, "per group and in total",
+        ref("CostReport"),
+        query=(
+            ("hours", {"type": "integer", "minimum": 1, "maximum": 9600, "default": 24}, "the last N hours"),
+            ("since", {"type": "string", "format": "date-time"}, "from this time on (instead of hours)"),
+            ("group_by", {"enum": ["provider", "model", "plan", "day"], "default": "provider"}, "grouping"),
+        ),
     ),
     ("GET", "/api/logs"): Op(
         "listLogs", "The caller's execution logs, newest first", "logs", 200, "logs", ref("LogList"),
@@ -275,6 +299,16 @@ def _operation(method: str, path: str, params: list[tuple[str, str]]) -> dict[st
     for status, (description, schema) in op.extra_responses.items():
         responses[str(status)] = {"description": description, "content": _json(schema)}
     errors = set(op.errors) | {400, 403}  # every request: query and Host checks (routes/guard.py)
+    if op.idempotent:
+        parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
+        errors |= {422}
+        responses["409"] = {
+            "description": "a request with this Idempotency-Key is still executing (idempotency_key_in_use); "
+            "retry after Retry-After seconds. A repeat of a finished request answers as it did, with "
+            "Idempotent-Replayed: true",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            "content": _json(ref("Error")),
+        }
     if op.auth:
         parameters.append({"$ref": "#/components/parameters/UserId"})
         errors |= {400, 401, 403, 503}
@@ -331,7 +365,16 @@ def build_document(app: PilotApp) -> dict[str, Any]:
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     "description": "AUTH_MODE=dev: the acting user (or in the JSON body). "
                     "AUTH_MODE=token: optional, must equal the token's user (else 403)",
-                }
+                },
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "the same key with the same request within 24 hours returns the first answer "
+                    "(status and body, with Idempotent-Replayed: true) without executing again; with another "
+                    "request it is 422. Keys are per user",
+                },
             },
             "responses": {
                 name: {"description": description, "content": _json(ref("Error"))}

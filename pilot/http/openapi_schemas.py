@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pilot.costs.schemas import BudgetBody
 from pilot.http.routes.drafts import DraftBody
 from pilot.steps.plan_schema import PlanBody, Step
 from provider_registry import CREDENTIAL_TYPE
@@ -55,11 +56,12 @@ def _paged(key: str, item: str) -> Schema:
 def model_schemas() -> dict[str, Schema]:
     """PlanBody, Step, Schedule and RetryPolicy as the pydantic models define them."""
     schemas: dict[str, Schema] = {}
-    for model in (PlanBody, Step):
+    for model in (PlanBody, Step, BudgetBody):
         generated = model.model_json_schema(ref_template=REF_TEMPLATE)
         schemas.update(generated.pop("$defs", {}))
         schemas[model.__name__] = generated
     schemas["PlanBody"]["properties"]["user_id"] = USER_ID
+    schemas["BudgetBody"]["properties"]["user_id"] = USER_ID
     patch = {key: value for key, value in schemas["PlanBody"].items() if key not in {"required", "title"}}
     patch["description"] = "Any subset of a plan's fields; the merged plan is validated as a whole."
     schemas["PlanPatch"] = patch
@@ -100,6 +102,20 @@ PROVIDER_RESULT: Schema = _obj(
                 "attempts": {"type": "integer", "minimum": 1},
                 "retry_after": {"type": "number"},
                 "outcome_unknown": {"type": "boolean", "description": "the request may have taken effect"},
+                "cost": _obj(
+                    {
+                        "model": {"type": "string"},
+                        "input_tokens": nullable({"type": "integer", "minimum": 0}),
+                        "output_tokens": nullable({"type": "integer", "minimum": 0}),
+                        "cost_usd": nullable({"type": "number", "minimum": 0}),
+                        "priced_as": nullable({"type": "string"}),
+                        "price_checked": nullable({"type": "string", "format": "date"}),
+                    },
+                    ["model", "input_tokens", "output_tokens", "cost_usd"],
+                    description="LLM steps: the model, its tokens and USD at the price table's rates (cost null "
+                    "when the model has no price)",
+                ),
+                "budget_warning": {"type": "string", "description": "the step ran over a warn budget"},
             },
             additionalProperties=True,
         ),
@@ -118,6 +134,7 @@ PLAN: Schema = _obj(
         "schedule": nullable(ref("Schedule")),
         "timezone": {"type": "string"},
         "enabled": {"type": "boolean"},
+        "max_cost_usd": nullable({"type": "number", "minimum": 0}),
         "created_at": TIMESTAMP,
         "updated_at": TIMESTAMP,
         "provenance": nullable(ref("Provenance")),
@@ -193,6 +210,12 @@ LOG_ENTRY: Schema = _obj(
         "input": {"description": "rendered params, secrets redacted"},
         "output": {"description": "data and metadata, truncated past 32,000 characters"},
         "timestamp": TIMESTAMP,
+        "model": nullable({"type": "string", "description": "LLM steps: the model billed (null for other steps)"}),
+        "input_tokens": nullable({"type": "integer", "minimum": 0}),
+        "output_tokens": nullable({"type": "integer", "minimum": 0}),
+        "cost_usd": nullable(
+            {"type": "number", "minimum": 0, "description": "null when the model has no price or no usage was reported"}
+        ),
     },
     ["id", "provider", "action", "status", "latency_ms", "timestamp"],
 )
@@ -207,6 +230,91 @@ CREDENTIAL: Schema = _obj(
         "updated_at": TIMESTAMP,
     },
     ["provider", "type", "masked_value", "readable", "created_at", "updated_at"],
+)
+
+CIRCUIT_STATE: Schema = {"enum": ["closed", "half_open", "open"]}
+CIRCUIT_BREAKERS: Schema = _obj(
+    {
+        "enabled": {"type": "boolean", "description": "false when BREAKER_FAILURES is 0"},
+        "failures": {"type": "integer", "description": "BREAKER_FAILURES"},
+        "window_seconds": {"type": "number"},
+        "cooldown_seconds": {"type": "number"},
+        "hosts": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "host": {"type": "string"},
+                    "state": CIRCUIT_STATE,
+                    "consecutive_failures": {"type": "integer", "minimum": 0},
+                    "opened_at": nullable(TIMESTAMP),
+                    "retry_in_s": nullable({"type": "number"}),
+                },
+                ["host", "state", "consecutive_failures", "opened_at", "retry_in_s"],
+            ),
+            "description": "the provider's default endpoints, by name",
+        },
+        "other_hosts": _obj(
+            {"tracked": {"type": "integer"}, "open": {"type": "integer"}, "half_open": {"type": "integer"}},
+            ["tracked", "open", "half_open"],
+            description="hosts users named (base_url credentials, webhook URLs): counted, never shown",
+        ),
+    },
+    ["enabled", "failures", "window_seconds", "cooldown_seconds", "hosts", "other_hosts"],
+    description="This process's circuit breakers for the provider (state is per process).",
+)
+
+BUDGET: Schema = _obj(
+    {
+        "budget": nullable(
+            _obj(
+                {
+                    "monthly_usd": {"type": "number", "minimum": 0},
+                    "on_exceed": {"enum": ["refuse", "warn"]},
+                    "created_at": TIMESTAMP,
+                    "updated_at": TIMESTAMP,
+                },
+                ["monthly_usd", "on_exceed", "created_at", "updated_at"],
+            )
+        ),
+        "month": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "description": "the current UTC month"},
+        "spent_usd": {"type": "number", "minimum": 0, "description": "recorded spend of the month so far"},
+        "priced_steps": {"type": "integer", "minimum": 0},
+        "remaining_usd": nullable({"type": "number", "minimum": 0}),
+        "exceeded": {"type": "boolean", "description": "spend at or over the budget"},
+    },
+    ["budget", "month", "spent_usd", "priced_steps", "remaining_usd", "exceeded"],
+)
+
+_COST_TOTALS: dict[str, Schema] = {
+    "input_tokens": {"type": "integer", "minimum": 0},
+    "output_tokens": {"type": "integer", "minimum": 0},
+    "cost_usd": {"type": "number", "minimum": 0},
+    "steps": {"type": "integer", "minimum": 0, "description": "LLM steps (failed and refused ones included)"},
+    "unpriced_steps": {"type": "integer", "minimum": 0, "description": "steps whose cost is unknown (null)"},
+}
+COST_REPORT: Schema = _obj(
+    {
+        "since": TIMESTAMP,
+        "group_by": {"enum": ["provider", "model", "plan", "day"]},
+        "groups": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "provider": {"type": "string"},
+                    "model": {"type": "string"},
+                    "plan_id": nullable(ID),
+                    "plan_name": nullable({"type": "string"}),
+                    "day": {"type": "string", "format": "date"},
+                    **_COST_TOTALS,
+                },
+                list(_COST_TOTALS),
+                description="the group's key fields (provider; provider and model; plan_id and plan_name; day), "
+                "then its totals",
+            ),
+        },
+        "total": _obj(_COST_TOTALS, list(_COST_TOTALS)),
+    },
+    ["since", "group_by", "groups", "total"],
 )
 
 CREDENTIAL_TYPE_NAME: Schema = {"type": "string", "pattern": f"^(?:{CREDENTIAL_TYPE.pattern})$"}
@@ -247,9 +355,13 @@ STATIC_SCHEMAS: dict[str, Schema] = {
                     ["description", "required", "secret"],
                 ),
             },
+            "circuit_breakers": ref("CircuitBreakers"),
         },
-        ["name", "description", "actions", "credential_types"],
+        ["name", "description", "actions", "credential_types", "circuit_breakers"],
     ),
+    "CircuitBreakers": CIRCUIT_BREAKERS,
+    "Budget": BUDGET,
+    "CostReport": COST_REPORT,
     "CredentialsBody": _obj(
         {
             "user_id": USER_ID,
@@ -279,7 +391,23 @@ STATIC_SCHEMAS: dict[str, Schema] = {
     ),
     "StepOutcome": STEP_OUTCOME,
     "Run": RUN,
-    "RunWithLogs": {"allOf": [ref("Run"), _obj({"logs": {"type": "array", "items": ref("LogEntry")}}, ["logs"])]},
+    "RunWithLogs": {
+        "allOf": [
+            ref("Run"),
+            _obj({"usage": ref("RunUsage"), "logs": {"type": "array", "items": ref("LogEntry")}}, ["usage", "logs"]),
+        ]
+    },
+    "RunUsage": _obj(
+        {
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "cost_usd": {"type": "number", "minimum": 0, "description": "of the steps with a known price"},
+            "llm_steps": {"type": "integer", "minimum": 0},
+            "unpriced_steps": {"type": "integer", "minimum": 0, "description": "LLM steps whose cost is unknown"},
+        },
+        ["input_tokens", "output_tokens", "cost_usd", "llm_steps", "unpriced_steps"],
+        description="The run's LLM usage and cost, summed over its steps' log rows.",
+    ),
     "RunList": _paged("runs", "Run"),
     "RunSummary": RUN_SUMMARY,
     "RunSummaryList": _obj(

@@ -157,7 +157,8 @@ def revoke_token_command(token_id: int, user_id: str) -> None:
 )
 @with_appcontext
 def prune_logs_command(older_than_days: int, keep_runs: bool, batch_size: int) -> None:
-    """Delete every user's execution logs and finished runs older than N days, in batches.
+    """Delete every user's execution logs and finished runs older than N days, in batches
+    (and idempotency keys older than 24 hours).
 
     Needs a role that bypasses row-level security (superuser or BYPASSRLS).
     Queued and running runs, and each plan's latest run, are kept.

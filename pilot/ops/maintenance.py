@@ -23,6 +23,7 @@ from pilot.steps import cron
 
 DEFAULT_BATCH_SIZE = 5000
 MAX_BATCH_SIZE = 100_000
+IDEMPOTENCY_RETENTION = timedelta(hours=24)  # pilot.http.idempotency.RETENTION_HOURS: a key answers for a day
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class PruneResult:
     cutoff: datetime
     logs: int
     runs: int
+    idempotency_keys: int = 0
 
 
 def require_rls_bypass(db: DatabaseManager, command: str) -> None:
@@ -66,7 +68,8 @@ def prune_history(
     batch_size: int = DEFAULT_BATCH_SIZE,
     now: datetime | None = None,
 ) -> PruneResult:
-    """Delete execution logs (and, with ``include_runs``, finished runs) older than ``older_than_days`` days.
+    """Delete execution logs (and, with ``include_runs``, finished runs) older than ``older_than_days`` days,
+    and idempotency keys older than 24 hours (past their use whatever ``older_than_days`` says).
 
     Queued and running runs are never touched, nor the latest run of any plan
     (the scheduler remembers its last firing by it).
@@ -79,14 +82,17 @@ def prune_history(
     cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
     logs = _delete_in_batches(db, store.prune_logs_batch, cutoff, batch_size)
     runs = _delete_in_batches(db, store.prune_runs_batch, cutoff, batch_size) if include_runs else 0
-    return PruneResult(cutoff=cutoff, logs=logs, runs=runs)
+    key_cutoff = (now or datetime.now(UTC)) - IDEMPOTENCY_RETENTION
+    keys = _delete_in_batches(db, store.prune_idempotency_batch, key_cutoff, batch_size)
+    return PruneResult(cutoff=cutoff, logs=logs, runs=runs, idempotency_keys=keys)
 
 
 def describe(result: PruneResult) -> str:
     """One line for the operator."""
     return (
         f"removed {result.logs} execution log(s) and {result.runs} finished run(s) "
-        f"older than {result.cutoff.isoformat(timespec='seconds')}"
+        f"older than {result.cutoff.isoformat(timespec='seconds')}, "
+        f"and {result.idempotency_keys} idempotency key(s) older than 24 hours"
     )
 
 

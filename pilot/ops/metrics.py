@@ -30,6 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from pilot.application import current_pilot
+from pilot.ops import cost_metrics
 from pilot.settings import PROMETHEUS_MULTIPROC_ENV, process_metrics_dir
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and 405s: one series, whatever path was asked for
 STEP_STATUSES = frozenset({"success", "error"})
-SCHEDULER_OUTCOMES = ("claimed", "lost", "skipped_overlap", "skipped_misfire", "catch_up", "error")
+SCHEDULER_OUTCOMES = ("claimed", "lost", "skipped_overlap", "skipped_misfire", "skipped_budget", "catch_up", "error")
 RUN_TRIGGERS = ("manual", "schedule", "api")
 RUN_STATUSES = ("success", "error", "interrupted", "skipped")
 # Steps wait on models and webhooks: seconds to minutes, not milliseconds.
@@ -165,7 +166,8 @@ def record_step(provider: str, action: str, status: str, latency_ms: float, atte
 
 
 def record_scheduler_firing(outcome: str) -> None:
-    """Count one firing: claimed, lost (another process won), skipped_overlap, skipped_misfire, catch_up or error."""
+    """Count one firing: claimed, lost (another process won), skipped_overlap, skipped_misfire,
+    skipped_budget (its owner's refuse budget is spent), catch_up or error."""
     if outcome not in SCHEDULER_OUTCOMES:
         raise ValueError(f"scheduler outcome must be one of {SCHEDULER_OUTCOMES}, not {outcome!r}")
     collectors().scheduler_firings.labels(outcome).inc()
@@ -236,6 +238,7 @@ def sample_pool(app: PilotApp) -> None:
 def init_app(app: PilotApp) -> None:
     """Measure every request of ``app`` and serve ``GET /metrics``."""
     writes_to = collectors().multiprocess_dir
+    cost_metrics.collectors()  # costs, budgets, breakers: their alerted series exist from the first scrape
     if app.settings.prometheus_multiproc_dir != writes_to:
         log.warning(
             "PROMETHEUS_MULTIPROC_DIR differs from what prometheus_client saw at import (%s): /metrics reads %s, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
 import ipaddress
 import json as jsonlib
 import os
@@ -30,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from pilot.errors import ConfigurationError, ValidationError
 from pilot.security.ssrf import (
@@ -73,7 +74,11 @@ class OutboundTimeout(OutboundError):
 
 
 class OutboundConnectionError(OutboundError):
+    """A connection failed; ``upstream_fault`` when the upstream refused, reset or dropped it (the
+    circuit breaker counts those), not for DNS, TLS or an unreachable route of ours."""
+
     code, retryable = "connection_error", True
+    upstream_fault = False
 
 
 class ResponseTooLarge(OutboundError):
@@ -257,13 +262,42 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_PEER_FAILURES = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    http.client.RemoteDisconnected,
+    ProtocolError,
+)
+
+
+def _peer_failed(exc: BaseException) -> bool:
+    """Whether the exception chain shows the peer refused, reset or dropped the connection."""
+    current: BaseException | None = exc
+    for _ in range(12):  # exception chains are short; bound the walk anyway
+        if current is None:
+            return False
+        if isinstance(current, _PEER_FAILURES):
+            return True
+        first = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        current = getattr(current, "reason", None) or current.__cause__ or current.__context__ or first
+    return False
+
+
+def _connection_error(message: str, exc: BaseException, **kwargs: Any) -> OutboundConnectionError:
+    error = OutboundConnectionError(message, **kwargs)
+    error.upstream_fault = _peer_failed(exc)
+    return error
+
+
 def _translate(exc: requests.RequestException, target: _Target, sent: bool) -> OutboundError:
     where, details = f"{target.host}:{target.port}", {"host": target.host}
     if isinstance(exc, requests.Timeout):
         return OutboundTimeout(f"{where} did not answer within the timeout", details=details, request_sent=sent)
     if isinstance(exc, requests.exceptions.SSLError):
         return OutboundConnectionError(f"TLS with {where} failed: {_cause(exc)}", retryable=False, details=details)
-    return OutboundConnectionError(f"connection to {where} failed: {_cause(exc)}", details=details, request_sent=sent)
+    return _connection_error(f"connection to {where} failed: {_cause(exc)}", exc, details=details, request_sent=sent)
 
 
 class OutboundClient:
@@ -467,8 +501,8 @@ class OutboundClient:
                 f"{where} did not answer within the timeout", details=details, request_sent=True
             ) from None
         except (Urllib3Error, OSError) as exc:
-            raise OutboundConnectionError(
-                f"reading from {where} failed: {_cause(exc)}", details=details, request_sent=True
+            raise _connection_error(
+                f"reading from {where} failed: {_cause(exc)}", exc, details=details, request_sent=True
             ) from None
 
 

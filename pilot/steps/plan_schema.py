@@ -82,6 +82,13 @@ class PlanBody(BaseModel):
     schedule: Schedule | None = None
     timezone: str = Field("UTC", max_length=64)
     enabled: bool = True
+    max_cost_usd: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="most a run of this plan may spend in USD: an LLM step that would start once the run's "
+        "recorded cost is at or over it fails with budget_exceeded (and a model without a known price is refused)",
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from pilot.application import current_pilot
+from pilot.costs.report import run_totals
 from pilot.data import store
 from pilot.errors import Conflict, NotFound, ValidationError
 from pilot.execution.dry_run import dry_run_plan
@@ -15,6 +16,7 @@ from pilot.execution.streaming import StepStream
 from pilot.http import sse
 from pilot.http.auth import current_user_id
 from pilot.http.common import check_id, json_body, optional_json_body, paging, serialize
+from pilot.http.idempotency import idempotent
 
 bp = Blueprint("execution", __name__, url_prefix="/api")
 
@@ -26,10 +28,14 @@ def providers() -> Response:
 
 @bp.get("/providers/<name>")
 def provider(name: str) -> Response:
-    return jsonify(current_pilot().registry.get(name).describe())
+    """The provider's actions and credential types, and this process's circuit breakers for it."""
+    pilot = current_pilot()
+    described = pilot.registry.get(name).describe()
+    return jsonify({**described, "circuit_breakers": pilot.engine.breakers.snapshot(name)})
 
 
 @bp.post("/execute-step")
+@idempotent
 def execute_step() -> Response:
     """One step now; with ``Accept: text/event-stream`` or ``?stream=true`` its text as Server-Sent Events."""
     body = json_body()
@@ -69,12 +75,14 @@ def test_credentials(name: str) -> Response:
 
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The run with its step logs and its LLM totals (tokens, cost)."""
     with current_pilot().db.transaction(user_id) as cur:
         logs = store.run_logs(cur, user_id, run["id"])
-    return {**serialize(run), "logs": [serialize(row) for row in logs]}
+    return {**serialize(run), "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
 
 
 @bp.post("/plans/<int:plan_id>/run")
+@idempotent
 def run_plan(plan_id: int) -> tuple[Response, int]:
     body = optional_json_body()
     user_id = current_user_id()

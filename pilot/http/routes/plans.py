@@ -9,6 +9,7 @@ from pilot.data import store
 from pilot.errors import NotFound
 from pilot.http.auth import current_user_id
 from pilot.http.common import check_id, json_body, paging, serialize
+from pilot.http.idempotency import idempotent
 from pilot.steps import plans
 
 bp = Blueprint("plans", __name__, url_prefix="/api/plans")
@@ -19,6 +20,7 @@ def _not_found(plan_id: int) -> NotFound:
 
 
 @bp.post("")
+@idempotent
 def create() -> tuple[Response, int]:
     body = json_body()
     user_id = current_user_id()
