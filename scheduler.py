@@ -311,7 +311,7 @@ class PilotScheduler:
             run, budget_skipped = None, False
             if latest is not None:
                 # Issue 11: an owner over a refuse budget gets the slot recorded skipped and nothing runs.
-                firing = check_firing(cur, self.app.registry, user_id, plan_id)
+                firing = check_firing(cur, user_id)
                 if firing.allowed:
                     run = store.claim_slot(cur, user_id, plan_id, latest, process_owner_id(), self.lease_seconds)
                 else:

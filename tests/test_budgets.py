@@ -95,18 +95,17 @@ def test_without_a_budget_only_a_plan_cap_refuses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("budget", "month_spent", "bills_tokens", "allowed"),
+    ("budget", "month_spent", "allowed"),
     [
-        (None, "100", True, True),
-        (Budget(Decimal(5), "refuse"), "4.99", True, True),
-        (Budget(Decimal(5), "refuse"), "5", True, False),
-        (Budget(Decimal(5), "refuse"), "7", False, True),  # no LLM step: it spends nothing
-        (Budget(Decimal(5), "warn"), "7", True, True),
-        (Budget(Decimal(0), "refuse"), "0", True, False),  # a zero budget stops all LLM plans
+        (None, "100", True),
+        (Budget(Decimal(5), "refuse"), "4.99", True),
+        (Budget(Decimal(5), "refuse"), "5", False),
+        (Budget(Decimal(5), "warn"), "7", True),
+        (Budget(Decimal(0), "refuse"), "0", False),  # a zero budget stops every scheduled plan
     ],
 )
-def test_firing_allowed(budget: Budget | None, month_spent: str, bills_tokens: bool, allowed: bool) -> None:
-    decision = firing_allowed(budget, Decimal(month_spent), bills_tokens=bills_tokens)
+def test_firing_allowed(budget: Budget | None, month_spent: str, allowed: bool) -> None:
+    decision = firing_allowed(budget, Decimal(month_spent))
     assert decision.allowed is allowed
     assert (decision.reason or "").startswith("skipped: budget") is (not allowed)
 
@@ -402,8 +401,11 @@ def test_scheduled_plans_of_an_over_budget_user_are_skipped_with_reason_budget(
             - value(before, "pilot_scheduler_firings_total", **outcome)
             == 1
         )
-        # A plan without LLM steps spends nothing and still fires.
-        assert scheduler.fire(logic_plan["id"], user, [now], now) is not None
+        # Issue 11: no scheduled plan of that user fires, an LLM-free one included.
+        assert scheduler.fire(logic_plan["id"], user, [now], now) is None
+        with app.db.transaction(user) as cur:
+            [held] = store.list_runs(cur, user, logic_plan["id"], limit=10, offset=0)
+        assert held["status"] == "skipped" and held["error"].startswith("skipped: budget")
         # A raised budget lets the next firing run.
         put_budget(client, user, 5)
         later = now + timedelta(minutes=1)

@@ -294,3 +294,20 @@ def test_a_draft_dry_run_connects_to_nothing_but_the_model(
     check(resp_json(client.get("/api/openapi.json")), "DraftAnswer", body)
     assert len(openai.requests) == 1
     assert len(model_logs(app, user)) == 1  # the model call's row; the dry run wrote none
+
+
+def test_a_saved_draft_with_an_idempotency_key_is_drafted_and_stored_once(
+    client: FlaskClient, user: str, openai: FakeOpenAI
+) -> None:
+    """Issue 11's Idempotency-Key on POST /api/plans/draft: one model call, one plan, the first answer replayed."""
+    with_openai(client, user, openai)
+    openai.script(completion(json.dumps(VALID_PLAN)))
+    headers = {"Idempotency-Key": "draft-0001"}
+    body = {"user_id": user, "prompt": PROMPT, "save": True}
+    first = client.post("/api/plans/draft", json=body, headers=headers)
+    again = client.post("/api/plans/draft", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, again.get_data(as_text=True)
+    assert again.headers["Idempotent-Replayed"] == "true" and resp_json(again) == resp_json(first)
+    calls = [r for r in openai.requests if r.path.endswith("/chat/completions")]
+    assert len(calls) == 1
+    assert len(resp_json(client.get(f"/api/plans?user_id={user}"))["plans"]) == 1

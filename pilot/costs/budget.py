@@ -143,15 +143,15 @@ class FiringDecision:
     reason: str | None = None
 
 
-def firing_allowed(budget: Budget | None, month_spent: Decimal, *, bills_tokens: bool) -> FiringDecision:
+def firing_allowed(budget: Budget | None, month_spent: Decimal) -> FiringDecision:
     """May a scheduled firing of a plan run, given its owner's budget and this month's recorded spend?
 
-    Not when the plan has an LLM step (``bills_tokens``) and its owner's ``refuse``
-    budget is spent: the firing is recorded as a ``skipped`` run with this reason,
-    and firings run again once a new month starts or the budget is raised. A plan
-    without LLM steps spends nothing and always fires; a ``warn`` budget never stops one.
+    Not when its owner's ``refuse`` budget is spent: as issue 11 states the rule, no
+    scheduled plan of that user is fired (whether or not it has an LLM step); the
+    firing is recorded as a ``skipped`` run with this reason, and firings run again
+    once a new month starts or the budget is raised. A ``warn`` budget never stops one.
     """
-    if not bills_tokens or budget is None or budget.on_exceed != REFUSE or month_spent < budget.monthly_usd:
+    if budget is None or budget.on_exceed != REFUSE or month_spent < budget.monthly_usd:
         return FiringDecision(True)
     return FiringDecision(
         False,

@@ -155,6 +155,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "draftPlan", "Draft a plan from a prompt with the caller's own model (validated, repaired, disabled)",
         "plans", 200, "a valid draft, not stored", ref("DraftAnswer"), body=ref("DraftRequest"),
         errors=(422, 502), extra_responses={201: ("saved (save: true): plan is the stored row", ref("DraftAnswer"))},
+        idempotent=True,
     ),
     ("GET", "/api/plans/{plan_id}/runs"): Op(
         "listRuns", "A plan's run history, newest first", "runs", 200, "runs", ref("RunList"), query=PAGING,

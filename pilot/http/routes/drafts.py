@@ -11,6 +11,7 @@ from pilot.application import current_pilot
 from pilot.execution.dry_run import dry_run
 from pilot.http.auth import current_user_id
 from pilot.http.common import json_body, serialize
+from pilot.http.idempotency import idempotent
 from pilot.planner.drafting import DraftRequest, Planner, save_draft
 from pilot.steps.plan_schema import parse
 
@@ -32,6 +33,7 @@ class DraftBody(BaseModel):
 
 
 @bp.post("/draft")
+@idempotent
 def draft() -> tuple[Response, int]:
     body: DraftBody = parse(DraftBody, json_body())
     user_id = current_user_id()
