@@ -50,8 +50,10 @@ def _text_problem(text: str) -> str | None:
     return "must be valid Unicode (a lone surrogate such as \\ud800 is not)"
 
 
-def _refuse(field: str, message: str) -> ValidationError:
-    return ValidationError(f"{field}: {message}", details=[{"field": field, "message": message}])
+def _refuse(field: str, message: str, loc: list[str | int] | None = None) -> ValidationError:
+    """A 400 in the one documented shape: ``details: [{loc, msg, field}]`` (``pilot.http.validation``)."""
+    where = ["body"] if loc is None else loc
+    return ValidationError(f"{field}: {message}", details=[{"loc": where, "msg": message, "field": field}])
 
 
 def check_json_value(value: Any, root: str = "") -> None:
@@ -66,19 +68,19 @@ def check_json_value(value: Any, root: str = "") -> None:
         if isinstance(item, str):
             problem = _text_problem(item)
             if problem:
-                raise _refuse(field_name(path, root), problem)
+                raise _refuse(field_name(path, root), problem, ["body", *path])
             continue
         if not isinstance(item, dict | list):
             continue
         if len(path) >= MAX_JSON_DEPTH:
-            raise _refuse(field_name(path, root), f"nested deeper than {MAX_JSON_DEPTH} levels")
+            raise _refuse(field_name(path, root), f"nested deeper than {MAX_JSON_DEPTH} levels", ["body", *path])
         if isinstance(item, list):
             stack.extend((child, (*path, index)) for index, child in enumerate(item))
             continue
         for key, child in item.items():
             problem = _text_problem(key)
             if problem:
-                raise _refuse(field_name(path, root), f"an object key {problem}")
+                raise _refuse(field_name(path, root), f"an object key {problem}", ["body", *path])
             stack.append((child, (*path, key)))
 
 
@@ -115,7 +117,7 @@ def check_query() -> None:
         for text in (name, value):
             problem = _text_problem(text)
             if problem:
-                raise _refuse(f"query parameter {name!r}", problem)
+                raise _refuse(f"query parameter {name!r}", problem, ["query", name])
 
 
 HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")

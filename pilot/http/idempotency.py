@@ -69,6 +69,7 @@ def idempotent(view: F) -> F:
             return _answer_stored(stored, fingerprint)
         return _execute(user_id, key, token, lambda: view(*args, **kwargs))
 
+    wrapper.pilot_idempotent = True  # type: ignore[attr-defined]  # read by @validate for the document
     return cast(F, wrapper)
 
 

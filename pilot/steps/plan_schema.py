@@ -140,11 +140,21 @@ def check_cron(expression: str) -> str:
     return expression
 
 
-def _location(loc: tuple[int | str, ...], where: str) -> str:
+def _location(loc: tuple[int | str, ...] | list[int | str], where: str) -> str:
     out = where if where != "body" or not loc else ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or where
+
+
+def error_details(exc: PydanticValidationError, where: str = "body") -> list[dict[str, Any]]:
+    """pydantic's errors as a 400's ``details``: ``loc`` (led by where: body, query, ...), ``msg``, and ``field``
+    (the same place as messages write it, e.g. ``steps[0].provider``)."""
+    found = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = [part for part in error["loc"] if isinstance(part, str | int)]
+        found.append({"loc": [where, *loc], "msg": error["msg"], "field": _location(loc, where)})
+    return found
 
 
 def parse(model: type[BaseModel], payload: Any, where: str = "body") -> Any:
@@ -152,9 +162,8 @@ def parse(model: type[BaseModel], payload: Any, where: str = "body") -> Any:
     try:
         return model.model_validate(payload)
     except PydanticValidationError as exc:
-        errors = [{"field": _location(err["loc"], where), "message": err["msg"]} for err in exc.errors()]
-        first = errors[0]
-        raise ValidationError(f"{first['field']}: {first['message']}", details=errors) from None
+        details = error_details(exc, where)
+        raise ValidationError(f"{details[0]['field']}: {details[0]['msg']}", details=details) from None
 
 
 def plan_to_record(body: PlanBody) -> dict[str, Any]:

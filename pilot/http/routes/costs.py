@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from pilot.application import current_pilot
 from pilot.costs import report
 from pilot.costs.schemas import BudgetBody, CostQuery
 from pilot.errors import NotFound
 from pilot.http.auth import current_user_id
-from pilot.http.common import json_body
-from pilot.steps.plan_schema import parse
+from pilot.http.models import Budget, CostReport
+from pilot.http.validation import Answer, validate
 
 bp = Blueprint("costs", __name__, url_prefix="/api")
 
 
 @bp.get("/budget")
+@validate(
+    summary="The caller's monthly budget (null when none) and this UTC month's recorded spend",
+    tag="costs",
+    responses={200: Answer("budget and spend", Budget)},
+    operation_id="getBudget",
+)
 def get_budget() -> Response:
     """The caller's budget (null when none) and this UTC month's recorded spend."""
     user_id = current_user_id()
@@ -23,13 +29,26 @@ def get_budget() -> Response:
 
 
 @bp.put("/budget")
-def put_budget() -> Response:
-    body: BudgetBody = parse(BudgetBody, json_body())
+@validate(
+    summary="Set the caller's monthly budget in USD and what happens once it is spent",
+    tag="costs",
+    body=BudgetBody,
+    responses={200: Answer("budget and spend", Budget)},
+    operation_id="putBudget",
+)
+def put_budget(body: BudgetBody) -> Response:
     user_id = current_user_id()
     return jsonify(report.set_budget(current_pilot().db, user_id, body))
 
 
 @bp.delete("/budget")
+@validate(
+    summary="Remove the caller's budget",
+    tag="costs",
+    responses={204: Answer("removed")},
+    errors=(404,),
+    operation_id="deleteBudget",
+)
 def delete_budget() -> tuple[str, int]:
     user_id = current_user_id()
     if not report.remove_budget(current_pilot().db, user_id):
@@ -38,8 +57,14 @@ def delete_budget() -> tuple[str, int]:
 
 
 @bp.get("/metrics/costs")
-def costs() -> Response:
+@validate(
+    summary="The caller's LLM tokens, cost and steps, grouped",
+    tag="costs",
+    query=CostQuery,
+    responses={200: Answer("per group and in total", CostReport)},
+    operation_id="costMetrics",
+)
+def costs(query: CostQuery) -> Response:
     """``?hours=|since=&group_by=provider|model|plan|day``: the caller's LLM tokens, cost and steps."""
     user_id = current_user_id()
-    query: CostQuery = parse(CostQuery, request.args.to_dict(), where="query")
     return jsonify(report.cost_report(current_pilot().db, user_id, query))

@@ -6,18 +6,35 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import NotFound, ValidationError
 from pilot.http.auth import current_user_id
-from pilot.http.common import json_body, serialize
+from pilot.http.common import serialize
+from pilot.http.models import CredentialList, CredentialsBody
+from pilot.http.validation import Answer, validate
 from pilot.security.vault import masked
 from provider_registry import CREDENTIAL_TYPE
 
 bp = Blueprint("credentials", __name__, url_prefix="/api/provider-credentials")
+
+
+class CredentialTypeConverter(BaseConverter):
+    """A credential type in a path, but never ``test``: ``/<name>/test`` is the credential test (POST),
+    so ``DELETE …/<provider>/test`` is not a route (405) rather than a credential type named test."""
+
+    regex = r"(?!test$)[^/]+"
+
+
+@bp.record_once
+def _add_converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters.setdefault("credential_type", CredentialTypeConverter)
+
+
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: '$' would pass a final \n
-MAX_SECRET_CHARS = 10_000
 
 
 def _check_name(value: str, what: str) -> str:
@@ -51,18 +68,20 @@ def _public(user_id: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.post("/<provider>")
-def store_credentials(provider: str) -> tuple[Response, int]:
-    body = json_body()
+@validate(
+    summary="Store (encrypted) a provider's credentials",
+    tag="credentials",
+    body=CredentialsBody,
+    responses={200: Answer("stored; values shown masked", CredentialList)},
+    errors=(404,),
+    operation_id="storeCredentials",
+)
+def store_credentials(provider: str, body: CredentialsBody) -> tuple[Response, int]:
     user_id = current_user_id()
     _check_provider(provider)
-    creds = body.get("credentials")
-    if not isinstance(creds, dict) or not creds:
-        raise ValidationError("credentials must be a non-empty object of {type: secret}")
+    creds = body.credentials
     provider_ = current_pilot().registry.get(provider)
     for type_, secret in creds.items():
-        _check_type(type_)
-        if not isinstance(secret, str) or not secret.strip() or len(secret) > MAX_SECRET_CHARS:
-            raise ValidationError(f"credentials.{type_} must be a non-empty string of at most {MAX_SECRET_CHARS} chars")
         try:
             provider_.check_credential(type_, secret)
         except ValidationError as exc:
@@ -77,6 +96,12 @@ def store_credentials(provider: str) -> tuple[Response, int]:
 
 
 @bp.get("")
+@validate(
+    summary="All the caller's credentials, masked",
+    tag="credentials",
+    responses={200: Answer("masked credentials", CredentialList)},
+    operation_id="listCredentials",
+)
 def list_all() -> Response:
     user_id = current_user_id()
     with current_pilot().db.transaction(user_id) as cur:
@@ -85,6 +110,13 @@ def list_all() -> Response:
 
 
 @bp.get("/<provider>")
+@validate(
+    summary="The caller's credentials for one provider, masked",
+    tag="credentials",
+    responses={200: Answer("masked credentials", CredentialList)},
+    errors=(404,),
+    operation_id="getCredentials",
+)
 def list_provider(provider: str) -> Response:
     user_id = current_user_id()
     _check_name(provider, "provider")
@@ -96,8 +128,30 @@ def list_provider(provider: str) -> Response:
 
 
 @bp.delete("/<provider>")
-@bp.delete("/<provider>/<type_>")
-def delete(provider: str, type_: str | None = None) -> tuple[str, int]:
+@validate(
+    summary="Delete all of the caller's credentials for a provider",
+    tag="credentials",
+    responses={204: Answer("deleted")},
+    errors=(404,),
+    operation_id="deleteCredentials",
+)
+def delete_all(provider: str) -> tuple[str, int]:
+    return _delete(provider, None)
+
+
+@bp.delete("/<provider>/<credential_type:type_>")
+@validate(
+    summary="Delete one credential type",
+    tag="credentials",
+    responses={204: Answer("deleted")},
+    errors=(404,),
+    operation_id="deleteCredential",
+)
+def delete_one(provider: str, type_: str) -> tuple[str, int]:
+    return _delete(provider, type_)
+
+
+def _delete(provider: str, type_: str | None) -> tuple[str, int]:
     user_id = current_user_id()
     _check_name(provider, "provider")
     if type_ is not None:

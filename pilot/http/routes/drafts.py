@@ -10,10 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pilot.application import current_pilot
 from pilot.execution.dry_run import dry_run
 from pilot.http.auth import current_user_id
-from pilot.http.common import json_body, serialize
+from pilot.http.common import serialize
 from pilot.http.idempotency import idempotent
+from pilot.http.models import DraftAnswer, UserId
+from pilot.http.validation import Answer, validate
 from pilot.planner.drafting import DraftRequest, Planner, save_draft
-from pilot.steps.plan_schema import parse
 
 bp = Blueprint("drafts", __name__, url_prefix="/api/plans")
 
@@ -22,7 +23,7 @@ class DraftBody(BaseModel):
     """The request: a prompt, and optionally which model, a name, whether to save and whether to dry-run."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: Any = None
+    user_id: UserId = None
     prompt: str = Field(min_length=1, max_length=20_000)
     provider: Literal["openai", "groq", "anthropic"] | None = None
     model: str | None = Field(None, min_length=1, max_length=200)
@@ -33,9 +34,19 @@ class DraftBody(BaseModel):
 
 
 @bp.post("/draft")
+@validate(
+    summary="Draft a plan from a prompt with the caller's own model (validated, repaired, disabled)",
+    tag="plans",
+    body=DraftBody,
+    responses={
+        200: Answer("a valid draft, not stored", DraftAnswer),
+        201: Answer("saved (save: true): plan is the stored row", DraftAnswer),
+    },
+    errors=(422, 502),
+    operation_id="draftPlan",
+)
 @idempotent
-def draft() -> tuple[Response, int]:
-    body: DraftBody = parse(DraftBody, json_body())
+def draft(body: DraftBody) -> tuple[Response, int]:
     user_id = current_user_id()
     engine = current_pilot().engine
     request = DraftRequest(prompt=body.prompt, provider=body.provider, model=body.model, name=body.name)

@@ -5,28 +5,60 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from pilot.application import current_pilot
 from pilot.costs.report import run_totals
 from pilot.data import store
-from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.errors import Conflict, NotFound
 from pilot.execution.dry_run import dry_run_plan
 from pilot.execution.streaming import StepStream
 from pilot.http import sse
 from pilot.http.auth import current_user_id
-from pilot.http.common import check_id, json_body, optional_json_body, paging, serialize
+from pilot.http.common import check_id, serialize
 from pilot.http.idempotency import idempotent
+from pilot.http.models import (
+    STEP_EVENT_STREAM,
+    DryRun,
+    ExecuteStepBody,
+    OptionalBody,
+    Paging,
+    ProviderDescription,
+    ProviderList,
+    ProviderResult,
+    Run,
+    RunBody,
+    RunList,
+    RunPlanQuery,
+    RunWithLogs,
+    StreamQuery,
+)
+from pilot.http.validation import Answer, validate
 
 bp = Blueprint("execution", __name__, url_prefix="/api")
 
 
 @bp.get("/providers")
+@validate(
+    summary="Registered provider names",
+    tag="providers",
+    responses={200: Answer("provider names", ProviderList)},
+    auth=False,
+    operation_id="listProviders",
+)
 def providers() -> Response:
     return jsonify({"providers": current_pilot().registry.names()})
 
 
 @bp.get("/providers/<name>")
+@validate(
+    summary="A provider's actions (with params JSON Schemas), credential types and circuit breakers",
+    tag="providers",
+    responses={200: Answer("the provider", ProviderDescription)},
+    errors=(404,),
+    auth=False,
+    operation_id="getProvider",
+)
 def provider(name: str) -> Response:
     """The provider's actions and credential types, and this process's circuit breakers for it."""
     pilot = current_pilot()
@@ -35,23 +67,31 @@ def provider(name: str) -> Response:
 
 
 @bp.post("/execute-step")
+@validate(
+    summary="Run one step now; streamed as Server-Sent Events with Accept: text/event-stream or ?stream=true",
+    tag="runs",
+    body=ExecuteStepBody,
+    query=StreamQuery,
+    responses={
+        200: Answer(
+            "the step ran (successfully or not)",
+            ProviderResult,
+            alternatives={sse.MEDIA_TYPE: STEP_EVENT_STREAM},
+        )
+    },
+    errors=(404, 409),
+    operation_id="executeStep",
+)
 @idempotent
-def execute_step() -> Response:
+def execute_step(body: ExecuteStepBody, query: StreamQuery) -> Response:
     """One step now; with ``Accept: text/event-stream`` or ``?stream=true`` its text as Server-Sent Events."""
-    body = json_body()
     user_id = current_user_id()
-    if "step" not in body:
-        raise ValidationError("step is required: {provider, action, params}")
-    step_results = body.get("step_results") or {}
-    input_ = body.get("input") or {}
-    if not isinstance(step_results, dict) or not isinstance(input_, dict):
-        raise ValidationError("step_results and input must be objects")
-    results = {str(key): value for key, value in step_results.items()}
-    context = {"steps": results, "step_results": results, "input": input_}
+    results = {str(key): value for key, value in (body.step_results or {}).items()}
+    context = {"steps": results, "step_results": results, "input": body.input or {}}
     if sse.wants_stream():
-        stream = StepStream(current_pilot().engine, user_id, body["step"], context)  # 400s raise here
+        stream = StepStream(current_pilot().engine, user_id, body.step, context)  # 400s raise here
         return sse.stream_response(_step_events(stream))
-    result = current_pilot().engine.execute_step(user_id, body["step"], context)
+    result = current_pilot().engine.execute_step(user_id, body.step, context)
     return jsonify(result.to_dict())
 
 
@@ -68,8 +108,16 @@ def _step_events(stream: StepStream) -> Iterator[bytes]:
 
 
 @bp.post("/provider-credentials/<name>/test")
-def test_credentials(name: str) -> Response:
-    optional_json_body()
+@validate(
+    summary="Check the stored credentials against the provider",
+    tag="credentials",
+    body=OptionalBody,
+    body_required=False,
+    responses={200: Answer("the provider's answer (success or not)", ProviderResult)},
+    errors=(404, 409),
+    operation_id="testCredentials",
+)
+def test_credentials(name: str, body: OptionalBody) -> Response:
     user_id = current_user_id()
     return jsonify(current_pilot().engine.test_credentials(user_id, name))
 
@@ -82,22 +130,32 @@ def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.post("/plans/<int:plan_id>/run")
+@validate(
+    summary="Run a plan now: queued (202), finished with ?wait=true (200), or dry with ?dry_run=true (200)",
+    tag="runs",
+    body=RunBody,
+    body_required=False,
+    query=RunPlanQuery,
+    responses={
+        202: Answer("the queued run", Run),
+        200: Answer("the finished run (?wait=true) or the dry run (?dry_run=true)", RunWithLogs | DryRun),
+    },
+    errors=(404,),
+    operation_id="runPlan",
+)
 @idempotent
-def run_plan(plan_id: int) -> tuple[Response, int]:
-    body = optional_json_body()
+def run_plan(plan_id: int, body: RunBody, query: RunPlanQuery) -> tuple[Response, int]:
     user_id = current_user_id()
     check_id(plan_id, "plan")
-    input_ = body.get("input") or {}
-    if not isinstance(input_, dict):
-        raise ValidationError("input must be an object")
+    input_ = body.input or {}
     engine = current_pilot().engine
-    if _flag("dry_run"):  # nothing is queued, sent or written: logic steps run, the others are shown
+    if query.dry_run:  # nothing is queued, sent or written: logic steps run, the others are shown
         return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
-    trigger = "api" if body.get("trigger") == "api" else "manual"
+    trigger = body.trigger
     run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
     if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
         raise Conflict(f"plan {plan_id} already has this run")
-    if _flag("wait"):
+    if query.wait:
         finished = engine.run(user_id, run["id"])
         if finished is None:  # not queued any more (ended by someone else): answer what it is now
             with current_pilot().db.transaction(user_id) as cur:
@@ -109,14 +167,18 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     return jsonify(serialize(run)), 202
 
 
-def _flag(name: str) -> bool:
-    return request.args.get(name, "").lower() in {"1", "true", "yes"}
-
-
 @bp.get("/plans/<int:plan_id>/runs")
-def plan_runs(plan_id: int) -> Response:
+@validate(
+    summary="A plan's run history, newest first",
+    tag="runs",
+    query=Paging,
+    responses={200: Answer("runs", RunList)},
+    errors=(404,),
+    operation_id="listRuns",
+)
+def plan_runs(plan_id: int, query: Paging) -> Response:
     user_id = current_user_id()
-    limit, offset = paging()
+    limit, offset = query.limit or 100, query.offset or 0
     with current_pilot().db.transaction(user_id) as cur:
         if store.get_plan(cur, user_id, check_id(plan_id, "plan")) is None:
             raise NotFound(f"plan {plan_id} not found")
@@ -125,6 +187,13 @@ def plan_runs(plan_id: int) -> Response:
 
 
 @bp.get("/runs/<int:run_id>")
+@validate(
+    summary="One run with its per-step logs",
+    tag="runs",
+    responses={200: Answer("the run", RunWithLogs)},
+    errors=(404,),
+    operation_id="getRun",
+)
 def get_run(run_id: int) -> Response:
     user_id = current_user_id()
     with current_pilot().db.transaction(user_id) as cur:

@@ -16,6 +16,8 @@ from flask import Blueprint, Response, jsonify
 
 from pilot.application import current_pilot
 from pilot.errors import PilotError
+from pilot.http.models import Health
+from pilot.http.validation import Answer, validate
 
 bp = Blueprint("health", __name__)
 
@@ -32,6 +34,13 @@ def _database() -> dict[str, Any]:
 
 
 @bp.get("/api/health")
+@validate(
+    summary="Liveness and readiness",
+    tag="operations",
+    responses={200: Answer("healthy", Health), 503: Answer("unhealthy: the database is down", Health)},
+    auth=False,
+    operation_id="getHealth",
+)
 def health() -> tuple[Response, int]:
     pilot = current_pilot()
     database = _database()

@@ -2,75 +2,73 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from pilot.application import current_pilot
 from pilot.data import store
-from pilot.errors import ValidationError
 from pilot.http.auth import current_user_id
-from pilot.http.common import int_arg, paging, serialize
+from pilot.http.common import serialize
+from pilot.http.models import ErrorTrends, HoursQuery, LogList, LogsQuery, ProviderMetrics
+from pilot.http.validation import Answer, validate
 
 bp = Blueprint("logs", __name__, url_prefix="/api")
-
-
-def _hours(default: int) -> int:
-    hours = int_arg("hours") or default
-    if not 1 <= hours <= 24 * 90:
-        raise ValidationError("hours must be between 1 and 2160")
-    return hours
-
-
-def _since() -> datetime | None:
-    """``since`` as an aware UTC instant (naive means UTC); 400 for text or offsets no timestamp can hold."""
-    raw = request.args.get("since") or None
-    if raw is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(raw)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        # OverflowError: 0001-01-01T00:00+14:00 lies before the first representable instant.
-        raise ValidationError("since must be an ISO 8601 timestamp between years 1 and 9999") from None
+DEFAULT_LIMIT = 100
+DEFAULT_HOURS = 24
 
 
 @bp.get("/logs")
-def logs() -> Response:
+@validate(
+    summary="The caller's execution logs, newest first",
+    tag="logs",
+    query=LogsQuery,
+    responses={200: Answer("logs", LogList)},
+    operation_id="listLogs",
+)
+def logs(query: LogsQuery) -> Response:
     user_id = current_user_id()
-    limit, offset = paging()
-    status = request.args.get("status") or None
-    if status not in (None, "success", "error"):
-        raise ValidationError("status must be 'success' or 'error'")
-    since = _since()
+    limit, offset = query.limit or DEFAULT_LIMIT, query.offset or 0
     with current_pilot().db.transaction(user_id) as cur:
         rows = store.list_logs(
             cur,
             user_id,
             limit=limit,
             offset=offset,
-            provider=request.args.get("provider") or None,
-            status=status,
-            plan_id=int_arg("plan_id") or int_arg("plan"),
-            run_id=int_arg("run_id"),
-            since=since,
+            provider=query.provider,
+            status=query.status,
+            plan_id=query.plan_id or query.plan,
+            run_id=query.run_id,
+            since=query.since,
         )
     return jsonify({"logs": [serialize(row) for row in rows], "limit": limit, "offset": offset})
 
 
 @bp.get("/metrics/providers")
-def provider_metrics() -> Response:
+@validate(
+    summary="Success rate and avg/max/p95 latency per provider",
+    tag="logs",
+    query=HoursQuery,
+    responses={200: Answer("per provider", ProviderMetrics)},
+    operation_id="providerMetrics",
+)
+def provider_metrics(query: HoursQuery) -> Response:
     user_id = current_user_id()
-    hours = _hours(24)
+    hours = query.hours or DEFAULT_HOURS
     with current_pilot().db.transaction(user_id) as cur:
         rows = store.provider_metrics(cur, user_id, hours)
     return jsonify({"window_hours": hours, "providers": rows})
 
 
 @bp.get("/metrics/errors")
-def error_metrics() -> Response:
+@validate(
+    summary="Hourly error counts and rates per provider",
+    tag="logs",
+    query=HoursQuery,
+    responses={200: Answer("per hour and provider", ErrorTrends)},
+    operation_id="errorTrends",
+)
+def error_metrics(query: HoursQuery) -> Response:
     user_id = current_user_id()
-    hours = _hours(24)
+    hours = query.hours or DEFAULT_HOURS
     with current_pilot().db.transaction(user_id) as cur:
         rows = store.error_trends(cur, user_id, hours)
     return jsonify({"window_hours": hours, "trends": [serialize(row) for row in rows]})

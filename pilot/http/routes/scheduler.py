@@ -8,9 +8,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from pilot.application import current_pilot
 from pilot.data import store
-from pilot.errors import NotFound, ValidationError
+from pilot.errors import Conflict, NotFound
 from pilot.http.auth import current_user_id
-from pilot.http.common import check_id, optional_json_body, serialize
+from pilot.http.common import check_id, serialize
+from pilot.http.models import OptionalBody, Plan, SchedulerJobs
+from pilot.http.validation import Answer, validate
 from scheduler import scheduled_jobs
 
 bp = Blueprint("scheduler", __name__, url_prefix="/api")
@@ -34,6 +36,13 @@ def _scheduler_state() -> dict[str, Any]:
 
 
 @bp.get("/scheduler/jobs")
+@validate(
+    summary="The caller's scheduled plans and their next run times, and the scheduler's state "
+    "(dev mode without a user: the state and no jobs)",
+    tag="scheduler",
+    responses={200: Answer("jobs", SchedulerJobs)},
+    operation_id="listSchedulerJobs",
+)
 def jobs() -> Response:
     """The caller's scheduled plans, and the scheduler's state.
 
@@ -47,23 +56,36 @@ def jobs() -> Response:
 
 
 def _set_enabled(plan_id: int, enabled: bool) -> Response:
-    optional_json_body()
     user_id = current_user_id()
     with current_pilot().db.transaction(user_id) as cur:
         plan = store.get_plan(cur, user_id, check_id(plan_id, "plan"), for_update=True)
         if plan is None:
             raise NotFound(f"plan {plan_id} not found")
         if not plan["schedule"]:
-            raise ValidationError(f"plan {plan_id} has no schedule to pause or resume")
+            raise Conflict(f"plan {plan_id} has no schedule to pause or resume", code="no_schedule")
         row = store.set_plan_enabled(cur, user_id, plan_id, enabled)
     return jsonify(serialize(row or plan))
 
 
+def _pausing(summary: str, operation_id: str) -> Any:
+    return validate(
+        summary=summary,
+        tag="scheduler",
+        body=OptionalBody,
+        body_required=False,
+        responses={200: Answer("the plan", Plan)},
+        errors=(404, 409),
+        operation_id=operation_id,
+    )
+
+
 @bp.post("/plans/<int:plan_id>/pause")
-def pause(plan_id: int) -> Response:
+@_pausing("Stop a plan's schedule from firing", "pausePlan")
+def pause(plan_id: int, body: OptionalBody) -> Response:
     return _set_enabled(plan_id, False)
 
 
 @bp.post("/plans/<int:plan_id>/resume")
-def resume(plan_id: int) -> Response:
+@_pausing("Let a paused schedule fire again", "resumePlan")
+def resume(plan_id: int, body: OptionalBody) -> Response:
     return _set_enabled(plan_id, True)

@@ -84,7 +84,7 @@ export function position(text, offset) {
 
 /**
  * The fields an API validation error names, as [{field, message}]. Pilot's 400s name the field
- * in details ({field} for plan structure, {path} relative to the step for provider params)
+ * in details ({loc, msg, field} for plan structure, {path} relative to the step for provider params)
  * or at the start of the message ("steps[0].when: …").
  */
 export function fieldErrors(error) {
@@ -94,7 +94,7 @@ export function fieldErrors(error) {
   const details = error && error.details;
   if (Array.isArray(details) && details.length && details.every((d) => d && typeof d === "object")) {
     return details.map((d) => {
-      if (typeof d.field === "string") return { field: d.field === "body" ? "" : d.field, message: String(d.message ?? "") };
+      if (typeof d.field === "string") return { field: d.field === "body" ? "" : d.field, message: String(d.msg ?? d.message ?? "") };
       if (typeof d.path === "string") return { field: step ? `${step[1]}.${d.path}` : d.path, message: String(d.message ?? "") };
       return { field: lead ? lead[1] : "", message: String(d.message ?? JSON.stringify(d)) };
     });
