@@ -277,13 +277,26 @@ def test_cost_report_groups_by_provider_model_plan_and_day(llm: PilotApp, user: 
     assert empty["groups"] == [] and empty["total"]["steps"] == 0
 
 
+def test_hours_and_since_together_start_at_the_later_of_the_two(client: object, user: str) -> None:
+    """Issue 8 item 3: both filters apply (it was a 400, which the OpenAPI document could not express)."""
+    before = datetime.now(UTC)
+    both = client.get(f"/api/metrics/costs?user_id={user}&hours=1&since=2026-01-01T00:00:00Z")  # type: ignore[attr-defined]
+    assert both.status_code == 200, both.get_data(as_text=True)
+    start = datetime.fromisoformat(resp_json(both)["since"])
+    assert before - timedelta(hours=1, minutes=1) <= start <= datetime.now(UTC) - timedelta(minutes=59)
+    later = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
+    recent = client.get(  # type: ignore[attr-defined]
+        "/api/metrics/costs", query_string={"user_id": user, "hours": "24", "since": later.isoformat()}
+    )
+    assert datetime.fromisoformat(resp_json(recent)["since"]) == later
+
+
 @pytest.mark.parametrize(
     "query",
     [
         "group_by=user",
         "hours=0",
         "hours=%D9%A3",
-        "hours=1&since=2026-01-01T00:00:00Z",
         "since=yesterday",
         "hours=99999",
     ],

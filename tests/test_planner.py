@@ -209,14 +209,15 @@ def test_no_credential_value_is_ever_sent_to_the_model(client: FlaskClient, user
         assert type_name in system  # the types are named, so the model can use them
 
 
-def test_missing_credentials_are_400_naming_what_is_missing(client: FlaskClient, user: str, openai: FakeOpenAI) -> None:
+def test_missing_credentials_are_409_naming_what_is_missing(client: FlaskClient, user: str, openai: FakeOpenAI) -> None:
+    """409 since issue 8 item 3 (was 400): the request is valid, the user's stored state lacks a key."""
     response = draft(client, user)
-    assert response.status_code == 400
+    assert response.status_code == 409
     error = resp_json(response)["error"]
     assert error["code"] == "missing_credentials" and "api_key" in error["message"] and "openai" in error["message"]
     with_openai(client, user, openai)
     response = draft(client, user, provider="groq")
-    assert response.status_code == 400 and "'groq'" in resp_json(response)["error"]["message"]
+    assert response.status_code == 409 and "'groq'" in resp_json(response)["error"]["message"]
     assert draft(client, user, provider="slack").status_code == 400
     assert client.post("/api/plans/draft", json={"user_id": user}).status_code == 400  # no prompt
     assert openai.requests == []

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_MONTHLY_USD = 10_000_000  # budgets.monthly_usd is numeric(14, 6): below 10^8
 BUDGET_QUANTUM = Decimal("0.000001")  # budgets.monthly_usd is numeric(14, 6)
@@ -23,7 +23,11 @@ class BudgetBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: Any = None
     monthly_usd: float = Field(
-        ge=0, le=MAX_MONTHLY_USD, allow_inf_nan=False, description="USD per UTC calendar month; 0 stops all LLM spend"
+        strict=True,
+        ge=0,
+        le=MAX_MONTHLY_USD,
+        allow_inf_nan=False,
+        description="USD per UTC calendar month; 0 stops all LLM spend",
     )
     on_exceed: Literal["refuse", "warn"] = Field(
         "refuse",
@@ -38,7 +42,7 @@ class BudgetBody(BaseModel):
 
 
 class CostQuery(BaseModel):
-    """``GET /api/metrics/costs?hours=|since=&group_by=``: the window (default the last 24 hours) and the grouping."""
+    """``GET /api/metrics/costs?hours=&since=&group_by=``: the window (default the last 24 hours) and the grouping."""
 
     model_config = ConfigDict(extra="ignore")  # user_id and any other query parameter are not ours
     hours: int | None = Field(None, ge=1, le=MAX_HOURS, description=f"the last N hours (default {DEFAULT_HOURS})")
@@ -68,14 +72,10 @@ class CostQuery(BaseModel):
                 raise ValueError("since must be an ISO 8601 timestamp between years 1 and 9999") from None
         return value
 
-    @model_validator(mode="after")
-    def _one_window(self) -> CostQuery:
-        if self.hours is not None and self.since is not None:
-            raise ValueError("give hours or since, not both")
-        return self
-
     def start(self, now: datetime | None = None) -> datetime:
-        """The first instant the report covers."""
-        if self.since is not None:
-            return self.since
-        return (now or datetime.now(UTC)) - timedelta(hours=self.hours or DEFAULT_HOURS)
+        """The first instant the report covers: ``since``, the last ``hours``, or with both the later of the two
+        (both filters apply; a query string cannot document "not both")."""
+        recent = (now or datetime.now(UTC)) - timedelta(hours=self.hours or DEFAULT_HOURS)
+        if self.since is None:
+            return recent
+        return self.since if self.hours is None else max(self.since, recent)

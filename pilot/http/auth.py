@@ -18,8 +18,8 @@ from pilot.http.guard import request_json
 from pilot.security.auth import bearer_subject, valid_user_id
 
 
-def _claimed_user_id() -> str | None:
-    """The user_id named in the query string or the JSON body, if any (they must agree)."""
+def _claimed_user_ids() -> list[str]:
+    """The user_id values named in the query string and the JSON body, each checked for form."""
     candidates: list[Any] = []
     if "user_id" in request.args:
         candidates.append(request.args.get("user_id"))
@@ -29,20 +29,24 @@ def _claimed_user_id() -> str | None:
     for value in candidates:
         if not valid_user_id(value):
             raise ValidationError("user_id must be a non-empty string of at most 255 printable characters")
-    if len(set(candidates)) > 1:
-        raise ValidationError("user_id in the query string and in the body differ")
-    return candidates[0] if candidates else None
+    return candidates
 
 
 def current_user_id() -> str:
-    """The acting user for this request; raises 400/401/403 rather than guessing."""
+    """The acting user for this request; raises 400/401/403 rather than guessing.
+
+    Token mode: every user_id named (query or body) must be the token's user, else 403.
+    Dev mode: the user_id named; the query's and the body's must agree (else 400).
+    """
     pilot = current_pilot()
-    claimed = _claimed_user_id()
+    claimed = _claimed_user_ids()
     if pilot.settings.auth_mode == "token":
         subject = bearer_subject(request.headers.get("Authorization", ""), pilot.settings, pilot.db)
-        if claimed is not None and claimed != subject:
+        if any(value != subject for value in claimed):
             raise Forbidden("user_id does not match the authenticated user")
         return subject
-    if claimed is None:
+    if len(set(claimed)) > 1:
+        raise ValidationError("user_id in the query string and in the body differ")
+    if not claimed:
         raise ValidationError("user_id is required (in the JSON body or the query string) when AUTH_MODE=dev")
-    return claimed
+    return claimed[0]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from pilot.steps.plan_schema import MAX_STEPS, Schedule, Step
+from pilot.steps.plan_schema import MAX_STEPS, Schedule, Step, provider_steps, with_zone_names
 from provider_registry import CREDENTIAL_TYPE
 
 MAX_DB_ID = 2**63 - 1
@@ -59,8 +59,14 @@ QueryText = Annotated[str | None, BeforeValidator(_blank_is_none)]
 
 
 def _query_flag(value: Any) -> Any:
+    """true/false (also 1/0, yes/no, any case; empty is false); anything else is refused."""
     if isinstance(value, str):
-        return value.lower() in {"1", "true", "yes"}
+        word = value.lower()
+        if word in {"1", "true", "yes"}:
+            return True
+        if word in {"", "0", "false", "no"}:
+            return False
+        raise ValueError("must be true or false")
     return value
 
 
@@ -94,7 +100,7 @@ class ExecuteStepBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     user_id: UserId = None
-    step: Annotated[Any, WithJsonSchema(component("Step"))]
+    step: Annotated[Any, WithJsonSchema(component("ProviderStep"))]
     step_results: dict[str, Any] | None = Field(
         None, description="earlier results, referenced as steps.<key> / step_results.<key>"
     )
@@ -600,11 +606,11 @@ class PlanPatch(BaseModel):
     user_id: UserId = None
     name: str = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
     original_prompt: str | None = Field(None, max_length=20_000)
-    steps: list[Step] = Field(None, max_length=MAX_STEPS)  # type: ignore[arg-type]
+    steps: list[Step] = Field(None, max_length=MAX_STEPS, json_schema_extra=provider_steps)  # type: ignore[arg-type]
     schedule: Schedule | None = None
-    timezone: str = Field(None, max_length=64)  # type: ignore[assignment]
-    enabled: bool = None  # type: ignore[assignment]
-    max_cost_usd: float | None = Field(None, ge=0, le=1_000_000)
+    timezone: str = Field(None, max_length=64, json_schema_extra=with_zone_names)  # type: ignore[assignment]
+    enabled: bool = Field(None, strict=True)  # type: ignore[assignment]
+    max_cost_usd: float | None = Field(None, ge=0, le=1_000_000, strict=True)
 
     def changes(self) -> dict[str, Any]:
         """The fields the request sent (``user_id`` aside), as the stored plan's JSON columns hold them."""

@@ -49,6 +49,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     401: ("Unauthorized", "AUTH_MODE=token and no valid Bearer token was sent"),
     403: ("Forbidden", "a user_id differs from the token's user, or the Host is not allowed (host_not_allowed)"),
     404: ("NotFound", "no such resource for this user"),
+    405: ("MethodNotAllowed", "the path has no such method (OPTIONS answers which it has)"),
     409: (
         "Conflict",
         "a record with the same key exists, a stored credential is unreadable, or the plan's state "
@@ -157,6 +158,8 @@ def _query_parameters(model: type[BaseModel]) -> list[Schema]:
             schema = {**options[0], **schema} if len(options) == 1 else {"anyOf": options, **schema}
         if schema.get("default") is None:
             schema.pop("default", None)
+        if schema.get("type") == "integer":
+            schema.setdefault("maximum", MAX_DB_ID)  # ids and counts the database can hold
         description = schema.pop("description", name)
         deprecated = schema.pop("deprecated", False)
         parameter = {"name": name, "in": "query", "required": False, "description": description, "schema": schema}

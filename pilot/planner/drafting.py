@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pilot.data import store
-from pilot.errors import PilotError, ValidationError
+from pilot.errors import Conflict, PilotError, ValidationError
 from pilot.planner.prompt import plan_schema, repair_message, system_prompt
 from pilot.planner.vendors import DEFAULT_ORDER, VENDORS, UnreadableAnswer, Vendor
 from pilot.steps.plans import validated_record
@@ -91,7 +91,8 @@ def choose_provider(
     """The vendor to ask and the user's stored credential types by provider (names only, never values).
 
     The requested provider, else the first of openai, groq, anthropic the user has an
-    api_key for; ValidationError (code ``missing_credentials``) naming what is missing.
+    api_key for; Conflict (code ``missing_credentials``: the request is fine, the user's stored state
+    lacks a key) naming what is missing.
     """
     with engine.db.transaction(user_id) as cur:
         rows = store.list_credentials(cur, user_id)
@@ -100,7 +101,7 @@ def choose_provider(
         types.setdefault(str(row["provider"]), []).append(str(row["type"]))
     if requested is not None:
         if "api_key" not in types.get(requested, []):
-            raise ValidationError(
+            raise Conflict(
                 f"no api_key stored for provider {requested!r}: POST /api/provider-credentials/{requested} first",
                 code="missing_credentials",
                 details={"provider": requested, "missing": ["api_key"]},
@@ -109,7 +110,7 @@ def choose_provider(
     for name in DEFAULT_ORDER:
         if "api_key" in types.get(name, []):
             return VENDORS[name], types
-    raise ValidationError(
+    raise Conflict(
         "no model credential stored: store an api_key for openai, groq or anthropic "
         "(POST /api/provider-credentials/<provider>) or name a provider you have one for",
         code="missing_credentials",

@@ -18,14 +18,65 @@ from pilot.errors import ValidationError
 from pilot.steps import cron
 
 MAX_STEPS = 100
+# What the OpenAPI document promises for cron: forms every one of which runs (day of month at most 28, so
+# no month lacks it). The server takes all of crontab(5) (lists, ranges, steps, names; see ``cron``); a
+# pattern cannot say which of those never fire ("0 0 30 2 *"), so the document names the common subset.
+WHEN_DOCUMENTED = r"^[A-Za-z_][A-Za-z0-9_]{0,30}(?:\.[A-Za-z_][A-Za-z0-9_]{0,30}){0,4}$"
+CRON_DOCUMENTED = (
+    r"^(?:@(?:yearly|annually|monthly|weekly|daily|midnight|hourly)"
+    r"|(?:\*|[0-5]?[0-9]) (?:\*|[01]?[0-9]|2[0-3]) (?:\*|[1-9]|1[0-9]|2[0-8]) (?:\*|[1-9]|1[0-2]) (?:\*|[0-7]))$"
+)
+
+
+def with_zone_names(schema: dict[str, Any]) -> None:
+    """The OpenAPI document lists the zone names (its string branch, when the field may be null)."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "string":
+            branch["enum"] = sorted(zone_names())
+            branch.pop("maxLength", None)
+
+
+def _with_cron_forms(schema: dict[str, Any]) -> None:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "string":
+            branch["pattern"] = CRON_DOCUMENTED
+            branch["description"] = "crontab(5); the pattern shows the common forms, the server takes all of it"
+
+
+def _with_when_forms(schema: dict[str, Any]) -> None:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "string":
+            branch["pattern"] = WHEN_DOCUMENTED
+            branch["description"] = "a JMESPath expression; the pattern shows field paths, the server takes all of it"
+
+
+def provider_steps(schema: dict[str, Any]) -> None:
+    """The document's steps are ``ProviderStep``: a provider action and params its schema takes (the registry's,
+    added by the OpenAPI generator)."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "array":
+            branch["items"] = {"x-pilot-component": "ProviderStep"}
+
+
+def _one_kind_schema(schema: dict[str, Any]) -> None:
+    """'exactly one of cron or interval_seconds', as JSON Schema can say it."""
+    schema["oneOf"] = [
+        {"required": ["cron"], "properties": {"cron": {"type": "string"}, "interval_seconds": {"type": "null"}}},
+        {
+            "required": ["interval_seconds"],
+            "properties": {"interval_seconds": {"type": "integer"}, "cron": {"type": "null"}},
+        },
+    ]
+
+
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_attempts: int = Field(3, ge=1, le=10)
-    backoff_s: float = Field(1.0, ge=0, le=60)
+    max_attempts: int = Field(3, ge=1, le=10, strict=True)
+    backoff_s: float = Field(1.0, ge=0, le=60, strict=True)
 
 
 class Step(BaseModel):
@@ -38,21 +89,21 @@ class Step(BaseModel):
     provider: Name
     action: Name
     params: dict[str, Any] = Field(default_factory=dict)
-    when: str | None = Field(None, min_length=1, max_length=1000)
+    when: str | None = Field(None, min_length=1, max_length=1000, json_schema_extra=_with_when_forms)
     retry: RetryPolicy | None = None
-    timeout_s: float | None = Field(None, gt=0, le=600)
-    continue_on_error: bool = False
+    timeout_s: float | None = Field(None, gt=0, le=600, strict=True)
+    continue_on_error: bool = Field(False, strict=True)
 
 
 class Schedule(BaseModel):
     """``{"cron": "m h dom mon dow", "timezone": "Area/City"}`` (crontab(5): day of week 0 and 7 are Sunday,
     1 is Monday; @daily and the other macros) or ``{"interval_seconds": N}``."""
 
-    model_config = ConfigDict(extra="forbid")
-    cron: str | None = Field(None, max_length=200)
-    timezone: str | None = Field(None, max_length=64)
-    interval_seconds: int | None = Field(None, ge=1, le=366 * 86400)
-    pause_on_failure: int | None = Field(None, ge=1, le=1000)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_kind_schema)
+    cron: str | None = Field(None, max_length=200, json_schema_extra=_with_cron_forms)
+    timezone: str | None = Field(None, max_length=64, json_schema_extra=with_zone_names)
+    interval_seconds: int | None = Field(None, ge=1, le=366 * 86400, strict=True)
+    pause_on_failure: int | None = Field(None, ge=1, le=1000, strict=True)
 
     @field_validator("cron")
     @classmethod
@@ -78,12 +129,13 @@ class PlanBody(BaseModel):
     user_id: Any = None
     name: str = Field(min_length=1, max_length=200)
     original_prompt: str | None = Field(None, max_length=20_000)
-    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
+    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS, json_schema_extra=provider_steps)
     schedule: Schedule | None = None
-    timezone: str = Field("UTC", max_length=64)
-    enabled: bool = True
+    timezone: str = Field("UTC", max_length=64, json_schema_extra=with_zone_names)
+    enabled: bool = Field(True, strict=True)
     max_cost_usd: float | None = Field(
         None,
+        strict=True,
         ge=0,
         le=1_000_000,
         description="most a run of this plan may spend in USD: an LLM step that would start once the run's "

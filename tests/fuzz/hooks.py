@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any
 
 import schemathesis
+
+VALID_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")  # pilot/http/idempotency.py
+HOSTILE = os.environ.get("FUZZ_HOSTILE") == "1"  # the hostile pass (run_fuzz.sh); off for the conformance one
 
 HOSTILE_TEXT = (
     "\x00",
@@ -63,8 +67,19 @@ def _slots(value: Any) -> list[tuple[Any, Any]]:
 
 
 @schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: Any) -> None:
+    """A fresh Idempotency-Key on every request of every phase: one key sent again with another body is a 422
+    by design (idempotency_key_reused), which no schema can say of generated keys. An invalid key stays: it
+    must be refused."""
+    headers = case.headers
+    key = headers.get("Idempotency-Key") if isinstance(headers, dict) else None
+    if isinstance(key, str) and VALID_KEY.fullmatch(key):
+        headers["Idempotency-Key"] = f"fuzz-{_random.getrandbits(64):016x}"
+
+
+@schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
-    if _random.random() > 1 / 3 or not isinstance(body, dict | list):
+    if not HOSTILE or _random.random() > 1 / 3 or not isinstance(body, dict | list):
         return body
     slots = _slots(body)
     if not slots:
@@ -76,7 +91,7 @@ def map_body(context: Any, body: Any) -> Any:
 
 @schemathesis.hook
 def map_query(context: Any, query: Any) -> Any:
-    if _random.random() > 1 / 3 or not isinstance(query, dict) or not query:
+    if not HOSTILE or _random.random() > 1 / 3 or not isinstance(query, dict) or not query:
         return query
     names = sorted(name for name in query if name != "user_id") or sorted(query)
     # A lone surrogate cannot be sent in a URL (it has no UTF-8 form), so queries get the rest.

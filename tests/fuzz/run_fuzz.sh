@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Fuzz Pilot's HTTP API with schemathesis, generated from GET /api/openapi.json.
 #
-# Passes when no generated request gets a 5xx answer. Other kinds of check
-# failure (schema conformance, ...) are counted and printed, not failed on.
-# Bounded: FUZZ_MAX_EXAMPLES test cases per operation (default 25) and
-# FUZZ_MAX_TIME seconds in all (default 90).
+# Two passes against a token-mode server (the production mode; a JWT for fuzz-user
+# is minted here):
+#   1. conformance: every schemathesis check (--checks all): no 5xx, responses as
+#      documented, schema-valid requests accepted, schema-violating ones refused,
+#      auth enforced, methods as advertised. Fails on ANY failed check.
+#   2. hostile: tests/fuzz/hooks.py puts NUL, lone surrogates, zoneinfo directories,
+#      overflowing timestamps and 110-deep JSON where the schema allows any string
+#      (so requests the document calls valid are refused, on purpose): only
+#      not_a_server_error is checked there.
+# Bounded: FUZZ_MAX_EXAMPLES test cases per operation (default 25), FUZZ_MAX_TIME
+# seconds for the conformance pass (default 110) and FUZZ_HOSTILE_TIME for the
+# hostile one (default 40).
 #
 # Isolation: the server and schemathesis run in a network namespace of their own
 # with only a loopback interface (`unshare --net`; as root, or through a user
@@ -37,7 +45,10 @@ ADMIN_DSN="postgresql://postgres@/postgres?host=$PGHOST_DIR&port=$PGPORT_NUM"
 WORK=$(mktemp -d /tmp/pilot-fuzz.XXXXXX)
 PORT=5099
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-25}
-MAX_TIME=${FUZZ_MAX_TIME:-90}
+MAX_TIME=${FUZZ_MAX_TIME:-110}
+HOSTILE_TIME=${FUZZ_HOSTILE_TIME:-40}
+JWT_SECRET_VALUE=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(32))')
+TOKEN=$("$PYTHON" -c 'import sys, time, jwt; print(jwt.encode({"sub": "fuzz-user", "exp": int(time.time()) + 3600}, sys.argv[1], algorithm="HS256"))' "$JWT_SECRET_VALUE")
 SERVER_PID=
 
 sql() { "$PYTHON" -c 'import sys, psycopg2; c = psycopg2.connect(sys.argv[1]); c.autocommit = True; c.cursor().execute(sys.argv[2]); c.close()' "$ADMIN_DSN" "$1"; }
@@ -55,9 +66,9 @@ trap cleanup EXIT
 
 sql "CREATE DATABASE $DB"
 
-# A dev-mode server as the README starts it (python app.py migrates the new database).
-env -u AUTH_MODE -u PILOT_ENV -u JWT_SECRET -u JWKS_URL -u OUTBOUND_ALLOWLIST -u ALLOWED_HOSTS \
-  DATABASE_URL="postgresql://postgres@/$DB?host=$PGHOST_DIR&port=$PGPORT_NUM" \
+# A token-mode server as the README starts it (python app.py migrates the new database).
+env -u PILOT_ENV -u JWKS_URL -u OUTBOUND_ALLOWLIST -u ALLOWED_HOSTS -u JWT_AUDIENCE -u JWT_ISSUER \
+  AUTH_MODE=token JWT_SECRET="$JWT_SECRET_VALUE" DATABASE_URL="postgresql://postgres@/$DB?host=$PGHOST_DIR&port=$PGPORT_NUM" \
   PILOT_DATA_DIR="$WORK/data" FLASK_PORT=$PORT SCHEDULER_ENABLED=false DB_POOL_SIZE=4 RUN_WORKERS=4 \
   LOG_LEVEL=WARNING "$PYTHON" app.py >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
@@ -76,15 +87,32 @@ if [[ -z "$healthy" ]]; then
   exit 1
 fi
 
+fuzz() {  # fuzz NAME MAX_TIME CHECKS HOSTILE: one schemathesis pass, its report in $WORK/NAME.*
+  # Run from the scratch directory: schemathesis keeps a .schemathesis/ cache in its working directory.
+  (cd "$WORK" && PYTHONPATH="$ROOT/tests/fuzz" SCHEMATHESIS_HOOKS=hooks FUZZ_SEED="${FUZZ_SEED:-7}" FUZZ_HOSTILE="$4" \
+    "$SCHEMATHESIS" --config-file "$ROOT/tests/fuzz/schemathesis.toml" run "$BASE/api/openapi.json" \
+    --checks "$3" --max-examples "$MAX_EXAMPLES" --max-time "$2" --seed "${FUZZ_SEED:-7}" \
+    --header "Authorization: Bearer $TOKEN" --generation-allow-x00 false \
+    --workers 2 --request-timeout 20 --continue-on-failure --no-shrink --suppress-health-check all \
+    --report ndjson --report-ndjson-path "$WORK/$1.ndjson" --warnings off >"$WORK/$1.txt" 2>&1)
+}
+
 set +e
-# Run from the scratch directory: schemathesis keeps a .schemathesis/ cache in its working directory.
-(cd "$WORK" && PYTHONPATH="$ROOT/tests/fuzz" SCHEMATHESIS_HOOKS=hooks FUZZ_SEED="${FUZZ_SEED:-7}" \
-  "$SCHEMATHESIS" --config-file "$ROOT/tests/fuzz/schemathesis.toml" run "$BASE/api/openapi.json" \
-  --checks all --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed "${FUZZ_SEED:-7}" \
-  --workers 2 --request-timeout 20 --continue-on-failure --no-shrink --suppress-health-check all \
-  --report ndjson --report-ndjson-path "$WORK/events.ndjson" --warnings off >"$WORK/schemathesis.txt" 2>&1)
-st_status=$?
+fuzz conformance "$MAX_TIME" all 0
+conformance_status=$?
+fuzz hostile "$HOSTILE_TIME" not_a_server_error 1
+hostile_status=$?
 set -e
 
-sed -n '/^Failures:/,/^$/p; /^Test cases:/,/^$/p' "$WORK/schemathesis.txt"
-"$PYTHON" tests/fuzz/summarize.py "$WORK/events.ndjson" "$WORK/server.log" "$st_status"
+status=0
+for pass in conformance hostile; do
+  echo "== $pass"
+  sed -n '/^Failures:/,/^$/p; /^Errors:/,/^$/p; /^Test cases:/,/^$/p' "$WORK/$pass.txt"
+  [[ -n "${FUZZ_VERBOSE:-}" ]] && sed -n '/^=* FAILURES =*$/,/^=* SUMMARY =*$/p' "$WORK/$pass.txt"
+  strict=1
+  [[ $pass == hostile ]] && strict=0
+  pass_status=$conformance_status
+  [[ $pass == hostile ]] && pass_status=$hostile_status
+  "$PYTHON" tests/fuzz/summarize.py "$WORK/$pass.ndjson" "$WORK/server.log" "$pass_status" "$strict" || status=1
+done
+exit $status

@@ -144,7 +144,7 @@ def delete_all(provider: str) -> tuple[str, int]:
     summary="Delete one credential type",
     tag="credentials",
     responses={204: Answer("deleted")},
-    errors=(404,),
+    errors=(404, 405),
     operation_id="deleteCredential",
 )
 def delete_one(provider: str, type_: str) -> tuple[str, int]:

@@ -28,8 +28,8 @@ class DraftBody(BaseModel):
     provider: Literal["openai", "groq", "anthropic"] | None = None
     model: str | None = Field(None, min_length=1, max_length=200)
     name: str | None = Field(None, min_length=1, max_length=200)
-    save: bool = False
-    dry_run: bool = False
+    save: bool = Field(False, strict=True)
+    dry_run: bool = Field(False, strict=True)
     input: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -42,7 +42,7 @@ class DraftBody(BaseModel):
         200: Answer("a valid draft, not stored", DraftAnswer),
         201: Answer("saved (save: true): plan is the stored row", DraftAnswer),
     },
-    errors=(422, 502),
+    errors=(409, 422, 502),
     operation_id="draftPlan",
 )
 @idempotent
