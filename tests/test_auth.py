@@ -118,6 +118,23 @@ def test_a_query_user_id_with_a_trailing_newline_is_400(token_app_factory: Any, 
     assert response.status_code == 400
 
 
+def test_token_mode_a_body_user_id_other_than_the_tokens_is_403_even_when_the_query_names_it(
+    token_app_factory: Any, user: str
+) -> None:
+    """Issue 8 item 3: was 400 ('differ'); every user_id named must be the token's user."""
+    client = token_app_factory(jwt_secret=SECRET)
+    headers = bearer(hs256({"sub": user}))
+    refused = client.post(f"/api/plans?user_id={user}", json={"user_id": "someone-else", "name": "x"}, headers=headers)
+    assert refused.status_code == 403 and resp_json(refused)["error"]["code"] == "forbidden"
+    both = client.post(f"/api/plans?user_id={user}", json={"user_id": user, "name": "x"}, headers=headers)
+    assert both.status_code == 201, both.get_data(as_text=True)
+
+
+def test_dev_mode_query_and_body_user_ids_that_differ_are_still_400(client: FlaskClient, user: str) -> None:
+    response = client.post(f"/api/plans?user_id={user}", json={"user_id": "someone-else", "name": "x"})
+    assert response.status_code == 400 and "differ" in resp_json(response)["error"]["message"]
+
+
 # --- RS256 through a JWKS served on loopback -------------------------------------------------------
 
 

@@ -416,3 +416,11 @@ def test_scheduled_plans_of_an_over_budget_user_are_skipped_with_reason_budget(
     finally:
         app.engine.shutdown(wait=True)
         app.db.close()
+
+
+@pytest.mark.parametrize("monthly", [False, True, "5"])
+def test_a_budget_that_is_not_a_json_number_is_400(client: FlaskClient, user: str, monthly: Any) -> None:
+    """Issue 8 item 3: strict, as the document says (false was taken as 0)."""
+    response = client.put("/api/budget", json={"user_id": user, "monthly_usd": monthly})
+    assert response.status_code == 400
+    assert resp_json(response)["error"]["details"][0]["loc"] == ["body", "monthly_usd"]

@@ -248,7 +248,10 @@ def test_plan_schemas_come_from_the_validating_models(document: dict[str, Any]) 
     schemas = document["components"]["schemas"]
     assert {"PlanBody", "PlanPatch", "Step", "Schedule", "RetryPolicy"} <= set(schemas)
     assert schemas["PlanBody"]["required"] == ["name"] and "required" not in schemas["PlanPatch"]
-    check(document, "PlanBody", {"name": "x", "steps": [{"provider": "logic", "action": "transform"}]})
+    step = {"provider": "logic", "action": "transform", "params": {"template": 1}}
+    check(document, "PlanBody", {"name": "x", "steps": [step]})
+    with pytest.raises(AssertionError):  # as the server: logic.transform needs its template (issue 8 item 3)
+        check(document, "PlanBody", {"name": "x", "steps": [{"provider": "logic", "action": "transform"}]})
     with pytest.raises(AssertionError):
         check(document, "PlanBody", {"name": "x", "unknown": 1})
 

@@ -139,3 +139,42 @@ def test_the_readme_step_shape_names_every_step_field() -> None:
     assert shape is not None
     documented = {name.strip().rstrip("?") for name in shape.group(1).split(",")}
     assert documented == set(Step.model_fields)
+
+
+# --- issue 8 item 3: what the generated OpenAPI document says, the server does ---------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("enabled", 0), ("enabled", "true"), ("max_cost_usd", False), ("name", 5)],
+)
+def test_body_types_are_strict_as_the_document_says(client: FlaskClient, user: str, field: str, value: Any) -> None:
+    """false is not 0 and 0 is not false: a number or boolean of the wrong JSON type is a 400 naming the field."""
+    response = client.post("/api/plans", json={"user_id": user, "name": "typed", field: value})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = resp_json(response)["error"]
+    assert error["details"][0]["loc"] == ["body", field] and error["details"][0]["field"] == field
+
+
+def test_unknown_body_fields_are_400_with_pydantic_loc_and_msg(client: FlaskClient, user: str) -> None:
+    response = client.post("/api/plans", json={"user_id": user, "name": "x", "colour": "red"})
+    assert response.status_code == 400
+    detail = resp_json(response)["error"]["details"][0]
+    assert detail == {"loc": ["body", "colour"], "msg": "Extra inputs are not permitted", "field": "colour"}
+
+
+def test_pausing_a_plan_without_a_schedule_is_409(client: FlaskClient, user: str) -> None:
+    """Issue 8 item 3: was 400; the request is valid, the plan's state does not allow it."""
+    plan = resp_json(client.post("/api/plans", json={"user_id": user, "name": "unscheduled"}))
+    response = client.post(f"/api/plans/{plan['id']}/pause", json={"user_id": user})
+    assert response.status_code == 409 and resp_json(response)["error"]["code"] == "no_schedule"
+
+
+@pytest.mark.parametrize(("flag", "status"), [("true", 200), ("yes", 200), ("0", 202), ("maybe", 400), ("null", 400)])
+def test_run_query_flags_are_booleans(client: FlaskClient, user: str, flag: str, status: int) -> None:
+    step = {"provider": "logic", "action": "transform", "params": {"template": {"x": 1}}}
+    plan = resp_json(client.post("/api/plans", json={"user_id": user, "name": "flags", "steps": [step]}))
+    response = client.post(f"/api/plans/{plan['id']}/run?wait={flag}", json={"user_id": user})
+    assert response.status_code == status, response.get_data(as_text=True)
+    if status == 400:
+        assert resp_json(response)["error"]["details"][0]["loc"] == ["query", "wait"]

@@ -45,8 +45,16 @@ class CostQuery(BaseModel):
     """``GET /api/metrics/costs?hours=&since=&group_by=``: the window (default the last 24 hours) and the grouping."""
 
     model_config = ConfigDict(extra="ignore")  # user_id and any other query parameter are not ours
-    hours: int | None = Field(None, ge=1, le=MAX_HOURS, description=f"the last N hours (default {DEFAULT_HOURS})")
-    since: datetime | None = Field(None, description="from this ISO 8601 time on (naive means UTC)")
+    hours: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_HOURS,
+        description=f"the last N hours (default {DEFAULT_HOURS})",
+        json_schema_extra={"x-pilot-blank": True},
+    )
+    since: datetime | None = Field(
+        None, description="from this ISO 8601 time on (naive means UTC)", json_schema_extra={"x-pilot-blank": True}
+    )
     group_by: GroupBy = "provider"
 
     @field_validator("hours", mode="before")

@@ -54,7 +54,8 @@ def _blank_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
-QueryInt = Annotated[int | None, BeforeValidator(_ascii_int)]
+BLANK = "x-pilot-blank"  # the OpenAPI generator adds "" as an allowed value (it means absent)
+QueryInt = Annotated[int | None, BeforeValidator(_ascii_int), Field(json_schema_extra={BLANK: True})]
 QueryText = Annotated[str | None, BeforeValidator(_blank_is_none)]
 
 
@@ -77,9 +78,9 @@ QueryFlag = Annotated[bool, BeforeValidator(_query_flag), WithJsonSchema({"type"
 
 
 class OptionalBody(BaseModel):
-    """A body these routes do not need: any object (``user_id`` is read in dev mode)."""
+    """A body these routes do not need: at most ``user_id`` (read in dev mode)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     user_id: UserId = None
 
 
@@ -91,7 +92,9 @@ class CredentialsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: UserId = None
     credentials: dict[CredentialType, Secret] = Field(
-        min_length=1, description="{type: secret}, e.g. {api_key: sk-…}; stored encrypted"
+        min_length=1,
+        description="{type: secret}, e.g. {api_key: sk-…}; stored encrypted",
+        json_schema_extra={"propertyNames": {"pattern": f"^(?:{CREDENTIAL_TYPE.pattern})$"}},
     )
 
 
@@ -138,19 +141,23 @@ def _since(value: Any) -> Any:
 
 class LogsQuery(Paging):
     provider: QueryText = Field(None, description="only this provider")
-    status: Annotated[Literal["success", "error"] | None, BeforeValidator(_blank_is_none)] = None
+    status: Annotated[Literal["success", "error"] | None, BeforeValidator(_blank_is_none)] = Field(
+        None, json_schema_extra={BLANK: True}
+    )
     plan_id: QueryInt = Field(None, ge=1, description="only this plan")
     plan: QueryInt = Field(None, ge=1, description="the same as plan_id", json_schema_extra={"deprecated": True})
     run_id: QueryInt = Field(None, ge=1, description="only this run")
     since: Annotated[datetime | None, BeforeValidator(_since)] = Field(
-        None, description="only logs at or after this time (ISO 8601; naive means UTC)"
+        None, description="only logs at or after this time (ISO 8601; naive means UTC)", json_schema_extra={BLANK: True}
     )
 
 
 class RunsQuery(_Query):
     plan_id: QueryInt = Field(None, ge=1, description="only this plan's runs")
-    status: Annotated[RunStatus | None, BeforeValidator(_blank_is_none)] = None
-    trigger: Annotated[RunTrigger | None, BeforeValidator(_blank_is_none)] = None
+    status: Annotated[RunStatus | None, BeforeValidator(_blank_is_none)] = Field(None, json_schema_extra={BLANK: True})
+    trigger: Annotated[RunTrigger | None, BeforeValidator(_blank_is_none)] = Field(
+        None, json_schema_extra={BLANK: True}
+    )
     limit: QueryInt = Field(None, ge=1, le=500, description="page size (default 50)")
     before: QueryInt = Field(None, ge=1, description="only runs with a smaller id (the next_before cursor)")
 
@@ -590,7 +597,12 @@ class DraftAnswer(BaseModel):
 
 
 STEP_EVENT_STREAM: dict[str, Any] = {
-    "type": "string",
+    "type": "object",
+    "properties": {
+        "event": {"enum": ["delta", "result"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["data"],
     "description": "text/event-stream: 'delta' events {text} (the model's text as the vendor streams it, "
     "secrets redacted, held back only while it could be the start of one), comment lines as keep-alives, "
     "then one 'result' event whose data is the ProviderResult the JSON answer would be. A step that does "

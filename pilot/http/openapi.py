@@ -14,10 +14,11 @@ import re
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, TypeAdapter
 
 from pilot.application import PilotApp, current_pilot
-from pilot.http.models import COMPONENT_KEY, USER_ID_SCHEMA, Error, Plan, ValidationIssue
+from pilot.http.models import BLANK, COMPONENT_KEY, USER_ID_SCHEMA, Error, Plan, ValidationIssue
 from pilot.http.validation import Answer, ApiSpec, spec_of, validate
 from pilot.steps.plan_schema import PlanBody
 from provider_registry import CREDENTIAL_TYPE
@@ -144,7 +145,7 @@ def _user_ids(schemas: dict[str, Schema]) -> dict[str, Schema]:
     for name, schema in schemas.items():
         schema = schemas[name] = _resolve(schema)
         if isinstance(schema.get("properties"), dict) and "user_id" in schema["properties"]:
-            schema["properties"]["user_id"] = USER_ID_SCHEMA
+            schema["properties"]["user_id"] = {"anyOf": [USER_ID_SCHEMA, {"type": "null"}]}  # null: not named
     return schemas
 
 
@@ -160,6 +161,9 @@ def _query_parameters(model: type[BaseModel]) -> list[Schema]:
             schema.pop("default", None)
         if schema.get("type") == "integer":
             schema.setdefault("maximum", MAX_DB_ID)  # ids and counts the database can hold
+        if schema.pop(BLANK, False):  # ?name= (empty) means the parameter is absent
+            keep = {key: schema.pop(key) for key in ("description", "deprecated", "default") if key in schema}
+            schema = {"anyOf": [schema, {"const": ""}], **keep}
         description = schema.pop("description", name)
         deprecated = schema.pop("deprecated", False)
         parameter = {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
@@ -310,6 +314,10 @@ def build_document(app: PilotApp) -> dict[str, Any]:
     return document
 
 
+def _takes_no_params(schema: Schema) -> bool:
+    return Draft202012Validator(schema).is_valid({})
+
+
 def provider_schemas(registry: Any) -> dict[str, Schema]:
     """``<provider>.<action>.params`` for every action, and ``ProviderStep``: one of those step shapes."""
     schemas: dict[str, Schema] = {}
@@ -318,6 +326,8 @@ def provider_schemas(registry: Any) -> dict[str, Schema]:
         described = registry.get(name).describe()
         for action, spec in described["actions"].items():
             key = f"{name}.{action}.params"
+            # params may be left out (they are then {}) only where {} is valid for the action
+            required = ["provider", "action", *([] if _takes_no_params(spec["params_schema"]) else ["params"])]
             schemas[key] = {**spec["params_schema"], "description": spec["description"]}
             variants.append(
                 {
@@ -327,7 +337,7 @@ def provider_schemas(registry: Any) -> dict[str, Schema]:
                         "action": {"const": action},
                         "params": {"$ref": REF_TEMPLATE.format(model=key)},
                     },
-                    "required": ["provider", "action"],
+                    "required": required,
                     "title": f"{name}.{action}",
                 }
             )

@@ -11,13 +11,23 @@ import zoneinfo
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from pilot.errors import ValidationError
 from pilot.steps import cron
 
 MAX_STEPS = 100
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: 3 or 3.0 (JSON Schema's integer), never true or "3" (pydantic's lax mode takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 # What the OpenAPI document promises for cron: forms every one of which runs (day of month at most 28, so
 # no month lacks it). The server takes all of crontab(5) (lists, ranges, steps, names; see ``cron``); a
 # pattern cannot say which of those never fire ("0 0 30 2 *"), so the document names the common subset.
@@ -75,7 +85,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^
 
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_attempts: int = Field(3, ge=1, le=10, strict=True)
+    max_attempts: JsonInt = Field(3, ge=1, le=10)
     backoff_s: float = Field(1.0, ge=0, le=60, strict=True)
 
 
@@ -102,8 +112,8 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_one_kind_schema)
     cron: str | None = Field(None, max_length=200, json_schema_extra=_with_cron_forms)
     timezone: str | None = Field(None, max_length=64, json_schema_extra=with_zone_names)
-    interval_seconds: int | None = Field(None, ge=1, le=366 * 86400, strict=True)
-    pause_on_failure: int | None = Field(None, ge=1, le=1000, strict=True)
+    interval_seconds: JsonInt | None = Field(None, ge=1, le=366 * 86400)
+    pause_on_failure: JsonInt | None = Field(None, ge=1, le=1000)
 
     @field_validator("cron")
     @classmethod
