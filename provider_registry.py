@@ -227,6 +227,13 @@ class Provider(ABC):
         if type_.startswith(HEADER_CREDENTIAL):
             raise ValidationError(f"provider {self.name!r} does not send stored headers ({type_!r})")
 
+    def credentials_schema(self) -> dict[str, Any]:
+        """JSON Schema of the ``{type: secret}`` map this provider stores: what ``check_credential`` takes.
+
+        The OpenAPI document applies it (with the generic rules) to ``POST /api/provider-credentials/<name>``.
+        """
+        return {"propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,64}$"}}  # no header:<Name> types
+
     def secret_values(self, credentials: dict[str, str]) -> list[str]:
         """Every string derived from ``credentials`` that must never appear in logs or answers.
 

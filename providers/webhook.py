@@ -144,6 +144,20 @@ class WebhookProvider(Provider):
             if not _HEADER_VALUE.fullmatch(value):
                 raise ValidationError("a header value is printable ASCII, without line breaks or edge spaces")
 
+    def credentials_schema(self) -> dict[str, Any]:
+        """``check_credential`` as JSON Schema: header types (not reserved ones), and the values' forms."""
+        reserved = "|".join(
+            "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in name) for name in sorted(RESERVED_HEADERS)
+        )
+        return {
+            "propertyNames": {"not": {"pattern": f"^header:(?:{reserved})$"}},
+            "properties": {
+                "bearer_token": {"pattern": f"^{_VISIBLE.pattern}$"},
+                "basic_auth": {"pattern": r"^[^\x00-\x1f\x7f]*:[^\x00-\x1f\x7f]*$"},
+            },
+            "patternProperties": {"^header:": {"pattern": f"^{_HEADER_VALUE.pattern}$"}},
+        }
+
     def secret_values(self, credentials: dict[str, str]) -> list[str]:
         """The stored values, plus what basic_auth becomes on the wire (and its password alone)."""
         values = super().secret_values(credentials)

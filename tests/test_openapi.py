@@ -77,11 +77,36 @@ def test_the_document_has_exactly_the_routes_and_methods_the_url_map_serves(
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         served |= {f"{method} {path}" for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}}
-    documented = {f"{method.upper()} {path}" for path, ops in document["paths"].items() for method in ops}
+    instances = document[openapi.INSTANCES]
+    templates = {path: ops for path, ops in document["paths"].items() if path not in instances}
+    documented = {f"{method.upper()} {path}" for path, ops in templates.items() for method in ops}
     assert documented == served
-    for path, ops in document["paths"].items():
+    for path, ops in templates.items():
         for method, operation in ops.items():
             assert "x-undocumented" not in operation and operation["responses"], f"{method} {path}"
+    assert instances  # a provider's own credentials path: its template's methods
+    for path, template in instances.items():
+        assert set(document["paths"][path]) == set(document["paths"][template]), path
+
+
+def test_each_providers_credentials_path_documents_what_it_stores(document: dict[str, Any]) -> None:
+    """The credential types and values a provider takes depend on the provider: each has a path of its own."""
+
+    def body(provider: str) -> dict[str, Any]:
+        return {
+            "$ref": f"#/paths/~1api~1provider-credentials~1{provider}/post/requestBody/content/application~1json/schema"
+        }
+
+    root = {"paths": document["paths"], "components": document["components"]}
+
+    def valid(provider: str, credentials: dict[str, str]) -> bool:
+        return Draft202012Validator({**body(provider), **root}).is_valid({"credentials": credentials})
+
+    assert valid("webhook", {"header:X-Api-Key": "k1"}) and not valid("groq", {"header:X-Api-Key": "k1"})
+    assert not valid("webhook", {"header:Host": "evil"}) and not valid("webhook", {"basic_auth": "no-colon"})
+    assert valid("openai", {"api_key": "sk-1", "base_url": "http://127.0.0.1:1"})
+    generic = document["paths"]["/api/provider-credentials/{provider}"]["post"]["parameters"][0]
+    assert generic["in"] == "path" and "webhook" in generic["schema"]["not"]["enum"]
 
 
 def test_options_advertises_only_the_methods_a_path_has(client: FlaskClient, document: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ request. A route without ``@validate`` still appears (marked ``x-undocumented``)
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, TypeAdapter
 from pilot.application import PilotApp, current_pilot
 from pilot.http.models import BLANK, COMPONENT_KEY, USER_ID_SCHEMA, Error, Plan, ValidationIssue
 from pilot.http.validation import Answer, ApiSpec, spec_of, validate
-from pilot.steps.plan_schema import PlanBody
+from pilot.steps.plan_schema import PlanBody, zone_names
 from provider_registry import CREDENTIAL_TYPE
 
 API_VERSION = "0.1.0"
@@ -257,7 +258,8 @@ def build_document(app: PilotApp) -> dict[str, Any]:
         paths.setdefault(path, {})[method.lower()] = _operation(components, params, spec, token_mode)
         if spec is not None:
             tags.add(spec.tag)
-    schemas = {**components.schemas, **provider_schemas(app.registry)}
+    instances = _per_provider_credentials(paths, app.registry)
+    schemas = {**components.schemas, **provider_schemas(app.registry), "TimeZone": _time_zones()}
     user = "'Authorization: Bearer <JWT or pilot_ API token>'" if token_mode else "user_id (query or JSON body)"
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -300,6 +302,7 @@ def build_document(app: PilotApp) -> dict[str, Any]:
             },
         },
         "tags": [{"name": tag} for tag in sorted(tags)],
+        INSTANCES: instances,
     }
     if token_mode:
         document["components"]["securitySchemes"] = {
@@ -312,6 +315,40 @@ def build_document(app: PilotApp) -> dict[str, Any]:
         }
         document["security"] = [{"bearerAuth": []}]
     return document
+
+
+CREDENTIALS_PATH = "/api/provider-credentials/{provider}"
+INSTANCES = "x-pilot-instances"  # top level: {concrete path: the url-map template it stands for}
+
+
+def _per_provider_credentials(paths: dict[str, dict[str, Any]], registry: Any) -> dict[str, str]:
+    """``/api/provider-credentials/<name>`` for each provider, its POST body with the provider's
+    ``credentials_schema`` (which types and values it stores); ``{provider}`` is then any other name (404)."""
+    template = paths.get(CREDENTIALS_PATH)
+    if template is None:
+        return {}
+    names = registry.names()
+    for name in names:
+        item: dict[str, Any] = copy.deepcopy(template)
+        for operation in item.values():
+            operation["operationId"] += name.title().replace("_", "")
+            operation["parameters"] = [p for p in operation["parameters"] if p.get("in") != "path"]
+            body = operation.get("requestBody")
+            if body is not None:
+                credentials = {"properties": {"credentials": registry.get(name).credentials_schema()}}
+                schema = body["content"]["application/json"]["schema"]
+                body["content"]["application/json"]["schema"] = {"allOf": [schema, credentials]}
+        paths[f"/api/provider-credentials/{name}"] = item
+    for operation in template.values():
+        for parameter in operation["parameters"]:
+            if parameter.get("in") == "path" and parameter["name"] == "provider":
+                parameter["schema"] = {**NAME_SCHEMA, "not": {"enum": names}}
+                parameter["description"] = "a name no provider has (each provider has a path of its own)"
+    return {f"/api/provider-credentials/{name}": CREDENTIALS_PATH for name in names}
+
+
+def _time_zones() -> Schema:
+    return {"type": "string", "enum": sorted(zone_names()), "description": "an IANA time zone name"}
 
 
 def _takes_no_params(schema: Schema) -> bool:

@@ -39,11 +39,15 @@ CRON_DOCUMENTED = (
 
 
 def with_zone_names(schema: dict[str, Any]) -> None:
-    """The OpenAPI document lists the zone names (its string branch, when the field may be null)."""
-    for branch in schema.get("anyOf", [schema]):
+    """The OpenAPI document's ``TimeZone`` (the zone names; its string branch when the field may be null)."""
+    branches = schema.get("anyOf", [schema])
+    for index, branch in enumerate(branches):
         if branch.get("type") == "string":
-            branch["enum"] = sorted(zone_names())
-            branch.pop("maxLength", None)
+            branches[index] = {"x-pilot-component": "TimeZone"}
+    if "anyOf" not in schema and branches[0] is not schema:
+        for key in ("type", "maxLength"):
+            schema.pop(key, None)
+        schema.update(branches[0])
 
 
 def _with_cron_forms(schema: dict[str, Any]) -> None:
@@ -69,14 +73,21 @@ def provider_steps(schema: dict[str, Any]) -> None:
 
 
 def _one_kind_schema(schema: dict[str, Any]) -> None:
-    """'exactly one of cron or interval_seconds', as JSON Schema can say it."""
-    schema["oneOf"] = [
-        {"required": ["cron"], "properties": {"cron": {"type": "string"}, "interval_seconds": {"type": "null"}}},
-        {
-            "required": ["interval_seconds"],
-            "properties": {"interval_seconds": {"type": "integer"}, "cron": {"type": "null"}},
-        },
-    ]
+    """'exactly one of cron or interval_seconds', as JSON Schema can say it: two whole object shapes."""
+    properties = schema.pop("properties")
+    schema.pop("additionalProperties", None)
+
+    def shape(kind: str, other: str) -> dict[str, Any]:
+        chosen = next(b for b in properties[kind]["anyOf"] if b.get("type") != "null")
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": [kind],
+            "properties": {**properties, kind: chosen, other: {"type": "null"}},
+        }
+
+    schema["type"] = "object"
+    schema["oneOf"] = [shape("cron", "interval_seconds"), shape("interval_seconds", "cron")]
 
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]

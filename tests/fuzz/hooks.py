@@ -72,8 +72,8 @@ def before_call(context: Any, case: Any, kwargs: Any) -> None:
     """A fresh Idempotency-Key on every request of every phase: one key sent again with another body is a 422
     by design (idempotency_key_reused), which no schema can say of generated keys. An invalid key stays: it
     must be refused."""
-    headers = case.headers
-    key = headers.get("Idempotency-Key") if isinstance(headers, dict) else None
+    headers = case.headers  # a mapping, not always a dict
+    key = headers.get("Idempotency-Key") if headers is not None else None
     if isinstance(key, str) and VALID_KEY.fullmatch(key):
         headers["Idempotency-Key"] = f"fuzz-{uuid.uuid4()}"  # not the seeded Random: each worker has one
 
