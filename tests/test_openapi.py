@@ -105,8 +105,10 @@ def test_each_providers_credentials_path_documents_what_it_stores(document: dict
     assert valid("webhook", {"header:X-Api-Key": "k1"}) and not valid("groq", {"header:X-Api-Key": "k1"})
     assert not valid("webhook", {"header:Host": "evil"}) and not valid("webhook", {"basic_auth": "no-colon"})
     assert valid("openai", {"api_key": "sk-1", "base_url": "http://127.0.0.1:1"})
-    generic = document["paths"]["/api/provider-credentials/{provider}"]["post"]["parameters"][0]
-    assert generic["in"] == "path" and "webhook" in generic["schema"]["not"]["enum"]
+    generic = document["paths"]["/api/provider-credentials/{provider}"]["post"]["requestBody"]["content"]
+    every = Draft202012Validator({**generic["application/json"]["schema"], **root})
+    assert every.is_valid({"credentials": {"api_key": "k"}})
+    assert not every.is_valid({"credentials": {"header:X-Api-Key": "k1"}})  # not every provider takes it
 
 
 def test_options_advertises_only_the_methods_a_path_has(client: FlaskClient, document: dict[str, Any]) -> None:

@@ -130,12 +130,18 @@ class _Components:
         self.schemas[name] = _user_ids({name: generated})[name]
 
 
+# pydantic leaves a constraint under its own name when a before-validator wraps an optional number
+BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
 def _resolve(node: Any) -> Any:
-    """``{x-pilot-component: Name}`` (``pilot.http.models.component``) → ``{$ref: #/components/schemas/Name}``."""
+    """``{x-pilot-component: Name}`` (``pilot.http.models.component``) → ``{$ref: #/components/schemas/Name}``;
+    numeric bounds under their JSON Schema names."""
     if isinstance(node, dict):
         if COMPONENT_KEY in node:
             return {"$ref": REF_TEMPLATE.format(model=node[COMPONENT_KEY])}
-        return {key: _resolve(value) for key, value in node.items()}
+        numeric = node.get("type") in ("integer", "number")
+        return {(BOUNDS.get(key, key) if numeric else key): _resolve(value) for key, value in node.items()}
     if isinstance(node, list):
         return [_resolve(value) for value in node]
     return node
@@ -151,7 +157,7 @@ def _user_ids(schemas: dict[str, Schema]) -> dict[str, Schema]:
 
 
 def _query_parameters(model: type[BaseModel]) -> list[Schema]:
-    generated = model.model_json_schema()
+    generated = _resolve(model.model_json_schema())
     parameters = []
     for name, schema in generated.get("properties", {}).items():
         schema = {key: value for key, value in schema.items() if key != "title"}
@@ -339,11 +345,12 @@ def _per_provider_credentials(paths: dict[str, dict[str, Any]], registry: Any) -
                 schema = body["content"]["application/json"]["schema"]
                 body["content"]["application/json"]["schema"] = {"allOf": [schema, credentials]}
         paths[f"/api/provider-credentials/{name}"] = item
+    every = {"properties": {"credentials": {"allOf": [registry.get(name).credentials_schema() for name in names]}}}
     for operation in template.values():
-        for parameter in operation["parameters"]:
-            if parameter.get("in") == "path" and parameter["name"] == "provider":
-                parameter["schema"] = {**NAME_SCHEMA, "not": {"enum": names}}
-                parameter["description"] = "a name no provider has (each provider has a path of its own)"
+        body = operation.get("requestBody")
+        if body is not None:  # through {provider}: what every provider takes; its own path says what it takes
+            schema = body["content"]["application/json"]["schema"]
+            body["content"]["application/json"]["schema"] = {"allOf": [schema, every]}
     return {f"/api/provider-credentials/{name}": CREDENTIALS_PATH for name in names}
 
 

@@ -123,8 +123,8 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_one_kind_schema)
     cron: str | None = Field(None, max_length=200, json_schema_extra=_with_cron_forms)
     timezone: str | None = Field(None, max_length=64, json_schema_extra=with_zone_names)
-    interval_seconds: JsonInt | None = Field(None, ge=1, le=366 * 86400)
-    pause_on_failure: JsonInt | None = Field(None, ge=1, le=1000)
+    interval_seconds: Annotated[JsonInt, Field(ge=1, le=366 * 86400)] | None = None
+    pause_on_failure: Annotated[JsonInt, Field(ge=1, le=1000)] | None = None
 
     @field_validator("cron")
     @classmethod

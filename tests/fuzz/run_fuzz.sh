@@ -90,9 +90,10 @@ fi
 fuzz() {  # fuzz NAME MAX_TIME CHECKS HOSTILE: one schemathesis pass, its report in $WORK/NAME.*
   # Run from the scratch directory: schemathesis keeps a .schemathesis/ cache in its working directory.
   (cd "$WORK" && PYTHONPATH="$ROOT/tests/fuzz" SCHEMATHESIS_HOOKS=hooks FUZZ_SEED="${FUZZ_SEED:-7}" FUZZ_HOSTILE="$4" \
+    PILOT_FUZZ_TOKEN="$TOKEN" \
     "$SCHEMATHESIS" --config-file "$ROOT/tests/fuzz/schemathesis.toml" run "$BASE/api/openapi.json" \
     --checks "$3" --max-examples "$MAX_EXAMPLES" --max-time "$2" --seed "${FUZZ_SEED:-7}" \
-    --header "Authorization: Bearer $TOKEN" --generation-allow-x00 false \
+    --generation-allow-x00 false \
     --workers 2 --request-timeout 20 --continue-on-failure --no-shrink --suppress-health-check all \
     --report ndjson --report-ndjson-path "$WORK/$1.ndjson" --warnings off >"$WORK/$1.txt" 2>&1)
 }
