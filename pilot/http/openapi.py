@@ -267,6 +267,12 @@ def build_document(app: PilotApp) -> dict[str, Any]:
     instances = _per_provider_credentials(paths, app.registry)
     schemas = {**components.schemas, **provider_schemas(app.registry), "TimeZone": _time_zones()}
     user = "'Authorization: Bearer <JWT or pilot_ API token>'" if token_mode else "user_id (query or JSON body)"
+    origins = app.settings.cors_origins
+    cors = (
+        f"CORS for {', '.join(origins)} (a preflight answers the methods each path has)"
+        if origins
+        else "no CORS (CORS_ORIGINS is empty)"
+    )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -274,7 +280,8 @@ def build_document(app: PilotApp) -> dict[str, Any]:
             "version": API_VERSION,
             "description": "Self-hosted automation server: provider credentials, plans, runs, schedules, logs. "
             "Errors are always {error: {code, message, details}}. "
-            f"This server (AUTH_MODE={app.settings.auth_mode}) learns the caller from {user}.",
+            f"This server (AUTH_MODE={app.settings.auth_mode}) learns the caller from {user}. "
+            f"Browsers on other origins: {cors}.",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
