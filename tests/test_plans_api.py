@@ -178,3 +178,35 @@ def test_run_query_flags_are_booleans(client: FlaskClient, user: str, flag: str,
     assert response.status_code == status, response.get_data(as_text=True)
     if status == 400:
         assert resp_json(response)["error"]["details"][0]["loc"] == ["query", "wait"]
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/metrics/providers?hours=0", "hours"),
+        ("/api/metrics/errors?hours=0", "hours"),
+        ("/api/logs?plan_id=0", "plan_id"),
+        ("/api/logs?run_id=0", "run_id"),
+        ("/api/runs?before=9223372036854775808", "before"),
+    ],
+)
+def test_query_integers_are_refused_outside_what_the_document_says(
+    client: FlaskClient, user: str, path: str, name: str
+) -> None:
+    """Issue 8 item 3: 0 meant 'the default' or 'no filter' for these; the document says at least 1."""
+    response = client.get(f"{path}&user_id={user}")
+    assert response.status_code == 400
+    assert resp_json(response)["error"]["details"][0]["loc"] == ["query", name]
+
+
+@pytest.mark.parametrize("query", ["limit=", "limit=&offset=", "status=&plan_id="])
+def test_an_empty_query_value_still_means_absent(client: FlaskClient, user: str, query: str) -> None:
+    path = "/api/logs" if "status" in query else "/api/plans"
+    assert client.get(f"{path}?user_id={user}&{query}").status_code == 200
+
+
+@pytest.mark.parametrize(("interval", "status"), [(60, 201), (60.0, 201), (60.5, 400), (True, 400), ("60", 400)])
+def test_schedule_integers_are_json_integers(client: FlaskClient, user: str, interval: Any, status: int) -> None:
+    """3.0 is a JSON Schema integer and is taken; true and "3" are not (pydantic's lax mode took both)."""
+    body = {"user_id": user, "name": "every", "schedule": {"interval_seconds": interval}}
+    assert client.post("/api/plans", json=body).status_code == status
