@@ -48,6 +48,8 @@ URL = "/plans?limit=10&offset=0"
 class Made(BaseModel):
     name: str
     limit: int | None
+
+
 MAX_SECONDS_PER_ROUND = 60.0
 
 
