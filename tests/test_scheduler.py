@@ -279,7 +279,8 @@ def test_jobs_endpoint_and_pause_resume(apps: Callable[..., PilotApp], user: str
     assert upcoming.astimezone(fire_times.__globals__["ZoneInfo"]("Europe/Berlin")).hour == 9
     assert set(jobs[0]) >= {"id", "plan_id", "next_run_time", "trigger"}
     assert client.post(f"/api/plans/{cron['id']}/pause", json={"user_id": other_user}).status_code == 404
-    assert client.post(f"/api/plans/{unscheduled['id']}/pause", json={"user_id": user}).status_code == 409  # no_schedule (issue 8 item 3; was 400)
+    # a plan without a schedule: 409 no_schedule since issue 8 item 3 (was 400)
+    assert client.post(f"/api/plans/{unscheduled['id']}/pause", json={"user_id": user}).status_code == 409
     assert resp_json(client.post(f"/api/plans/{cron['id']}/pause", json={"user_id": user}))["enabled"] is False
     assert resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"][0]["next_run_time"] is None
     assert resp_json(client.post(f"/api/plans/{cron['id']}/resume", json={"user_id": user}))["enabled"] is True
