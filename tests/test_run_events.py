@@ -13,6 +13,10 @@ bounded duration; CORS for a fetch-based reader; shutdown ending the streams.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +33,11 @@ from werkzeug.wrappers import Request, Response
 import scheduler
 from pilot.application import PilotApp
 from pilot.execution.events import CHANNEL
+from pilot.security import tokens
 from tests.conftest import make_app
 from tests.fake_upstreams import _QuietHandler
 
+ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 20.0
 FRONTEND = "http://localhost:5173"
 LOGIC_STEP = {"id": "greet", "provider": "logic", "action": "transform", "params": {"template": "hi {{ input.name }}"}}
@@ -73,7 +79,7 @@ def receiver() -> Iterator[GatedReceiver]:
     gated.close()
 
 
-def serve(app: PilotApp) -> tuple[str, Any, threading.Thread]:
+def serve(app: Any) -> tuple[str, Any, threading.Thread]:
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -338,6 +344,9 @@ def test_a_client_that_goes_away_frees_its_subscription(
     started = stream.next_event()
     assert started is not None and started.event == "step_started"
     assert app.db.listener.subscriber_count(CHANNEL) == 1
+    # While it waits (heartbeats every 0.2 s go by) the stream holds no pooled connection.
+    wait_for(lambda: (stats := app.db.pool_stats()) is not None and stats.in_use == 0, "an idle pool")
+    assert app.db.listener.subscriber_count(CHANNEL) == 1  # still following
     stream.close()  # the run goes on; the next heartbeat's write fails and the stream ends
     wait_for(lambda: app.db.listener.subscriber_count(CHANNEL) == 0, "the subscription to be freed")
     receiver.gate.set()
@@ -439,3 +448,80 @@ def test_the_route_is_in_the_openapi_document(served: tuple[str, PilotApp]) -> N
 def resp_json_from(response: requests.Response) -> Any:
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# --- the README's fetch-based reader, run by Node against token mode ---------------------------------------
+
+
+def readme_reader() -> str:
+    """The ``js`` block of the README's "Following a run" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Following a run", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```js\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the README shows no fetch-based reader"
+    return match.group(1)
+
+
+DRIVER = """
+const [base, runId] = process.argv.slice(2);
+followRun(base, runId, process.env.PILOT_TOKEN, (name, data, id) => console.log(JSON.stringify({ name, id })))
+  .then(() => console.log(JSON.stringify({ name: "done" })))
+  .catch((error) => { console.log(JSON.stringify({ name: "failed", message: String(error) })); process.exit(1); });
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_readmes_fetch_reader_follows_a_run_in_token_mode_across_reconnects(
+    session_db: str, tmp_path: Path, fernet_key: str, receiver: GatedReceiver, user: str
+) -> None:
+    app = make_app(
+        session_db, tmp_path, (fernet_key,), auth_mode="token", events_heartbeat_seconds=0.2, events_max_seconds=1
+    )
+    streams_opened = 0
+
+    def counting(environ: dict[str, Any], start_response: Any) -> Any:
+        nonlocal streams_opened
+        if environ["PATH_INFO"].endswith("/events"):
+            streams_opened += 1
+        return app(environ, start_response)
+
+    base, server, thread = serve(counting)
+    script = tmp_path / "follow.mjs"
+    script.write_text(readme_reader() + DRIVER, encoding="utf-8")
+    node = None
+    try:
+        _token_id, token = tokens.create(app.db, user)
+        auth = {"Authorization": f"Bearer {token}"}
+        plan = requests.post(
+            f"{base}/api/plans", json={"name": "node", "steps": [hook_step(receiver)]}, headers=auth, timeout=10
+        )
+        run = requests.post(f"{base}/api/plans/{plan.json()['id']}/run", json={}, headers=auth, timeout=10)
+        assert run.status_code == 202, run.text
+        run_id = run.json()["id"]
+        anonymous = requests.get(f"{base}/api/runs/{run_id}/events", timeout=10)
+        assert anonymous.status_code == 401
+        opened_before = streams_opened
+        node = subprocess.Popen(
+            ["node", str(script), base, str(run_id)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PILOT_TOKEN": token},
+        )
+        assert node.stdout is not None
+        watchdog = threading.Timer(2 * DEADLINE_S, node.kill)  # reads below block: bound them
+        watchdog.start()
+        assert json.loads(node.stdout.readline()) == {"name": "step_started", "id": "1"}
+        # The first stream ends after EVENTS_MAX_SECONDS; the reader reconnects with Last-Event-ID.
+        wait_for(lambda: streams_opened >= opened_before + 2, "the reader to reconnect")
+        receiver.gate.set()
+        lines = [json.loads(node.stdout.readline()) for _ in range(3)]
+        assert lines == [{"name": "step_finished", "id": "2"}, {"name": "run_finished", "id": "4"}, {"name": "done"}]
+        assert node.wait(timeout=DEADLINE_S) == 0
+        watchdog.cancel()
+    finally:
+        if node is not None and node.poll() is None:
+            node.kill()
+            node.wait(timeout=5)
+        server.shutdown()
+        thread.join(timeout=5)
+        app.db.close()
