@@ -16,7 +16,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,10 +35,12 @@ from werkzeug.wrappers import Request, Response
 
 import scheduler
 from pilot.application import PilotApp
+from pilot.data import store
 from pilot.execution.events import CHANNEL
 from pilot.security import tokens
 from tests.conftest import make_app
 from tests.fake_upstreams import _QuietHandler
+from tests.test_crash_recovery import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 20.0
@@ -525,3 +530,131 @@ def test_the_readmes_fetch_reader_follows_a_run_in_token_mode_across_reconnects(
         server.shutdown()
         thread.join(timeout=5)
         app.db.close()
+
+
+# --- gunicorn, production config ----------------------------------------------------------------------------
+
+
+def test_gunicorn_gthread_streams_hold_a_thread_each_and_share_one_listening_connection(
+    fresh_db: str, admin_dsn: str, tmp_path: Path, fernet_key: str, user: str
+) -> None:
+    """Two streams idle at once in one gthread worker: one listener, the pool free for a third request, and
+    SIGTERM ends them (the worker stops within its grace period)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "FLASK_", "DATABASE_URL", "EVENTS_"))}
+    env.update(
+        DATABASE_URL=fresh_db,
+        FERNET_KEY=fernet_key,
+        PILOT_DATA_DIR=str(tmp_path),
+        FLASK_PORT=str(port),
+        PILOT_WORKERS="1",
+        PILOT_THREADS="3",
+        PILOT_GRACEFUL_TIMEOUT="10",
+        PILOT_ACCESS_LOG="",
+        OUTBOUND_ALLOWLIST="127.0.0.1",
+        DB_POOL_SIZE="2",
+        SCHEDULER_ENABLED="false",
+        EVENTS_HEARTBEAT_SECONDS="0.5",
+    )
+    log = (tmp_path / "gunicorn.log").open("w")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    process = subprocess.Popen(
+        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    receivers = [GatedReceiver(), GatedReceiver()]
+    streams: list[Stream] = []
+    try:
+        assert wait_until_healthy(base) is not None, (tmp_path / "gunicorn.log").read_text()[-3000:]
+        runs = [start_run(base, user, [hook_step(receiver)]) for receiver in receivers]
+        streams = [Stream(base, user, run_id) for run_id in runs]
+        for stream in streams:
+            started = stream.next_event()
+            assert started is not None and started.event == "step_started"
+        assert listen_connections(admin_dsn, fresh_db) == 1
+        # Both streams wait on their threads; the third thread still gets a pooled connection at once.
+        assert run_status(base, user, runs[0]) == "running"
+        receivers[0].gate.set()
+        assert [event.event for event in streams[0].events_until_end()] == ["step_finished", "run_finished"]
+        os.killpg(process.pid, signal.SIGTERM)  # the second stream is still open: shutdown ends it
+        assert streams[1].events_until_end() == []
+        assert process.wait(timeout=30) == 0
+    finally:
+        for stream in streams:
+            stream.close()
+        for receiver in receivers:
+            receiver.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+
+
+# --- migration 017 and the listener on their own -----------------------------------------------------------
+
+
+def notifications(conn: Any, timeout: float) -> list[Any]:
+    """The notifications that arrive on ``conn`` within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.poll()
+        if conn.notifies:
+            break
+        time.sleep(0.05)
+    found = list(conn.notifies)
+    conn.notifies.clear()
+    return found
+
+
+def test_run_changes_notify_pilot_runs_and_lease_renewals_do_not(app: PilotApp, user: str) -> None:
+    watcher = psycopg2.connect(app.db.dsn)
+    watcher.autocommit = True
+    try:
+        with watcher.cursor() as cur:
+            cur.execute("LISTEN pilot_runs")
+        with app.db.transaction(user) as cur:
+            plan_id = store.insert_plan(
+                cur, user, {"name": "n", "steps": [LOGIC_STEP], "timezone": "UTC", "enabled": True}
+            )["id"]
+        run = app.engine.create_run(user, plan_id, "manual")
+        assert run is not None
+        [created] = notifications(watcher, 5)
+        assert json.loads(created.payload) == {"run_id": run["id"], "user_id": user}
+        with app.db.system_transaction() as cur:  # a lease renewal, as the LeaseKeeper does it
+            assert store.heartbeat(cur, run["owner_id"], [run["id"]], 30) == 1
+        assert notifications(watcher, 0.5) == []
+        with app.db.transaction(user) as cur:
+            store.start_run(cur, user, run["id"], run["owner_id"])
+        [started] = notifications(watcher, 5)
+        assert json.loads(started.payload)["run_id"] == run["id"]
+    finally:
+        watcher.close()
+
+
+def test_the_listener_keeps_dispatching_when_a_subscriber_fails(app: PilotApp) -> None:
+    listener = app.db.listener
+    with pytest.raises(ValueError):
+        listener.subscribe("pilot runs; DROP", lambda payload: None)
+    received: list[str | None] = []
+    got = threading.Event()
+
+    def failing(payload: str | None) -> None:
+        raise RuntimeError("a subscriber's bug")
+
+    def recording(payload: str | None) -> None:
+        received.append(payload)
+        if payload is not None:
+            got.set()
+
+    with listener.subscribe("pilot_test_channel", failing), listener.subscribe("pilot_test_channel", recording):
+        with app.db.transaction(None, as_app=False) as cur:
+            cur.execute("SELECT pg_notify('pilot_test_channel', 'hello')")
+        assert got.wait(DEADLINE_S)
+    assert "hello" in received and listener.subscriber_count() == 0 and listener.running
