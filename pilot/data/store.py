@@ -203,8 +203,14 @@ def insert_run(
     error: str | None = None,
     input_: dict[str, Any] | None = None,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    plan_version_id: int | None = None,
+    replayed_from: int | None = None,
+    replay: dict[str, Any] | None = None,
 ) -> Row | None:
-    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one."""
+    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one.
+
+    ``plan_version_id`` None: the plan's latest version; a replay names the version it replays.
+    """
     return _one(
         cur,
         "insert_run",
@@ -217,6 +223,9 @@ def insert_run(
         error=error,
         input=PgJson(input_ or {}),
         lease_seconds=lease_seconds,
+        plan_version_id=plan_version_id,
+        replayed_from=replayed_from,
+        replay=PgJson(replay) if replay is not None else None,
     )
 
 
@@ -241,6 +250,15 @@ def finish_run(
 
 def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:
     return _one(cur, "get_run", user_id=user_id, id=run_id)
+
+
+def get_plan_version(cur: Cursor, user_id: str, version_id: int) -> Row | None:
+    """One immutable version of a plan's steps (id, plan_id, version, steps, created_at)."""
+    return _one(cur, "get_plan_version", user_id=user_id, id=version_id)
+
+
+def list_plan_versions(cur: Cursor, user_id: str, plan_id: int) -> list[Row]:
+    return _all(cur, "list_plan_versions", user_id=user_id, plan_id=plan_id)
 
 
 def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: int) -> list[Row]:

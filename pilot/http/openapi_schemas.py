@@ -18,7 +18,7 @@ from provider_registry import CREDENTIAL_TYPE
 Schema = dict[str, Any]
 REF_TEMPLATE = "#/components/schemas/{model}"
 RUN_STATUSES = ["queued", "running", "success", "error", "interrupted", "skipped"]
-RUN_TRIGGERS = ["manual", "schedule", "api"]
+RUN_TRIGGERS = ["manual", "schedule", "api", "replay"]
 
 
 def ref(name: str) -> Schema:
