@@ -73,6 +73,15 @@ def replay(client: FlaskClient, user: str, run_id: int, expect: int = 200, **bod
     return resp_json(response)
 
 
+def finished(client: FlaskClient, user: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The run once it has ended (polled for up to 20 s)."""
+    deadline = time.monotonic() + 20
+    while run["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        run = resp_json(client.get(f"/api/runs/{run['id']}?user_id={user}"))
+    return run
+
+
 def webhook(step_id: str, url: str, payload: Any = None, **extra: Any) -> dict[str, Any]:
     params: dict[str, Any] = {"url": url, "json": payload if payload is not None else {"step": step_id}}
     return {"id": step_id, "provider": "webhook", "action": "request", "params": params, **extra}
@@ -373,9 +382,22 @@ def test_a_replay_without_wait_is_queued_and_runs(client: FlaskClient, user: str
     assert response.status_code == 202
     queued = resp_json(response)
     assert queued["trigger"] == "replay" and queued["replayed_from"] == failed["id"]
-    deadline = time.monotonic() + 20
-    shown: dict[str, Any] = queued
-    while shown["status"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        shown = resp_json(client.get(f"/api/runs/{queued['id']}?user_id={user}"))
+    shown = finished(client, user, queued)
     assert shown["status"] == "success" and [e["result"]["data"] for e in shown["step_results"]] == ["1", "2"]
+
+
+def test_replay_answers_match_their_documented_schemas(client: FlaskClient, user: str) -> None:
+    from tests.test_openapi import check
+
+    document = resp_json(client.get("/api/openapi.json"))
+    operation = document["paths"]["/api/runs/{run_id}/replay"]["post"]
+    assert {"$ref": "#/components/parameters/IdempotencyKey"} in operation["parameters"]
+    failed = run_plan(client, user, make_plan(client, user, [logic("a", "1"), logic("b", "{{ input.x.y }}")]))
+    check(document, "RunWithLogs", failed)
+    finished = replay(client, user, failed["id"], params={"b": {"template": "2"}})
+    check(document, "RunWithLogs", finished)
+    check(document, "RunWithLogs", resp_json(client.get(f"/api/runs/{finished['id']}?user_id={user}")))
+    queued = client.post(f"/api/runs/{failed['id']}/replay", json={"user_id": user, "from_step": "a"})
+    check(document, "Run", resp_json(queued))
+    assert finished(client, user, resp_json(queued))["status"] == "success"
+    check(document, "RunSummaryList", resp_json(client.get(f"/api/runs?user_id={user}&trigger=replay")))
