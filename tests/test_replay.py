@@ -394,10 +394,12 @@ def test_replay_answers_match_their_documented_schemas(client: FlaskClient, user
     assert {"$ref": "#/components/parameters/IdempotencyKey"} in operation["parameters"]
     failed = run_plan(client, user, make_plan(client, user, [logic("a", "1"), logic("b", "{{ input.x.y }}")]))
     check(document, "RunWithLogs", failed)
-    finished = replay(client, user, failed["id"], params={"b": {"template": "2"}})
-    check(document, "RunWithLogs", finished)
-    check(document, "RunWithLogs", resp_json(client.get(f"/api/runs/{finished['id']}?user_id={user}")))
-    queued = client.post(f"/api/runs/{failed['id']}/replay", json={"user_id": user, "from_step": "a"})
+    done = replay(client, user, failed["id"], params={"b": {"template": "2"}})
+    check(document, "RunWithLogs", done)
+    check(document, "RunWithLogs", resp_json(client.get(f"/api/runs/{done['id']}?user_id={user}")))
+    queued = client.post(
+        f"/api/runs/{failed['id']}/replay", json={"user_id": user, "from_step": "a", "params": {"b": {"template": "3"}}}
+    )
     check(document, "Run", resp_json(queued))
     assert finished(client, user, resp_json(queued))["status"] == "success"
     check(document, "RunSummaryList", resp_json(client.get(f"/api/runs?user_id={user}&trigger=replay")))
