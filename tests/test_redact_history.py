@@ -192,6 +192,9 @@ def test_plans_with_inline_secret_headers_are_reported_then_moved_into_the_vault
     assert saved[0]["params"]["auth"] == "header:X-Api-Key"
     assert saved[1:] == plan["steps"][1:]
     assert plan_key not in json.dumps(query(fresh_db, "SELECT steps FROM execution_plans"), default=str)
+    # ... nor in the plan's earlier versions (migration 016): version 1 is moved the same way.
+    assert "plan_versions: 3 scanned, 1 changed" in moved, moved  # v1 of each plan, and v2 the move wrote
+    assert plan_key not in json.dumps(query(fresh_db, "SELECT steps FROM plan_versions"), default=str)
     types = [
         row["type"] for row in resp_json(client.get("/api/provider-credentials/webhook?user_id=alice"))["credentials"]
     ]

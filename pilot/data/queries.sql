@@ -284,6 +284,14 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 -- name: set_plan_steps
 UPDATE execution_plans SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s;
 
+-- name: versions_to_redact
+SELECT id, plan_id, user_id, version, steps FROM plan_versions
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
+
+-- name: set_plan_version_steps
+-- Operator only (redact-history --move-plan-headers): pilot_app may not update a version.
+UPDATE plan_versions SET steps = %(steps)s WHERE id = %(id)s;
+
 -- name: insert_drafted_plan
 INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, timezone, enabled, provenance)
 VALUES (%(user_id)s, %(name)s, %(original_prompt)s, %(steps)s, %(schedule)s, %(timezone)s, %(enabled)s,

@@ -444,6 +444,15 @@ def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
     _execute(cur, "set_plan_steps", {"id": plan_id, "steps": PgJson(steps)})
 
 
+def versions_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Every user's plan versions after ``after_id``, locked: redact-history, as the connecting role."""
+    return _all(cur, "versions_to_redact", after_id=after_id, limit=limit)
+
+
+def set_plan_version_steps(cur: Cursor, version_id: int, steps: list[Any]) -> None:
+    _execute(cur, "set_plan_version_steps", {"id": version_id, "steps": PgJson(steps)})
+
+
 # --- drafted plans (issue 10) -------------------------------------------------
 
 
