@@ -271,11 +271,11 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 UPDATE execution_logs SET error = %(error)s, input = %(input)s, output = %(output)s WHERE id = %(id)s;
 
 -- name: runs_to_redact
-SELECT id, user_id, error, step_results FROM plan_runs
+SELECT id, user_id, error, step_results, replay FROM plan_runs
 WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 
 -- name: set_run_redacted
-UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s WHERE id = %(id)s;
+UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s, replay = %(replay)s WHERE id = %(id)s;
 
 -- name: plans_to_redact
 SELECT id, user_id, steps FROM execution_plans

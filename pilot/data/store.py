@@ -426,12 +426,17 @@ def set_log_redacted(cur: Cursor, log_id: int, error: str | None, input_: Any, o
 
 
 def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
-    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results."""
+    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results, replay."""
     return _all(cur, "runs_to_redact", after_id=after_id, limit=limit)
 
 
-def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any) -> None:
-    params = {"id": run_id, "error": error, "step_results": _json_or_null(step_results)}
+def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any, replay: Any) -> None:
+    params = {
+        "id": run_id,
+        "error": error,
+        "step_results": _json_or_null(step_results),
+        "replay": _json_or_null(replay),
+    }
     _execute(cur, "set_run_redacted", params)
 
 

@@ -159,9 +159,10 @@ def _runs(secrets: _Secrets, report: Report) -> Callable[[Cursor, Rows], None]:
         for row in rows:
             redactor = secrets.redactor(row["user_id"])
             error, results = _redact(redactor, row["error"]), _redact(redactor, row["step_results"])
+            replay = _redact(redactor, row["replay"])  # a replay's copies of the results it reused
             report.runs.scanned += 1
-            if (error, results) != (row["error"], row["step_results"]):
-                store.set_run_redacted(cur, row["id"], error, results)
+            if (error, results, replay) != (row["error"], row["step_results"], row["replay"]):
+                store.set_run_redacted(cur, row["id"], error, results, replay)
                 report.runs.changed += 1
 
     return handle
