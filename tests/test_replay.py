@@ -403,3 +403,17 @@ def test_replay_answers_match_their_documented_schemas(client: FlaskClient, user
     check(document, "Run", resp_json(queued))
     assert finished(client, user, resp_json(queued))["status"] == "success"
     check(document, "RunSummaryList", resp_json(client.get(f"/api/runs?user_id={user}&trigger=replay")))
+
+
+def test_a_plan_with_versions_runs_and_replays_can_be_deleted(app: PilotApp, client: FlaskClient, user: str) -> None:
+    plan_id = make_plan(client, user, [logic("a", "{{ input.x.y }}")])
+    failed = run_plan(client, user, plan_id)
+    assert (
+        client.put(f"/api/plans/{plan_id}", json={"user_id": user, "name": "n", "steps": [logic("a", "2")]}).status_code
+        == 200
+    )
+    assert replay(client, user, failed["id"], params={"a": {"template": "1"}})["status"] == "success"
+    assert client.delete(f"/api/plans/{plan_id}?user_id={user}").status_code == 204
+    with app.db.transaction(user) as cur:
+        assert store.list_plan_versions(cur, user, plan_id) == []
+        assert store.get_run(cur, user, failed["id"]) is None
