@@ -7,7 +7,7 @@ import { between } from "../time.js";
 import { empty, header, select, table, when } from "../ui.js";
 
 const STATUSES = ["queued", "running", "success", "error", "interrupted", "skipped"];
-const TRIGGERS = ["manual", "schedule", "api"];
+const TRIGGERS = ["manual", "schedule", "api", "replay"];
 const PAGE = 50;
 const EVERY_MS = 3000;
 
