@@ -53,6 +53,12 @@ function dataTable(caption, head, rows) {
   );
 }
 
+/** The top of a value axis: a little above the largest value (cents and fractions of them too), 1 when all are 0. */
+function top(values) {
+  const largest = Math.max(0, ...values.filter((v) => v !== null));
+  return largest > 0 ? largest * 1.15 : 1;
+}
+
 /**
  * One bar per category (providers): ``values`` aligned with ``labels``.
  * Returns a <figure> whose ``data-points`` says how many values were drawn.
@@ -75,7 +81,7 @@ export function bars({ title, labels, values, unit, max, signal, format = (v) =>
         height: HEIGHT,
         legend: { show: false },
         cursor: { points: { show: false }, drag: { x: false, y: false } },
-        scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: [0, max ?? Math.max(1, ...values.filter((v) => v !== null)) * 1.15] } },
+        scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: [0, max ?? top(values)] } },
         axes: [
           axis({ splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] ?? "") }),
           axis({ values: (u, splits) => splits.map((v) => `${format(v)}`), size: 60 }),

@@ -5,7 +5,7 @@ import { api } from "../api.js";
 import { badge, h, messages, mount } from "../dom.js";
 import { bars, lines } from "../charts.js";
 import { duration } from "../time.js";
-import { empty, header, usd, when } from "../ui.js";
+import { empty, header, table, usd, when } from "../ui.js";
 
 const WINDOWS = [
   ["24h", 24, "24 hours"],
@@ -267,26 +267,16 @@ async function showBreakers(box, signal) {
         : "Circuit breakers are switched off on this server.",
     ),
     rows.length
-      ? h(
-          "table",
-          { class: "grid compact" },
-          h("caption", { class: "visually-hidden" }, "Circuit breakers"),
-          h("thead", {}, h("tr", {}, ["provider", "host", "state", "recent failures", "retry in"].map((c) => h("th", { scope: "col" }, c)))),
-          h(
-            "tbody",
-            {},
-            rows.map(([name, host, state, failures, retry]) =>
-              h(
-                "tr",
-                { "data-provider": name },
-                h("td", {}, name),
-                h("td", {}, host),
-                h("td", {}, badge(state)),
-                h("td", {}, String(failures)),
-                h("td", {}, retry === null || retry === undefined ? "—" : `${retry} s`),
-              ),
-            ),
-          ),
+      ? table(
+          [
+            { label: "Provider", cell: (r) => r[0] },
+            { label: "Host", cell: (r) => r[1] },
+            { label: "State", cell: (r) => badge(r[2]) },
+            { label: "Recent failures", cell: (r) => String(r[3]) },
+            { label: "Retry in", cell: (r) => (r[4] === null || r[4] === undefined ? "—" : `${r[4]} s`) },
+          ],
+          rows,
+          { caption: "Circuit breakers", rowAttrs: (r) => ({ "data-provider": r[0] }) },
         )
       : h("p", { class: "muted" }, "No provider host is tracked yet."),
   );

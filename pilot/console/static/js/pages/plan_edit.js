@@ -4,7 +4,7 @@
 import { api } from "../api.js";
 import { badge, describeError, h, messages, mount, setFlash } from "../dom.js";
 import { fieldErrors, locate, position, spans } from "../jsonspan.js";
-import { header } from "../ui.js";
+import { header, table } from "../ui.js";
 import { dryRunReport } from "./plans.js";
 
 const FIELDS = ["name", "original_prompt", "steps", "schedule", "timezone", "enabled"];
@@ -257,32 +257,25 @@ function draftForm(editor, notes, go) {
 /** Every model attempt of a draft: valid or not, the validation errors it got, its tokens. */
 function attemptsTable(attempts) {
   if (!attempts.length) return null;
-  return h(
-    "table",
-    { class: "grid compact attempts" },
-    h("caption", {}, "Attempts"),
-    h("thead", {}, h("tr", {}, ["#", "valid", "errors", "tokens"].map((c) => h("th", { scope: "col" }, c)))),
-    h(
-      "tbody",
-      {},
-      attempts.map((a) =>
-        h(
-          "tr",
-          { "data-valid": String(Boolean(a.valid)) },
-          h("td", {}, String(a.attempt)),
-          h("td", {}, badge(a.valid ? "success" : "error")),
-          h(
-            "td",
-            {},
+  return [
+    h("h3", {}, "Attempts"),
+    table(
+      [
+        { label: "#", cell: (a) => String(a.attempt) },
+        { label: "Valid", cell: (a) => badge(a.valid ? "success" : "error") },
+        {
+          label: "Errors",
+          cell: (a) =>
             (a.errors || []).length
               ? h("ul", { class: "plain" }, a.errors.map((e) => h("li", {}, h("code", {}, (e && e.code) || "error"), " ", (e && e.message) || "")))
               : "—",
-          ),
-          h("td", {}, a.usage && typeof a.usage.total_tokens === "number" ? String(a.usage.total_tokens) : "—"),
-        ),
-      ),
+        },
+        { label: "Tokens", cell: (a) => (a.usage && typeof a.usage.total_tokens === "number" ? String(a.usage.total_tokens) : "—") },
+      ],
+      attempts,
+      { caption: "Attempts of the draft", className: "attempts", rowAttrs: (a) => ({ "data-valid": String(Boolean(a.valid)) }) },
     ),
-  );
+  ];
 }
 
 async function reference(signal) {
