@@ -460,9 +460,24 @@ def test_an_xss_payload_in_an_output_and_a_plan_name_shows_as_text_and_runs_noth
         ],
     )
     run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    with FakeOpenAI() as fake:  # a model's answer carrying the payload
+        fake.reply_text = XSS
+        store_openai(dev_server, user, fake.base_url)
+        chat = api(
+            dev_server,
+            "POST",
+            "/api/plans",
+            user,
+            201,
+            name="chatty",
+            steps=[{"provider": "openai", "action": "chat_completion", "params": {"model": "m", "prompt": "hi"}}],
+        )
+        answered = api(dev_server, "POST", f"/api/plans/{chat['id']}/run?wait=true", user, 200)
     tab.sign_in_dev(user)
-    tab.open(f"#/runs/{run['id']}")
     page = tab.page
+    tab.open(f"#/runs/{answered['id']}")
+    expect(page.locator(".step-list .output pre.prose")).to_have_text(XSS)
+    tab.open(f"#/runs/{run['id']}")
     expect(page.locator(".step-list .output pre")).to_have_text(XSS)
     expect(page.locator(".facts")).to_contain_text(name)
     tab.open("#/runs")
@@ -671,16 +686,20 @@ def test_cost_per_day_chart_budget_panel_and_circuit_breakers(tab: Session, dev_
     tab.assert_clean()
 
 
-def with_api_paths(page: Page, *paths: tuple[str, str]) -> None:
-    """Serve the page an OpenAPI document that also lists ``paths`` ((method, path)), as a newer Pilot would."""
+def with_api_paths(page: Page, *paths: tuple[str, str], without: tuple[tuple[str, str], ...] = ()) -> None:
+    """Serve the page an OpenAPI document that also lists ``paths`` ((method, path)) and lacks ``without``:
+    the console as it meets a newer or an older Pilot, whatever this one serves."""
 
     def patch(route: Route) -> None:
         response = route.fetch()
         document = response.json()
         for method, path in paths:
             document["paths"].setdefault(path, {})[method] = {"responses": {"200": {"description": "ok"}}}
+        for method, path in without:
+            document["paths"].get(path, {}).pop(method, None)
         route.fulfill(response=response, json=document)
 
+    page.unroute("**/api/openapi.json")
     page.route("**/api/openapi.json", patch)
 
 
@@ -780,6 +799,10 @@ def test_a_run_page_without_an_event_stream_polls_until_the_run_finishes(
         assert poll(lambda: fake.held == 1), "the run's model call never arrived"
         # A server whose events route answers 404 (older, or switched off): the page polls instead.
         with_api_paths(page, ("get", "/api/runs/{run_id}/events"))
+        page.route(
+            f"**/api/runs/{run['id']}/events*",
+            lambda route: route.fulfill(status=404, json={"error": {"code": "not_found", "message": "no such route"}}),
+        )
         tab.sign_in_dev(user)
         tab.open(f"#/runs/{run['id']}")
         expect(page.locator(".facts [data-status]")).to_have_text("running")
@@ -807,11 +830,12 @@ def test_replay_where_the_api_offers_it_sends_the_chosen_step(tab: Session, dev_
     other = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
     assert failed["status"] == "error"
     page = tab.page
+    with_api_paths(page, without=(("post", "/api/runs/{run_id}/replay"),))
     tab.sign_in_dev(user)
     tab.open(f"#/runs/{failed['id']}")
     expect(page.locator(".facts [data-status]")).to_have_text("error")
     expect(page.get_by_role("button", name="Run again")).to_be_visible()
-    expect(page.get_by_role("button", name="Replay")).to_have_count(0)  # this Pilot has no replay yet
+    expect(page.get_by_role("button", name="Replay")).to_have_count(0)  # a Pilot without replay
 
     bodies: list[Any] = []
 
@@ -866,3 +890,39 @@ def test_every_page_fits_a_phone_width_without_sideways_scrolling(
             assert width[0] <= width[1], f"{route} scrolls sideways at 390 px: {width}: {wide}"
     finally:
         context.close()
+
+
+def test_edit_a_plan_as_json_with_the_servers_error_at_the_field_it_names(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="Editable",
+        steps=[{"id": "a", "provider": "logic", "action": "transform", "params": {"template": "x"}}],
+        schedule={"cron": "0 9 * * *", "timezone": "UTC"},
+    )
+    page = tab.page
+    tab.sign_in_dev(user)
+    tab.open("#/plans")
+    page.get_by_role("link", name="Edit Editable").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Edit plan: Editable")
+    editor = page.get_by_label("Plan (JSON)")
+    expect(page.locator("form.editor")).to_have_attribute("data-ready", "true")
+    text = editor.input_value()
+    editor.fill(text.replace('"template": "x"', '"templat": "x"'))
+    page.get_by_role("button", name="Save changes").click()
+    error = page.locator(".field-error").first
+    expect(error.locator(".field")).to_have_text(re.compile(r"^steps\[0\]\.params"))
+    expect(error.locator(".excerpt")).to_have_text('"params": {')  # the line of the field it names
+    assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["steps"][0]["params"] == {"template": "x"}
+
+    editor.fill(text.replace('"name": "Editable"', '"name": "Edited"'))
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Saved “Edited”")).to_be_visible()
+    expect(page.locator(".field-error")).to_have_count(0)
+    assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["name"] == "Edited"
+    tab.assert_clean()

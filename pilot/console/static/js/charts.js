@@ -84,7 +84,8 @@ export function bars({ title, labels, values, unit, max, signal, format = (v) =>
         scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: [0, max ?? top(values)] } },
         axes: [
           axis({ splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] ?? "") }),
-          axis({ values: (u, splits) => splits.map((v) => `${format(v)}`), size: 60 }),
+          // Wide enough for the longest tick label ("$0.000015", "100%"): about 7 px a character.
+          axis({ values: (u, splits) => splits.map((v) => `${format(v)}`), size: Math.max(50, 7 * format(max ?? top(values)).length + 24) }),
         ],
         series: [{}, { label: unit, fill: colour(0), stroke: colour(0), paths: window.uPlot.paths.bars({ size: [0.6, 64] }), points: { show: false } }],
       },
