@@ -75,6 +75,7 @@ export function bars({ title, labels, values, unit, max, signal, format = (v) =>
   requestAnimationFrame(() => {
     if (signal.aborted) return;
     const xs = labels.map((_, i) => i);
+    const every = Math.max(1, Math.ceil(labels.length / Math.max(1, Math.floor(width(box) / 56))));
     const plot = new window.uPlot(
       {
         width: width(box),
@@ -83,7 +84,8 @@ export function bars({ title, labels, values, unit, max, signal, format = (v) =>
         cursor: { points: { show: false }, drag: { x: false, y: false } },
         scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: [0, max ?? top(values)] } },
         axes: [
-          axis({ splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] ?? "") }),
+          // Every label where they fit (about 56 px each), else every n-th: 30 days on a phone stay readable.
+          axis({ splits: () => xs, values: (u, splits) => splits.map((i) => (i % every === 0 ? labels[i] ?? "" : "")) }),
           // Wide enough for the longest tick label ("$0.000015", "100%"): about 7 px a character.
           axis({ values: (u, splits) => splits.map((v) => `${format(v)}`), size: Math.max(50, 7 * format(max ?? top(values)).length + 24) }),
         ],
