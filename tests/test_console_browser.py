@@ -12,6 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ if not CHROMIUM.exists():
         raise RuntimeError("CI must run the browser tests: .ci/run installs Debian's chromium")
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
 
+import flask  # noqa: E402
 from playwright.sync_api import (  # noqa: E402
     Browser,
     ConsoleMessage,
@@ -42,6 +44,7 @@ from playwright.sync_api import (  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 from pilot.application import PilotApp  # noqa: E402
+from pilot.data import store  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -770,6 +773,7 @@ def test_a_running_run_follows_its_event_stream_with_the_token_in_a_header_only(
         expect(page.locator(".facts [data-status]")).to_have_text("success", timeout=3 * TIMEOUT_MS)
     expect(page.locator(".step-list > li").first.locator("pre.prose")).to_have_text("echo: hi")
     assert page.locator("#live-note").get_attribute("data-live") == "events"  # never fell back to polling
+    assert page.locator("#live-note").get_attribute("data-events") == "2"
     assert len(streams) == 2
     for request in streams:
         assert request.headers.get("authorization") == f"Bearer {token}"
@@ -927,3 +931,68 @@ def test_edit_a_plan_as_json_with_the_servers_error_at_the_field_it_names(
     expect(page.locator(".field-error")).to_have_count(0)
     assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["name"] == "Edited"
     tab.assert_clean()
+
+
+def test_the_event_reader_takes_a_real_chunked_stream_with_split_events_comments_and_crlf(
+    tab: Session, session_db: str, tmp_path: Path, fernet_key: str, user: str
+) -> None:
+    """The run page's SSE reader against a real streamed HTTP response (not a fulfilled body):
+    an event split across two writes, a comment, CRLF line ends, then the run's end."""
+    app = make_app(session_db, tmp_path, (fernet_key,))
+    seen: list[dict[str, str]] = []
+    with GatedOpenAI() as fake:
+        events_bp = flask.Blueprint("stand_in_events", __name__)
+
+        @events_bp.get("/stand-in/runs/<int:run_id>/events")
+        def events(run_id: int) -> flask.Response:
+            seen.append(dict(flask.request.headers))
+
+            def pieces() -> Iterator[bytes]:
+                yield b": connected\r\n\r\nid: 7\r\nevent: step_sta"
+                fake.release()
+
+                def status() -> str:
+                    with app.db.transaction(user) as cur:
+                        row = store.get_run(cur, user, run_id)
+                    return str(row["status"]) if row else ""
+
+                poll(lambda: status() == "success", timeout=30)
+                yield b'rted\r\ndata: {"index": 0}\r\n\r\n'
+                yield b'id: 8\nevent: run_finished\ndata: {"status": "success"}\n\n'
+
+            return flask.Response(pieces(), mimetype="text/event-stream")
+
+        app.register_blueprint(events_bp)
+        generator = contextmanager(serve)(app)
+        served = generator.__enter__()
+        try:
+            store_openai(served, user, fake.base_url)
+            plan = api(
+                served,
+                "POST",
+                "/api/plans",
+                user,
+                201,
+                name="Streamed",
+                steps=[{"provider": "openai", "action": "chat_completion", "params": {"model": "m", "prompt": "s"}}],
+            )
+            run = api(served, "POST", f"/api/plans/{plan['id']}/run", user, 202)
+            assert poll(lambda: fake.held == 1), "the run's model call never arrived"
+            page = tab.page
+            tab.base = served.url
+            with_api_paths(page, ("get", "/api/runs/{run_id}/events"))
+            page.route(
+                f"**/api/runs/{run['id']}/events*",
+                lambda route: route.continue_(url=route.request.url.replace("/api/runs/", "/stand-in/runs/")),
+            )
+            tab.sign_in_dev(user)
+            tab.open(f"#/runs/{run['id']}")
+            expect(page.locator(".facts [data-status]")).to_have_text("success", timeout=3 * TIMEOUT_MS)
+            expect(page.locator(".step-list > li").first.locator("pre.prose")).to_have_text("echo: s")
+            assert page.locator("#live-note").get_attribute("data-live") == "events"
+            assert page.locator("#live-note").get_attribute("data-events") == "2"  # both parsed, the split one too
+            assert len(seen) == 1  # run_finished ended it: no reconnection, no polling
+            assert seen[0]["Accept"] == "text/event-stream"
+            tab.assert_clean()
+        finally:
+            generator.__exit__(None, None, None)

@@ -61,6 +61,7 @@ export async function render(root, { params, features, signal, go }) {
  */
 async function follow(runId, load, signal, liveNote) {
   let lastId = null;
+  let received = 0;
   let running = null;
   let again = false;
   let finished = false;
@@ -91,6 +92,8 @@ async function follow(runId, load, signal, liveNote) {
         lastEventId: lastId,
         onEvent: (event) => {
           if (event.id !== null) lastId = event.id;
+          received += 1;
+          liveNote.dataset.events = String(received); // how many arrived (people see the run change; tests read this)
           refresh().then(() => {
             if (finished) controller.abort(); // the run is over: stop listening
           }, () => {});
