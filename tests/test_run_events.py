@@ -36,7 +36,7 @@ from werkzeug.wrappers import Request, Response
 import scheduler
 from pilot.application import PilotApp
 from pilot.data import store
-from pilot.execution.events import CHANNEL
+from pilot.execution.events import CHANNEL, run_events
 from pilot.security import tokens
 from tests.conftest import make_app
 from tests.fake_upstreams import _QuietHandler
@@ -658,3 +658,19 @@ def test_the_listener_keeps_dispatching_when_a_subscriber_fails(app: PilotApp) -
             cur.execute("SELECT pg_notify('pilot_test_channel', 'hello')")
         assert got.wait(DEADLINE_S)
     assert "hello" in received and listener.subscriber_count() == 0 and listener.running
+
+
+def test_a_replays_reused_steps_only_finish_and_say_where_their_result_came_from() -> None:
+    hook = {"provider": "webhook", "action": "request", "status": "success", "result": {"success": True}}
+    run = {
+        "id": 9,
+        "status": "running",
+        "step_results": [{**hook, "index": 0, "id": "a", "reused_from_run": 4}, {**hook, "index": 1, "id": "b"}],
+    }
+    events = run_events(run, pure=lambda provider: provider == "logic")
+    assert [(event.name, event.seq) for event in events] == [
+        ("step_finished", 2),  # no step_started: the replay made no call for it
+        ("step_started", 3),
+        ("step_finished", 4),
+    ]
+    assert events[0].data["reused_from_run"] == 4 and "reused_from_run" not in events[2].data

@@ -9,7 +9,8 @@ rebuilds exactly the events it missed:
 - ``step_started`` for a step with side effects (any provider that is not ``pure``: a
   webhook, a model call) once the run recorded it as begun;
 - ``step_finished`` once its outcome is recorded (``success``, ``error`` or ``skipped``,
-  with the step's ``result`` when it ran);
+  with the step's ``result`` when it ran; a replay's reused step has only this event,
+  with ``reused_from_run``);
 - ``error`` when the run ended ``error`` or ``interrupted`` (its message);
 - ``run_finished`` (the final status) last, and the stream ends.
 
@@ -62,13 +63,16 @@ def _step_events(run_id: int, position: int, entry: dict[str, Any], pure: Callab
         "provider": entry.get("provider"),
         "action": entry.get("action"),
     }
+    reused = entry.get("reused_from_run")  # a replay's step before from_step: recorded, never started
     events = []
-    if status != "skipped" and not pure(str(entry.get("provider"))):
+    if status != "skipped" and reused is None and not pure(str(entry.get("provider"))):
         events.append(RunEvent(2 * position + 1, "step_started", step))
     if status in FINISHED_STEP:
         finished = {**step, "status": status}
         if "result" in entry:
             finished["result"] = entry["result"]
+        if reused is not None:
+            finished["reused_from_run"] = reused
         events.append(RunEvent(2 * position + 2, "step_finished", finished))
     return events
 
