@@ -27,6 +27,7 @@ import psycopg2.extras
 import psycopg2.pool
 import psycopg2.sql
 
+from pilot.data.listener import Listener
 from pilot.errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
 from pilot.settings import Settings, load_settings
 
@@ -158,6 +159,8 @@ class DatabaseManager:
         self._dsn: str | None = None
         self._pool: BlockingPool | None = None
         self._lock = threading.Lock()
+        # The process's one LISTEN connection (pilot/data/listener.py): opened by its first subscriber.
+        self.listener = Listener(lambda: self.dsn)
 
     @property
     def embedded(self) -> bool:
@@ -247,6 +250,9 @@ class DatabaseManager:
             cur.execute("SELECT 1")
 
     def close(self) -> None:
+        """Close the pool and the listener; both open again on next use, like a new manager's."""
+        self.listener.stop()
+        self.listener = Listener(lambda: self.dsn)
         if self._pool is not None:
             self._pool.closeall()
             self._pool = None

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     breaker_failures: int = env("BREAKER_FAILURES", 5)
     breaker_window_seconds: float = env("BREAKER_WINDOW_SECONDS", 60.0)
     breaker_cooldown_seconds: float = env("BREAKER_COOLDOWN_SECONDS", 30.0)
+    events_heartbeat_seconds: float = env("EVENTS_HEARTBEAT_SECONDS", 15.0)
+    events_max_seconds: float = env("EVENTS_MAX_SECONDS", 300.0)
 
     @field_validator("pilot_env", mode="after")
     @classmethod
@@ -193,6 +195,10 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "BREAKER_FAILURES must be 0 (no breakers) or more, BREAKER_WINDOW_SECONDS and "
                 "BREAKER_COOLDOWN_SECONDS more than 0"
+            )
+        if not 0.05 <= self.events_heartbeat_seconds <= 300 or not 1 <= self.events_max_seconds <= 86400:
+            raise ConfigurationError(
+                "EVENTS_HEARTBEAT_SECONDS must be between 0.05 and 300, EVENTS_MAX_SECONDS between 1 and 86400"
             )
         return self
 

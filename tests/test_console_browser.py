@@ -996,3 +996,36 @@ def test_the_event_reader_takes_a_real_chunked_stream_with_split_events_comments
             tab.assert_clean()
         finally:
             generator.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("tab", ["token_server"], indirect=True)
+def test_a_running_run_page_follows_pilots_own_event_stream(tab: Session, token_server: Served, user: str) -> None:
+    """No stand-in: the console reads GET /api/runs/<id>/events as Pilot serves it (issue 10 item 5)."""
+    token = token_server.app.test_cli_runner().invoke(args=["create-token", user]).stdout.strip()
+    client = token_server.app.test_client()
+    bearer = {"Authorization": f"Bearer {token}"}
+    page = tab.page
+    with GatedOpenAI() as fake:
+        credentials = {"api_key": "sk-console-events-00000000002", "base_url": fake.base_url}
+        response = client.post("/api/provider-credentials/openai", json={"credentials": credentials}, headers=bearer)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        chat = {"provider": "openai", "action": "chat_completion", "params": {"model": "gpt-4o-mini", "prompt": "hi"}}
+        plan = resp_json(client.post("/api/plans", json={"name": "Held", "steps": [chat]}, headers=bearer))
+        run = resp_json(client.post(f"/api/plans/{plan['id']}/run", json={}, headers=bearer))
+        assert poll(lambda: fake.held == 1), "the run's model call never arrived"
+        tab.open()
+        page.get_by_label("API token or JWT").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        tab.open(f"#/runs/{run['id']}")
+        expect(page.locator("#live-note")).to_have_attribute("data-live", "events")
+        expect(page.locator("#live-note")).to_have_attribute("data-events", "1")  # step_started, while it runs
+        expect(page.locator(".facts [data-status]")).to_have_text("running")
+        fake.release()
+        expect(page.locator(".facts [data-status]")).to_have_text("success")
+    expect(page.locator("#live-note")).to_have_attribute("data-events", "3")  # step_finished, run_finished
+    assert page.locator("#live-note").get_attribute("data-live") == "events"  # never fell back to polling
+    streams = [r for r in tab.requests if r.url.split("?")[0].endswith(f"/api/runs/{run['id']}/events")]
+    assert streams and all(r.headers.get("authorization") == f"Bearer {token}" for r in streams)
+    assert all(token not in r.url for r in tab.requests)
+    tab.assert_clean()

@@ -35,6 +35,7 @@ FUNCTIONS = {
     "current_user_id": (False, {"pilot_app", "pilot_system"}),
     "pilot_protect_user_table": (False, set()),
     "pilot_notify_schedule_change": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
+    "pilot_notify_run_change": (False, {"pilot_app", "pilot_system"}),  # a trigger (migration 017): run events
     "pilot_token_user": (True, {"pilot_app"}),  # the one lookup before identity is known
     "pilot_list_schedules": (True, {"pilot_system"}),
     "pilot_interrupt_runs": (True, {"pilot_system"}),

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
+import psycopg2.sql
 from psycopg2.extras import Json
 
 from database import Cursor
@@ -351,6 +353,11 @@ def list_scheduled_plans(cur: Cursor, user_id: str) -> list[Row]:
 def all_cron_plans(cur: Cursor) -> list[Row]:
     """Every user's plans with a cron schedule (id, user_id, name, cron, timezone, enabled): operator commands only."""
     return _all(cur, "all_cron_plans")
+
+
+def listen(cur: Cursor | psycopg2.extensions.cursor, channel: str) -> None:
+    """LISTEN on ``channel`` (pilot/data/listener.py's connection); a channel is an identifier, not a parameter."""
+    cur.execute(psycopg2.sql.SQL("LISTEN {}").format(psycopg2.sql.Identifier(channel)))
 
 
 # --- API tokens ----------------------------------------------------------------

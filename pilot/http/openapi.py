@@ -75,6 +75,7 @@ class Op:
     extra_responses: dict[int, tuple[str, Schema]] = field(default_factory=dict)
     alt_content: dict[str, Schema] = field(default_factory=dict)  # other media types of the ok answer
     idempotent: bool = False  # takes an Idempotency-Key header (pilot/http/idempotency.py)
+    headers: tuple[tuple[str, Schema, str], ...] = ()  # request headers it reads (name, schema, description)
 
 
 PAGING = (
@@ -182,6 +183,18 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("GET", "/api/runs/{run_id}"): Op(
         "getRun", "One run with its per-step logs", "runs", 200, "the run", ref("RunWithLogs"), errors=(404,)
+    ),
+    ("GET", "/api/runs/{run_id}/events"): Op(
+        "getRunEvents", "The run's events as Server-Sent Events: those already past first, then each as it happens, "
+        "until run_finished", "runs", 200, "the event stream", content_type="text/event-stream",
+        response=ref("RunEventStream"), errors=(404,),
+        headers=(
+            (
+                "Last-Event-ID",
+                {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                "resume after this event (EventSource sends it on reconnect); 400 when it is not an id of this run",
+            ),
+        ),
     ),
     ("POST", "/api/plans/{plan_id}/pause"): Op(
         "pausePlan", "Stop a plan's schedule from firing", "scheduler", 200, "the plan", ref("Plan"),
@@ -298,6 +311,10 @@ def _operation(method: str, path: str, params: list[tuple[str, str]]) -> dict[st
     parameters += [
         {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
         for name, schema, text in op.query
+    ]
+    parameters += [
+        {"name": name, "in": "header", "required": False, "description": text, "schema": schema}
+        for name, schema, text in op.headers
     ]
     ok: dict[str, Any] = {"description": op.ok_description}
     if op.response is not None:

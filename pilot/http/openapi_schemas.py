@@ -627,6 +627,18 @@ DRAFT_SCHEMAS: dict[str, Schema] = {
         "not stream text sends the result alone. The step's log row is written once, at the end; a client "
         "that disconnects cancels the upstream call (logged as error, code cancelled).",
     },
+    "RunEventStream": {
+        "type": "string",
+        "description": "text/event-stream: each event has an id (a number that depends only on the run: step i "
+        "has 2i+1 started and 2i+2 finished; with n steps recorded, error is 2n+1 and run_finished 2n+2). "
+        "'step_started' {run_id, index, id, provider, action} for steps with side effects (not logic); "
+        "'step_finished' {..., status: success|error|skipped, result: the step's ProviderResult, redacted as "
+        "GET /api/runs/{run_id} returns it; reused_from_run for a replay's reused step, which has no "
+        "step_started}; 'error' {run_id, code, message} when the run ended error or "
+        "interrupted (an event without id: the stream itself failed, reconnect); 'run_finished' {run_id, status, "
+        "error, started_at, finished_at}, then the stream ends. Comment lines every EVENTS_HEARTBEAT_SECONDS; "
+        "after EVENTS_MAX_SECONDS the stream ends and the client reconnects with Last-Event-ID.",
+    },
 }
 
 
