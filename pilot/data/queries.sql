@@ -123,6 +123,15 @@ RETURNING *;
 UPDATE plan_runs SET step_results = %(step_results)s, heartbeat_at = now()
 WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
 
+-- name: append_progress
+-- The entries since the last marker, ending with the step now running; the previous marker (the last
+-- entry, when it says running) is replaced by its step's outcome, which is among the new entries.
+UPDATE plan_runs
+SET step_results = CASE WHEN step_results -> -1 ->> 'status' = 'running' THEN step_results - (-1)
+                        ELSE step_results END || %(entries)s,
+    heartbeat_at = now()
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+
 -- name: finish_run
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')

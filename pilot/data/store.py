@@ -145,8 +145,8 @@ def delete_plan(cur: Cursor, user_id: str, plan_id: int) -> bool:
 LOG_FILTERS = ("provider", "status", "plan_id", "run_id", "since")
 
 
-def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
-    params = {
+def _log_params(user_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
         "user_id": user_id,
         "plan_id": entry.get("plan_id"),
         "run_id": entry.get("run_id"),
@@ -166,9 +166,18 @@ def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
         "output_tokens": entry.get("output_tokens"),
         "cost_usd": entry.get("cost_usd"),
     }
-    row = _one(cur, "insert_log", **params)
+
+
+def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
+    row = _one(cur, "insert_log", **_log_params(user_id, entry))
     assert row is not None
     return int(row["id"])
+
+
+def insert_logs(cur: Cursor, user_id: str, entries: list[dict[str, Any]]) -> None:
+    """Several log rows, in order; nothing is read, so the cursor sends them with the transaction's next batch."""
+    for entry in entries:
+        _execute(cur, "insert_log", _log_params(user_id, entry))
 
 
 def list_logs(cur: Cursor, user_id: str, *, limit: int, offset: int, **filters: Any) -> list[Row]:
@@ -229,6 +238,11 @@ def start_run(
 
 def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
     _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
+
+
+def append_progress(cur: Cursor, user_id: str, run_id: int, entries: list[Any]) -> None:
+    """Append ``entries`` (ending with the running step's marker), replacing the last marker."""
+    _execute(cur, "append_progress", {"user_id": user_id, "id": run_id, "entries": PgJson(entries)})
 
 
 def finish_run(

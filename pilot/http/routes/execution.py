@@ -76,7 +76,7 @@ def test_credentials(name: str) -> Response:
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
     """The run with its step logs and its LLM totals (tokens, cost)."""
-    with current_pilot().db.transaction(user_id) as cur:
+    with current_pilot().db.transaction(user_id, single=True) as cur:
         logs = store.run_logs(cur, user_id, run["id"])
     return {**serialize(run), "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
 
