@@ -189,12 +189,69 @@ def run_logs(cur: Cursor, user_id: str, run_id: int) -> list[Row]:
     return _all(cur, "run_logs", user_id=user_id, run_id=run_id)
 
 
+# The latency buckets of the hourly rollup (migration 015's pilot_latency_bounds(), the same list):
+# bucket i holds LATENCY_BOUNDS_MS[i-1] <= latency < LATENCY_BOUNDS_MS[i]; bucket 0 below the first bound.
+LATENCY_BOUNDS_MS = (
+    0.5, 1, 2, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500,
+    10000, 15000, 20000, 30000, 60000, 120000, 300000,
+)  # fmt: skip
+
+
+def percentile_from_buckets(buckets: list[list[int]], total: int, maximum: float, q: float = 0.95) -> float:
+    """The ``q`` percentile estimated from a latency histogram ([bucket, count] pairs, ascending).
+
+    It finds the bucket holding the value ``percentile_cont`` would interpolate at
+    (rank ``q * (total - 1)``) and interpolates linearly inside it, the top bucket ending
+    at ``maximum``: the estimate lies in the bucket of the exact answer (or, when that
+    answer falls between two values of neighbouring buckets, in one of the two).
+    """
+    rank = q * (total - 1)
+    seen = 0
+    for bucket, count in buckets:
+        if count > 0 and seen + count > rank:
+            low = float(LATENCY_BOUNDS_MS[bucket - 1]) if bucket > 0 else 0.0
+            high = min(float(LATENCY_BOUNDS_MS[bucket]) if bucket < len(LATENCY_BOUNDS_MS) else maximum, maximum)
+            low = min(low, high)
+            return round(low + (high - low) * min(1.0, (rank - seen + 0.5) / count), 2)
+        seen += count
+    return float(maximum)
+
+
 def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
-    return _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+    """Per provider over the last ``hours``: counts and rates exact, p95 from the hourly histograms."""
+    rows = _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+    for row in rows:
+        buckets = row.pop("latency_buckets") or []
+        row["p95_latency_ms"] = percentile_from_buckets(buckets, int(row["total_executions"]), row["max_latency_ms"])
+    return rows
 
 
 def error_trends(cur: Cursor, user_id: str, hours: int) -> list[Row]:
     return _all(cur, "error_trends", user_id=user_id, hours=hours)
+
+
+def provider_metrics_raw(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    """The same figures from every raw row of the window (exact p95): the rollup's reference."""
+    return _all(cur, "provider_metrics_raw", user_id=user_id, hours=hours)
+
+
+def error_trends_raw(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "error_trends_raw", user_id=user_id, hours=hours)
+
+
+def rollup_metrics(cur: Cursor, settle_seconds: int, max_hours: int) -> int:
+    """Roll up closed hours (``pilot_rollup_metrics``, pilot_system): hours done, -1 when another process holds it."""
+    row = _one(cur, "rollup_metrics", settle_seconds=settle_seconds, max_hours=max_hours)
+    return int(row["hours"]) if row is not None else 0
+
+
+def rollup_pruned(cur: Cursor, cutoff: Any) -> None:
+    """After a prune (operator role): forget rolled-up hours before ``cutoff``, recompute the hour it falls in."""
+    _execute(cur, "rollup_pruned", {"cutoff": cutoff})
+
+
+def rollup_state(cur: Cursor) -> Row | None:
+    return _one(cur, "rollup_state")
 
 
 # --- plan runs ---------------------------------------------------------------
