@@ -79,7 +79,8 @@ FROM execution_logs WHERE user_id = %(user_id)s AND run_id = %(run_id)s ORDER BY
 
 -- name: provider_metrics
 -- Whole hours from provider_metrics_hourly (migration 015), the rest of the window from execution_logs:
--- counts and rates exact; latency_buckets is the summed histogram store.provider_metrics turns into p95.
+-- counts and rates exact; p95 exact (raw_p95) when no rolled-up hour is in the window, else estimated by
+-- store.provider_metrics from latency_buckets, the summed histogram.
 WITH w AS (
     SELECT since, date_trunc('hour', since, 'UTC') + interval '1 hour' AS first_full,
            coalesce((SELECT rolled_until FROM metrics_rollup_state), '-infinity') AS rolled
@@ -99,10 +100,11 @@ hourly AS (
 totals AS (
     SELECT provider, count(*) AS total, count(*) FILTER (WHERE status = 'success') AS successful,
            count(*) FILTER (WHERE status = 'error') AS failed, sum(latency_ms) AS latency_sum,
-           max(latency_ms) AS latency_max
+           max(latency_ms) AS latency_max, 0 AS rolled,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS raw_p95
     FROM raw GROUP BY provider
     UNION ALL
-    SELECT provider, total, successful, failed, latency_sum, latency_max FROM hourly
+    SELECT provider, total, successful, failed, latency_sum, latency_max, total, NULL FROM hourly
 ),
 buckets AS (
     SELECT provider, bucket, sum(n) AS n FROM (
@@ -120,6 +122,8 @@ SELECT t.provider,
        round(100.0 * sum(t.successful) / sum(t.total), 2)::float AS success_rate,
        round((sum(t.latency_sum) / sum(t.total))::numeric, 2)::float AS avg_latency_ms,
        max(t.latency_max) AS max_latency_ms,
+       sum(t.rolled)::bigint AS rolled_total,
+       max(t.raw_p95) AS raw_p95,
        (SELECT json_agg(json_build_array(b.bucket, b.n) ORDER BY b.bucket) FROM buckets b
         WHERE b.provider = t.provider) AS latency_buckets
 FROM totals t

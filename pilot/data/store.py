@@ -218,11 +218,15 @@ def percentile_from_buckets(buckets: list[list[int]], total: int, maximum: float
 
 
 def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
-    """Per provider over the last ``hours``: counts and rates exact, p95 from the hourly histograms."""
+    """Per provider over the last ``hours``: counts and rates exact; p95 exact over raw rows only, else from
+    the hourly histograms (``percentile_from_buckets``)."""
     rows = _all(cur, "provider_metrics", user_id=user_id, hours=hours)
     for row in rows:
-        buckets = row.pop("latency_buckets") or []
-        row["p95_latency_ms"] = percentile_from_buckets(buckets, int(row["total_executions"]), row["max_latency_ms"])
+        buckets, rolled, raw_p95 = row.pop("latency_buckets") or [], row.pop("rolled_total"), row.pop("raw_p95")
+        total = int(row["total_executions"])
+        row["p95_latency_ms"] = (
+            raw_p95 if not rolled else percentile_from_buckets(buckets, total, row["max_latency_ms"])
+        )
     return rows
 
 
