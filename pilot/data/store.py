@@ -220,6 +220,7 @@ def percentile_from_buckets(buckets: list[list[int]], total: int, maximum: float
 def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
     """Per provider over the last ``hours``: counts and rates exact; p95 exact over raw rows only, else from
     the hourly histograms (``percentile_from_buckets``)."""
+    _execute(cur, "jit_off", {})  # sent with the query, in its round trip
     rows = _all(cur, "provider_metrics", user_id=user_id, hours=hours)
     for row in rows:
         buckets, rolled, raw_p95 = row.pop("latency_buckets") or [], row.pop("rolled_total"), row.pop("raw_p95")
@@ -231,6 +232,7 @@ def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
 
 
 def error_trends(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    _execute(cur, "jit_off", {})
     return _all(cur, "error_trends", user_id=user_id, hours=hours)
 
 
