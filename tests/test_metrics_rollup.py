@@ -37,8 +37,8 @@ def rollup_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Pilot
     app.db.close()
 
 
-def seed(dsn: str, user: str, hours_back: float, rows: int, *, seed_value: int = 7) -> None:
-    """``rows`` log rows of ``user`` spread over the last ``hours_back`` hours (as the connecting role)."""
+def seed(dsn: str, user: str, hours_back: float, rows: int, *, seed_value: int = 7, at: datetime | None = None) -> None:
+    """``rows`` log rows of ``user`` spread over the last ``hours_back`` hours, or all ``at`` (connecting role)."""
     rng = random.Random(seed_value)
     now = datetime.now(UTC)
     values = []
@@ -46,8 +46,8 @@ def seed(dsn: str, user: str, hours_back: float, rows: int, *, seed_value: int =
         provider = rng.choice(PROVIDERS)
         latency = rng.uniform(0, 3) if provider == "logic" else 100 + rng.expovariate(1 / 700)
         status = "error" if rng.random() < 0.1 else "success"
-        at = now - timedelta(seconds=rng.uniform(1, hours_back * 3600))
-        values.append((user, provider, "x", status, round(latency, 2), at))
+        when = at or now - timedelta(seconds=rng.uniform(1, hours_back * 3600))
+        values.append((user, provider, "x", status, round(latency, 2), when))
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
@@ -167,10 +167,11 @@ def test_prune_logs_keeps_the_rollup_equal_to_the_raw_rows(rollup_app: PilotApp,
 
 
 def test_rollup_metrics_command_catches_up_every_closed_hour(rollup_app: PilotApp, fresh_db: str, user: str) -> None:
-    seed(fresh_db, user, 10, 300)
+    seed(fresh_db, user, 9.9, 300)
+    seed(fresh_db, user, 10, 1, at=datetime.now(UTC) - timedelta(hours=10))  # the oldest row: 10 closed hours
     result = rollup_app.test_cli_runner().invoke(args=["rollup-metrics", "--settle-seconds", "0"])
     assert result.exit_code == 0, result.output
-    assert "rolled up 10 closed hour(s)" in result.output or "rolled up 11 closed hour(s)" in result.output
+    assert "rolled up 10 closed hour(s)" in result.output
     again = rollup_app.test_cli_runner().invoke(args=["rollup-metrics", "--settle-seconds", "0"])
     assert again.exit_code == 0 and "rolled up 0 closed hour(s)" in again.output
     assert_same_answers(rollup_app, user, 24)
