@@ -26,6 +26,7 @@ USER_TABLES = (
     "budget_spend",
     "idempotency_keys",
     "provider_metrics_hourly",
+    "plan_versions",
 )
 NOT_USER_DATA = ("schema_migrations", "metrics_rollup_state")
 ROLES = ("pilot_app", "pilot_system")
@@ -43,6 +44,8 @@ FUNCTIONS = {
     "pilot_rollup_hours": (True, set()),  # the owner's (prune-logs, through pilot_rollup_pruned)
     "pilot_rollup_metrics": (True, {"pilot_system"}),
     "pilot_rollup_pruned": (True, set()),
+    "pilot_version_plan_steps": (False, {"pilot_app", "pilot_system"}),  # triggers (migration 016)
+    "pilot_run_plan_version": (False, {"pilot_app", "pilot_system"}),
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}
