@@ -181,6 +181,8 @@ def test_logic_steps_cost_no_round_trip_of_their_own(lean_app: PilotApp, proxy: 
     assert run_one["status"] == run_ten["status"] == "success"
     assert (len(ten_txs), round_trips(ten_txs)) == (len(one_txs), round_trips(one_txs))
     assert round_trips(ten_txs) < 20  # was 94: BEGIN, role and COMMIT apart, a marker and a log row per step
+    finish = [tx for tx in ten_txs if any("finish_run" in label for label in tx.labels)]
+    assert [tx.labels for tx in finish] == [("SET LOCAL ROLE + set_config" + " + insert_log" * 10 + " + finish_run",)]
     assert logged(lean_app, user, run_ten["id"]) == [(f"s{i}", "success") for i in range(10)]
 
 

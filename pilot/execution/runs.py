@@ -298,7 +298,9 @@ class RunExecution:
         error: str | None,
         logs: list[dict[str, Any]],
     ) -> dict[str, Any] | None:
-        with self.db.transaction(user_id) as cur:
+        # Only a failed run may go on to pause its plan: any other finish is its read and nothing after it,
+        # so the waiting log rows, the finish and the commit go in one round trip.
+        with self.db.transaction(user_id, single=status != "error") as cur:
             store.insert_logs(cur, user_id, logs)
             run = store.finish_run(cur, user_id, run_id, status, results, error)
             if run is not None and run["trigger"] == "schedule" and status == "error":
