@@ -147,8 +147,8 @@ def delete_plan(cur: Cursor, user_id: str, plan_id: int) -> bool:
 LOG_FILTERS = ("provider", "status", "plan_id", "run_id", "since")
 
 
-def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
-    params = {
+def _log_params(user_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
         "user_id": user_id,
         "plan_id": entry.get("plan_id"),
         "run_id": entry.get("run_id"),
@@ -168,9 +168,18 @@ def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
         "output_tokens": entry.get("output_tokens"),
         "cost_usd": entry.get("cost_usd"),
     }
-    row = _one(cur, "insert_log", **params)
+
+
+def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
+    row = _one(cur, "insert_log", **_log_params(user_id, entry))
     assert row is not None
     return int(row["id"])
+
+
+def insert_logs(cur: Cursor, user_id: str, entries: list[dict[str, Any]]) -> None:
+    """Several log rows, in order; nothing is read, so the cursor sends them with the transaction's next batch."""
+    for entry in entries:
+        _execute(cur, "insert_log", _log_params(user_id, entry))
 
 
 def list_logs(cur: Cursor, user_id: str, *, limit: int, offset: int, **filters: Any) -> list[Row]:
@@ -182,12 +191,75 @@ def run_logs(cur: Cursor, user_id: str, run_id: int) -> list[Row]:
     return _all(cur, "run_logs", user_id=user_id, run_id=run_id)
 
 
+# The latency buckets of the hourly rollup (migration 015's pilot_latency_bounds(), the same list):
+# bucket i holds LATENCY_BOUNDS_MS[i-1] <= latency < LATENCY_BOUNDS_MS[i]; bucket 0 below the first bound.
+LATENCY_BOUNDS_MS = (
+    0.5, 1, 2, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500,
+    10000, 15000, 20000, 30000, 60000, 120000, 300000,
+)  # fmt: skip
+
+
+def percentile_from_buckets(buckets: list[list[int]], total: int, maximum: float, q: float = 0.95) -> float:
+    """The ``q`` percentile estimated from a latency histogram ([bucket, count] pairs, ascending).
+
+    It finds the bucket holding the value ``percentile_cont`` would interpolate at
+    (rank ``q * (total - 1)``) and interpolates linearly inside it, the top bucket ending
+    at ``maximum``: the estimate lies in the bucket of the exact answer (or, when that
+    answer falls between two values of neighbouring buckets, in one of the two).
+    """
+    rank = q * (total - 1)
+    seen = 0
+    for bucket, count in buckets:
+        if count > 0 and seen + count > rank:
+            low = float(LATENCY_BOUNDS_MS[bucket - 1]) if bucket > 0 else 0.0
+            high = min(float(LATENCY_BOUNDS_MS[bucket]) if bucket < len(LATENCY_BOUNDS_MS) else maximum, maximum)
+            low = min(low, high)
+            return round(low + (high - low) * min(1.0, (rank - seen + 0.5) / count), 2)
+        seen += count
+    return float(maximum)
+
+
 def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
-    return _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+    """Per provider over the last ``hours``: counts and rates exact; p95 exact over raw rows only, else from
+    the hourly histograms (``percentile_from_buckets``)."""
+    _execute(cur, "jit_off", {})  # sent with the query, in its round trip
+    rows = _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+    for row in rows:
+        buckets, rolled, raw_p95 = row.pop("latency_buckets") or [], row.pop("rolled_total"), row.pop("raw_p95")
+        total = int(row["total_executions"])
+        row["p95_latency_ms"] = (
+            raw_p95 if not rolled else percentile_from_buckets(buckets, total, row["max_latency_ms"])
+        )
+    return rows
 
 
 def error_trends(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    _execute(cur, "jit_off", {})
     return _all(cur, "error_trends", user_id=user_id, hours=hours)
+
+
+def provider_metrics_raw(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    """The same figures from every raw row of the window (exact p95): the rollup's reference."""
+    return _all(cur, "provider_metrics_raw", user_id=user_id, hours=hours)
+
+
+def error_trends_raw(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "error_trends_raw", user_id=user_id, hours=hours)
+
+
+def rollup_metrics(cur: Cursor, settle_seconds: int, max_hours: int) -> int:
+    """Roll up closed hours (``pilot_rollup_metrics``, pilot_system): hours done, -1 when another process holds it."""
+    row = _one(cur, "rollup_metrics", settle_seconds=settle_seconds, max_hours=max_hours)
+    return int(row["hours"]) if row is not None else 0
+
+
+def rollup_pruned(cur: Cursor, cutoff: Any) -> None:
+    """After a prune (operator role): forget rolled-up hours before ``cutoff``, recompute the hour it falls in."""
+    _execute(cur, "rollup_pruned", {"cutoff": cutoff})
+
+
+def rollup_state(cur: Cursor) -> Row | None:
+    return _one(cur, "rollup_state")
 
 
 # --- plan runs ---------------------------------------------------------------
@@ -240,6 +312,11 @@ def start_run(
 
 def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
     _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
+
+
+def append_progress(cur: Cursor, user_id: str, run_id: int, entries: list[Any]) -> None:
+    """Append ``entries`` (ending with the running step's marker), replacing the last marker."""
+    _execute(cur, "append_progress", {"user_id": user_id, "id": run_id, "entries": PgJson(entries)})
 
 
 def finish_run(

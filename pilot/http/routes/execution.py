@@ -77,9 +77,9 @@ def test_credentials(name: str) -> Response:
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
     """The run with its plan version's number, its step logs and its LLM totals (tokens, cost)."""
-    with current_pilot().db.transaction(user_id) as cur:
+    version_id = run.get("plan_version_id")
+    with current_pilot().db.transaction(user_id, single=not version_id) as cur:  # one read: one round trip
         logs = store.run_logs(cur, user_id, run["id"])
-        version_id = run.get("plan_version_id")
         version = store.get_plan_version(cur, user_id, version_id) if version_id else None
     view = {**serialize(run), "plan_version": version["version"] if version else None}
     return {**view, "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
