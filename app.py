@@ -28,7 +28,7 @@ from pilot.errors import ConfigurationError
 from pilot.http import cors, errors, guard, openapi, request_ids
 from pilot.http.routes import costs, credentials, drafts, execution, health, logs, plans, runs
 from pilot.http.routes import scheduler as scheduler_routes
-from pilot.ops import cli, metrics
+from pilot.ops import cli, metrics, rollup
 from pilot.ops.logging_setup import configure_logging
 from pilot.security.vault import Vault, load_keys
 from pilot.settings import load_settings
@@ -121,10 +121,12 @@ def main() -> None:
         migrate_then_schedule(app, stop)
     else:
         scheduler.start_for_serving(app)
+    rollup.start_for_serving(app)  # hourly provider metrics; a database not up yet only delays it
 
     def terminate(signum: int, frame: Any) -> None:
         log.info("received signal %d: stopping", signum)
         stop.set()
+        rollup.stop_for_serving(app)
         scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
         sys.exit(0)
 

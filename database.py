@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -27,6 +27,7 @@ import psycopg2.extras
 import psycopg2.pool
 import psycopg2.sql
 
+from pilot.data.listener import Listener
 from pilot.errors import Conflict, DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
 from pilot.settings import Settings, load_settings
 
@@ -36,10 +37,93 @@ logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_ID = 0x50494C4F54  # "PILOT": one migrator per database at a time
 POOL_WAIT_SECONDS = 10.0
-Cursor: TypeAlias = psycopg2.extras.RealDictCursor
 # Both roles are set transaction-locally, so a pooled connection never keeps them.
 APP_ROLE_SETUP = "SET LOCAL ROLE pilot_app; SELECT set_config('app.current_user_id', %s, true)"
 SYSTEM_ROLE_SETUP = "SET LOCAL ROLE pilot_system; SELECT set_config('app.current_user_id', '', true)"
+
+STATEMENT_SEPARATOR = b";\n"  # a newline too, so a statement ending in a -- comment cannot swallow the next
+
+
+class Cursor(psycopg2.extras.RealDictCursor):
+    """A cursor that sends a transaction's statements in as few round trips as it can.
+
+    The connection is in autocommit mode, so psycopg2 sends no ``BEGIN`` of its own.
+    ``execute`` only binds the parameters (client side); the statements go out when
+    a result is read, or when the transaction ends, several per query string:
+
+    * nothing read before the end: ``SET LOCAL ROLE …; set_config(…); <statements>``
+      in **one** round trip, which PostgreSQL runs as one implicit transaction;
+    * a result read: ``BEGIN; SET LOCAL ROLE …; set_config(…); <statements so far>``,
+      later reads send what was executed since, and the end sends the rest with
+      ``COMMIT`` (``n`` reads: ``n + 1`` round trips);
+    * ``single=True`` (a transaction of one statement, or one read and nothing after
+      it): the first send is the whole transaction, without ``BEGIN``/``COMMIT``, so a
+      read costs one round trip; executing anything after it is a programming error.
+
+    A statement's error is therefore raised where its batch is sent: by the read that
+    needs it or by the end of the ``with`` block, inside ``transaction`` either way.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prelude: bytes | None = None
+        self._pending: list[bytes] = []
+        self._single = False
+        self._sent = False  # something went out: BEGIN (or, single, the whole transaction)
+
+    def _begin(self, prelude: bytes | None, *, single: bool) -> None:
+        self._prelude, self._single = prelude, single
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        if self._single and self._sent:
+            raise RuntimeError("a single-statement transaction was already sent")
+        self._pending.append(self.mogrify(query, vars))
+
+    def _send(self, *, final: bool) -> None:
+        parts: list[bytes] = []
+        if not self._sent:
+            if not (final or self._single):
+                parts.append(b"BEGIN")
+            if self._prelude is not None:
+                parts.append(self._prelude)
+        parts += self._pending
+        if final and self._sent and not self._single:
+            parts.append(b"COMMIT")
+        self._pending = []
+        if not parts or (final and not self._sent and len(parts) == (self._prelude is not None)):
+            return  # a transaction that executed nothing costs nothing
+        self._sent = True
+        super().execute(STATEMENT_SEPARATOR.join(parts))
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._send(final=self._single)
+
+    def _commit(self) -> None:
+        if not (self._single and self._sent):
+            self._send(final=True)
+
+    def fetchone(self) -> Any:
+        self._flush()
+        return super().fetchone()
+
+    def fetchall(self) -> Any:
+        self._flush()
+        return super().fetchall()
+
+    def fetchmany(self, size: int | None = None) -> Any:
+        self._flush()
+        return super().fetchmany(size) if size is not None else super().fetchmany()
+
+    def __iter__(self) -> Any:
+        self._flush()
+        return super().__iter__()
+
+    @property
+    def rowcount(self) -> int:
+        self._flush()
+        return int(psycopg2.extensions.cursor.rowcount.__get__(self))
+
 
 _embedded_servers: dict[Path, Any] = {}
 _embedded_lock = threading.Lock()
@@ -123,6 +207,8 @@ class BlockingPool:
             raise ServiceUnavailable("no database connection became free in time")
         try:
             conn = self._pool.getconn()
+            if not conn.autocommit:
+                conn.autocommit = True  # transactions are opened by ``Cursor``, without a round trip of their own
         except Exception:
             self._slots.release()
             raise
@@ -158,6 +244,8 @@ class DatabaseManager:
         self._dsn: str | None = None
         self._pool: BlockingPool | None = None
         self._lock = threading.Lock()
+        # The process's one LISTEN connection (pilot/data/listener.py): opened by its first subscriber.
+        self.listener = Listener(lambda: self.dsn)
 
     @property
     def embedded(self) -> bool:
@@ -199,38 +287,40 @@ class DatabaseManager:
         return psycopg2.connect(self.dsn, application_name="pilot-cli")
 
     @contextmanager
-    def transaction(self, user_id: str | None, *, as_app: bool = True) -> Iterator[Cursor]:
+    def transaction(self, user_id: str | None, *, as_app: bool = True, single: bool = False) -> Iterator[Cursor]:
         """One transaction as ``pilot_app`` acting for ``user_id``; commits, or rolls back on error.
 
         ``user_id=None`` sets no user, so every RLS-protected table shows no rows.
         ``as_app=False`` stays in the connecting role: for migrations and operator
-        commands only, never for requests.
+        commands only, never for requests. ``single=True``: one statement (or one read
+        and nothing after it), sent with the role, the identity and the commit in one
+        round trip; the read's statement is committed when it is read (``Cursor``).
         """
         setup = APP_ROLE_SETUP if as_app else None
-        with self._transaction(setup, (user_id or "",)) as cur:
+        with self._transaction(setup, (user_id or "",), single=single) as cur:
             yield cur
 
     @contextmanager
-    def system_transaction(self) -> Iterator[Cursor]:
+    def system_transaction(self, *, single: bool = False) -> Iterator[Cursor]:
         """One transaction as ``pilot_system``: Pilot's own work across users (schedules, leases, reaping).
 
         Never for requests: that role may list every schedule and renew or interrupt
         runs, and nothing else (migration 006); request transactions use ``transaction``.
         """
-        with self._transaction(SYSTEM_ROLE_SETUP, None) as cur:
+        with self._transaction(SYSTEM_ROLE_SETUP, None, single=single) as cur:
             yield cur
 
     @contextmanager
-    def _transaction(self, setup: str | None, params: tuple[str, ...] | None) -> Iterator[Cursor]:
+    def _transaction(self, setup: str | None, params: tuple[str, ...] | None, *, single: bool) -> Iterator[Cursor]:
         pool = self._get_pool()
         conn = pool.getconn()
         broken = False
         try:
             with conn.cursor(cursor_factory=Cursor) as cur:
-                if setup is not None:
-                    cur.execute(setup, params)
+                prelude = cur.mogrify(setup, params) if setup is not None else None
+                cur._begin(prelude, single=single)
                 yield cur
-            conn.commit()
+                cur._commit()
         except psycopg2.Error as exc:
             broken = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
             _rollback(conn)
@@ -247,16 +337,21 @@ class DatabaseManager:
             cur.execute("SELECT 1")
 
     def close(self) -> None:
+        """Close the pool and the listener; both open again on next use, like a new manager's."""
+        self.listener.stop()
+        self.listener = Listener(lambda: self.dsn)
         if self._pool is not None:
             self._pool.closeall()
             self._pool = None
 
 
 def _rollback(conn: psycopg2.extensions.connection) -> None:
-    if conn.closed:
+    """End the transaction a ``Cursor`` opened with BEGIN, if one is open (autocommit: nothing else is)."""
+    if conn.closed or conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE:
         return
     try:
-        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
     except psycopg2.Error:
         log.warning("rollback failed; the connection will be discarded")
 

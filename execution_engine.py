@@ -21,6 +21,7 @@ from pilot.costs.meter import Meter, logged_usage
 from pilot.costs.prices import PriceBook
 from pilot.data import store
 from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, ValidationError
+from pilot.execution.progress import RunProgress, storable
 from pilot.execution.runs import RunExecution, process_owner_id, unexpected_failure
 from pilot.ops import cost_metrics, metrics
 from pilot.security.breaker import CircuitBreakers, host_key
@@ -138,7 +139,7 @@ class ExecutionEngine(RunExecution):
         Unreadable types the provider does not use are left out; other providers'
         credentials are never read here.
         """
-        with self.db.transaction(user_id) as cur:
+        with self.db.transaction(user_id, single=True) as cur:
             rows = store.list_credentials(cur, user_id, provider.name)
         readable: dict[str, str] = {}
         failures: dict[str, CredentialDecryptError] = {}
@@ -168,15 +169,41 @@ class ExecutionEngine(RunExecution):
         return self._execute(user_id, step, run_context, where, params_error_fails=False, literal=literal)
 
     def execute_run_step(
-        self, user_id: str, step: Any, run_context: dict[str, Any], *, plan_id: int, run_id: int, step_index: int
+        self,
+        user_id: str,
+        step: Any,
+        run_context: dict[str, Any],
+        *,
+        plan_id: int,
+        run_id: int,
+        step_index: int,
+        run: RunProgress | None = None,
     ) -> ProviderResult:
         """Run step ``step_index`` of a run and log it.
 
         Like ``execute_step``, except that rendered params which do not fit the action's
         schema are the step's failure (the plan was saved before its inputs were known).
+        With ``run``: credentials are decrypted once per run and provider, and a pure
+        step's log row waits in ``run.logs`` for the run's next write (``progress.py``).
         """
         where = {"plan_id": plan_id, "run_id": run_id, "step_index": step_index}
-        return self._execute(user_id, step, run_context, where, params_error_fails=True)
+        return self._execute(user_id, step, run_context, where, params_error_fails=True, run=run)
+
+    def step_is_pure(self, step: Any) -> bool:
+        """Whether the step's provider is pure (no network, no credentials, no side effect): a logic step."""
+        name = step.get("provider") if isinstance(step, dict) else None
+        provider = self.registry.providers.get(name) if isinstance(name, str) else None
+        return bool(provider is not None and provider.pure)
+
+    def _run_credentials(self, user_id: str, provider: Provider, run: RunProgress | None) -> dict[str, str]:
+        """The provider's credentials: read and decrypted once per run (``run``), else every time."""
+        if not provider.credential_types:
+            return {}
+        if run is None:
+            return self.credentials_for(user_id, provider)
+        if provider.name not in run.credentials:
+            run.credentials[provider.name] = self.credentials_for(user_id, provider)
+        return run.credentials[provider.name]
 
     def _execute(
         self,
@@ -187,6 +214,7 @@ class ExecutionEngine(RunExecution):
         *,
         params_error_fails: bool,
         literal: bool = False,
+        run: RunProgress | None = None,
     ) -> ProviderResult:
         parsed, provider = self.validate_step(step)
         redactor = Redactor()
@@ -196,7 +224,7 @@ class ExecutionEngine(RunExecution):
         try:
             params = parsed.params if literal else render(parsed.params, run_context)
             self.registry.validate_params(parsed.provider, parsed.action, params)
-            credentials = self.credentials_for(user_id, provider) if provider.credential_types else {}
+            credentials = self._run_credentials(user_id, provider, run)
             redactor = Redactor(provider.secret_values(credentials))
             missing = [name for name in provider.required_credentials() if name not in credentials]
             if missing:
@@ -219,7 +247,17 @@ class ExecutionEngine(RunExecution):
         result.latency_ms = round(elapsed * 1000, 2)  # the provider's time, retries included
         result.metadata["attempts"] = attempts
         clean = self._redacted(result, redactor)
-        kept = self._log(user_id, parsed, clean, self._redacted_params(params, redactor), where, attempts, redactor)
+        kept = self._log(
+            user_id,
+            parsed,
+            clean,
+            self._redacted_params(params, redactor),
+            where,
+            attempts,
+            redactor,
+            run=run,
+            pure=provider.pure,
+        )
         metrics.record_step(
             parsed.provider, parsed.action, "success" if kept.success else "error", kept.latency_ms, attempts
         )
@@ -343,16 +381,25 @@ class ExecutionEngine(RunExecution):
         where: dict[str, Any],
         attempts: int,
         redactor: Redactor | None = None,
+        *,
+        run: RunProgress | None = None,
+        pure: bool = False,
     ) -> ProviderResult:
         """Write the step's one log row; returns the result as kept.
 
         A result the database cannot store (not JSON, refused by PostgreSQL) is
         replaced by a failure, logged without input and output, so the step still
         has its row and the run can still record it. Only a database that is down
-        makes this raise.
+        makes this raise. A pure step of a run whose row PostgreSQL will take
+        (``storable``) only joins ``run.logs``: the run writes it with its next write.
         """
+        if run is not None and pure:
+            entry = self._log_entry(step, result, params, where, attempts, redactor)
+            if storable(entry) and not entry["cost_usd"]:
+                run.logs.append(entry)
+                return result
         try:
-            self._insert_log(user_id, step, result, params, where, attempts, redactor)
+            self._insert_log(user_id, step, result, params, where, attempts, redactor, run=run)
             return result
         except (DatabaseError, ServiceUnavailable):
             raise
@@ -363,7 +410,7 @@ class ExecutionEngine(RunExecution):
                 "result_unstorable", f"the step's result could not be stored ({reason}); it was not kept"
             )
             kept.latency_ms, kept.metadata = result.latency_ms, _kept_metadata(result, attempts)
-            self._insert_log(user_id, step, kept, None, where, attempts, redactor)
+            self._insert_log(user_id, step, kept, None, where, attempts, redactor, run=run)
             return kept
 
     def _insert_log(
@@ -375,9 +422,29 @@ class ExecutionEngine(RunExecution):
         where: dict[str, Any],
         attempts: int,
         redactor: Redactor | None = None,
+        *,
+        run: RunProgress | None = None,
     ) -> None:
+        """The step's log row, after the rows ``run`` still owes (so ids follow the steps), in one round trip."""
+        entry = self._log_entry(step, result, params, where, attempts, redactor)
+        pending = run.logs if run is not None else []
+        with self.db.transaction(user_id) as cur:
+            store.insert_logs(cur, user_id, [*pending, entry])
+            if entry["cost_usd"]:  # the month's spend moves with the log row, in one transaction
+                store.add_month_spend(cur, user_id, entry["cost_usd"])
+        pending.clear()
+
+    @staticmethod
+    def _log_entry(
+        step: Step,
+        result: ProviderResult,
+        params: Any,
+        where: dict[str, Any],
+        attempts: int,
+        redactor: Redactor | None,
+    ) -> dict[str, Any]:
         error = result.error or {}
-        entry = {
+        return {
             **where,
             "step_id": step.id,
             "provider": step.provider,
@@ -391,7 +458,3 @@ class ExecutionEngine(RunExecution):
             "output": truncate({"data": result.data, "metadata": result.metadata}, redactor=redactor),
             **logged_usage(result),
         }
-        with self.db.transaction(user_id) as cur:
-            store.insert_log(cur, user_id, entry)
-            if entry["cost_usd"]:  # the month's spend moves with the log row, in one transaction
-                store.add_month_spend(cur, user_id, entry["cost_usd"])

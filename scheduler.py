@@ -467,13 +467,18 @@ def start_for_serving(app: PilotApp) -> PilotScheduler | None:
 
 
 def pause_for_shutdown(app: PilotApp) -> None:
-    """Stop firing schedules at once, e.g. when SIGTERM arrives, before requests have drained."""
+    """Stop firing schedules at once, e.g. when SIGTERM arrives, before requests have drained.
+
+    Run event streams end too (their clients reconnect, with Last-Event-ID, to a process that stays).
+    """
+    app.db.listener.stop()
     if app.scheduler is not None:
         app.scheduler.pause()
 
 
 def stop_for_serving(app: PilotApp, timeout: float = 30.0) -> None:
     """Stop firing, let in-flight runs finish up to ``timeout`` s, mark the rest interrupted."""
+    app.db.listener.stop()
     if app.scheduler is not None:
         app.scheduler.stop(timeout)
     else:

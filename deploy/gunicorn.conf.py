@@ -251,6 +251,9 @@ def post_worker_init(worker: Any) -> None:
     app = _flask_app(worker)
     if app is not None:
         scheduler.start_for_serving(app)
+        from pilot.ops import rollup
+
+        rollup.start_for_serving(app)  # hourly provider metrics (one process rolls each hour up)
 
 
 def worker_int(worker: Any) -> None:
@@ -275,3 +278,6 @@ def worker_exit(server: Any, worker: Any) -> None:
     if getattr(worker, "pilot_quick_exit", False):
         budget = 1.0
     scheduler.stop_for_serving(app, timeout=budget)
+    from pilot.ops import rollup
+
+    rollup.stop_for_serving(app)

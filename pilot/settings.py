@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     scheduler_enabled: Annotated[bool, BeforeValidator(_flag)] = env("SCHEDULER_ENABLED", True)
     misfire_grace_seconds: int = env("SCHEDULER_MISFIRE_GRACE_SECONDS", 300)
     run_lease_seconds: int = env("RUN_LEASE_SECONDS", 30)
+    metrics_rollup_seconds: int = env("METRICS_ROLLUP_SECONDS", 300)
     shutdown_timeout: float = env("SHUTDOWN_TIMEOUT", 25.0)
     log_level: str = env("LOG_LEVEL", "INFO")
     outbound_allowlist: CommaList = env("OUTBOUND_ALLOWLIST", ())
@@ -119,6 +120,8 @@ class Settings(BaseSettings):
     breaker_failures: int = env("BREAKER_FAILURES", 5)
     breaker_window_seconds: float = env("BREAKER_WINDOW_SECONDS", 60.0)
     breaker_cooldown_seconds: float = env("BREAKER_COOLDOWN_SECONDS", 30.0)
+    events_heartbeat_seconds: float = env("EVENTS_HEARTBEAT_SECONDS", 15.0)
+    events_max_seconds: float = env("EVENTS_MAX_SECONDS", 300.0)
 
     @field_validator("pilot_env", mode="after")
     @classmethod
@@ -187,12 +190,18 @@ class Settings(BaseSettings):
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
         if not 0 <= self.planner_max_repairs <= 10:
             raise ConfigurationError("PLANNER_MAX_REPAIRS must be between 0 and 10")
+        if not 0 <= self.metrics_rollup_seconds <= 3600:
+            raise ConfigurationError("METRICS_ROLLUP_SECONDS must be between 0 (off) and 3600")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
         if self.breaker_failures < 0 or self.breaker_window_seconds <= 0 or self.breaker_cooldown_seconds <= 0:
             raise ConfigurationError(
                 "BREAKER_FAILURES must be 0 (no breakers) or more, BREAKER_WINDOW_SECONDS and "
                 "BREAKER_COOLDOWN_SECONDS more than 0"
+            )
+        if not 0.05 <= self.events_heartbeat_seconds <= 300 or not 1 <= self.events_max_seconds <= 86400:
+            raise ConfigurationError(
+                "EVENTS_HEARTBEAT_SECONDS must be between 0.05 and 300, EVENTS_MAX_SECONDS between 1 and 86400"
             )
         return self
 

@@ -25,8 +25,10 @@ USER_TABLES = (
     "budgets",
     "budget_spend",
     "idempotency_keys",
+    "provider_metrics_hourly",
+    "plan_versions",
 )
-NOT_USER_DATA = ("schema_migrations",)
+NOT_USER_DATA = ("schema_migrations", "metrics_rollup_state")
 ROLES = ("pilot_app", "pilot_system")
 # Every function in the schema: (SECURITY DEFINER?, which of ROLES may execute it). A new
 # function must be added here, so who can call it is decided, not inherited from PUBLIC.
@@ -34,10 +36,17 @@ FUNCTIONS = {
     "current_user_id": (False, {"pilot_app", "pilot_system"}),
     "pilot_protect_user_table": (False, set()),
     "pilot_notify_schedule_change": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
+    "pilot_notify_run_change": (False, {"pilot_app", "pilot_system"}),  # a trigger (migration 017): run events
     "pilot_token_user": (True, {"pilot_app"}),  # the one lookup before identity is known
     "pilot_list_schedules": (True, {"pilot_system"}),
     "pilot_interrupt_runs": (True, {"pilot_system"}),
     "pilot_heartbeat": (False, {"pilot_system"}),
+    "pilot_latency_bounds": (False, {"pilot_app", "pilot_system"}),  # a constant
+    "pilot_rollup_hours": (True, set()),  # the owner's (prune-logs, through pilot_rollup_pruned)
+    "pilot_rollup_metrics": (True, {"pilot_system"}),
+    "pilot_rollup_pruned": (True, set()),
+    "pilot_version_plan_steps": (False, {"pilot_app", "pilot_system"}),  # triggers (migration 016)
+    "pilot_run_plan_version": (False, {"pilot_app", "pilot_system"}),
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}
@@ -270,6 +279,11 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
             cur.execute(
                 "INSERT INTO idempotency_keys (user_id, key, fingerprint, method, path, token) "
                 "VALUES ('someone', 'k', 'f', 'POST', '/api/plans', 't') ON CONFLICT DO NOTHING"
+            )
+            cur.execute(
+                "INSERT INTO provider_metrics_hourly (user_id, hour, provider, total, successful, failed,"
+                " latency_sum, latency_max, buckets) VALUES ('someone', date_trunc('hour', now()), 'x', 1, 1, 0,"
+                " 1, 1, '{1}') ON CONFLICT DO NOTHING"
             )
             for table in USER_TABLES:  # the owner of the rows sees them: the zero counts below mean something
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))

@@ -78,6 +78,105 @@ SELECT id, step_index, step_id, provider, action, status, latency_ms, error_code
 FROM execution_logs WHERE user_id = %(user_id)s AND run_id = %(run_id)s ORDER BY id;
 
 -- name: provider_metrics
+-- Whole hours from provider_metrics_hourly (migration 015), the rest of the window from execution_logs:
+-- counts and rates exact; p95 exact (raw_p95) when no rolled-up hour is in the window, else estimated by
+-- store.provider_metrics from latency_buckets, the summed histogram.
+WITH w AS (
+    SELECT since, date_trunc('hour', since, 'UTC') + interval '1 hour' AS first_full,
+           coalesce((SELECT rolled_until FROM metrics_rollup_state), '-infinity') AS rolled
+    FROM (SELECT now() - make_interval(hours => %(hours)s) AS since) AS s
+),
+raw AS (  -- what the rollup does not hold: the partial first hour, and the hours not rolled up yet
+    SELECT l.provider, l.status, l.latency_ms, l."timestamp" FROM execution_logs l, w
+    WHERE l.user_id = %(user_id)s AND l."timestamp" > w.since AND l."timestamp" < w.first_full
+    UNION ALL
+    SELECT l.provider, l.status, l.latency_ms, l."timestamp" FROM execution_logs l, w
+    WHERE l.user_id = %(user_id)s AND l."timestamp" > w.since AND l."timestamp" >= greatest(w.rolled, w.first_full)
+),
+hourly AS (
+    SELECT h.* FROM provider_metrics_hourly h, w
+    WHERE h.user_id = %(user_id)s AND h.hour >= w.first_full AND h.hour < w.rolled
+),
+totals AS (
+    SELECT provider, count(*) AS total, count(*) FILTER (WHERE status = 'success') AS successful,
+           count(*) FILTER (WHERE status = 'error') AS failed, sum(latency_ms) AS latency_sum,
+           max(latency_ms) AS latency_max, 0 AS rolled,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS raw_p95
+    FROM raw GROUP BY provider
+    UNION ALL
+    SELECT provider, total, successful, failed, latency_sum, latency_max, total, NULL FROM hourly
+),
+buckets AS (
+    SELECT provider, bucket, sum(n) AS n FROM (
+        SELECT provider, width_bucket(latency_ms, pilot_latency_bounds()) AS bucket, count(*) AS n
+        FROM raw GROUP BY 1, 2
+        UNION ALL
+        SELECT h.provider, (c.i - 1)::integer, c.n FROM hourly h, unnest(h.buckets) WITH ORDINALITY AS c(n, i)
+        WHERE c.n > 0
+    ) AS b GROUP BY 1, 2
+)
+SELECT t.provider,
+       sum(t.total)::bigint AS total_executions,
+       sum(t.successful)::bigint AS successful,
+       sum(t.failed)::bigint AS failed,
+       round(100.0 * sum(t.successful) / sum(t.total), 2)::float AS success_rate,
+       round((sum(t.latency_sum) / sum(t.total))::numeric, 2)::float AS avg_latency_ms,
+       max(t.latency_max) AS max_latency_ms,
+       sum(t.rolled)::bigint AS rolled_total,
+       max(t.raw_p95) AS raw_p95,
+       (SELECT json_agg(json_build_array(b.bucket, b.n) ORDER BY b.bucket) FROM buckets b
+        WHERE b.provider = t.provider) AS latency_buckets
+FROM totals t
+GROUP BY t.provider
+ORDER BY success_rate ASC, t.provider;
+
+-- name: error_trends
+-- Errors per UTC hour: whole hours from provider_metrics_hourly, the rest from execution_logs (exact).
+WITH w AS (
+    SELECT since, date_trunc('hour', since, 'UTC') + interval '1 hour' AS first_full,
+           coalesce((SELECT rolled_until FROM metrics_rollup_state), '-infinity') AS rolled
+    FROM (SELECT now() - make_interval(hours => %(hours)s) AS since) AS s
+),
+raw AS (  -- what the rollup does not hold: the partial first hour, and the hours not rolled up yet
+    SELECT l.provider, l.status, l.latency_ms, l."timestamp" FROM execution_logs l, w
+    WHERE l.user_id = %(user_id)s AND l."timestamp" > w.since AND l."timestamp" < w.first_full
+    UNION ALL
+    SELECT l.provider, l.status, l.latency_ms, l."timestamp" FROM execution_logs l, w
+    WHERE l.user_id = %(user_id)s AND l."timestamp" > w.since AND l."timestamp" >= greatest(w.rolled, w.first_full)
+),
+hourly AS (
+    SELECT h.* FROM provider_metrics_hourly h, w
+    WHERE h.user_id = %(user_id)s AND h.hour >= w.first_full AND h.hour < w.rolled
+),
+parts AS (
+    SELECT date_trunc('hour', "timestamp", 'UTC') AS hour, provider, count(*) AS total,
+           count(*) FILTER (WHERE status = 'error') AS errors
+    FROM raw GROUP BY 1, 2
+    UNION ALL
+    SELECT hour, provider, total, failed FROM hourly
+)
+SELECT hour, provider, sum(total)::bigint AS total, sum(errors)::bigint AS errors,
+       round(100.0 * sum(errors) / sum(total), 2)::float AS error_rate
+FROM parts
+GROUP BY 1, 2
+ORDER BY hour DESC, provider;
+
+-- name: jit_off
+-- The metrics reads' row estimates are blind to the rollup's watermark (read by the query itself), so their
+-- cost can cross jit_above_cost: JIT then compiles for ~0.8 s a query that runs in ~30 ms.
+SET LOCAL jit = off;
+
+-- name: rollup_metrics
+SELECT pilot_rollup_metrics(%(settle_seconds)s, %(max_hours)s) AS hours;
+
+-- name: rollup_pruned
+SELECT pilot_rollup_pruned(%(cutoff)s);
+
+-- name: rollup_state
+SELECT rolled_until, rolled_at FROM metrics_rollup_state;
+
+-- name: provider_metrics_raw
+-- The raw query, over every row of the window: the reference the rollup is tested and benched against.
 SELECT provider,
        count(*) AS total_executions,
        count(*) FILTER (WHERE status = 'success') AS successful,
@@ -91,8 +190,8 @@ WHERE user_id = %(user_id)s AND "timestamp" > now() - make_interval(hours => %(h
 GROUP BY provider
 ORDER BY success_rate ASC, provider;
 
--- name: error_trends
-SELECT date_trunc('hour', "timestamp") AS hour,
+-- name: error_trends_raw
+SELECT date_trunc('hour', "timestamp", 'UTC') AS hour,
        provider,
        count(*) AS total,
        count(*) FILTER (WHERE status = 'error') AS errors,
@@ -104,11 +203,13 @@ ORDER BY hour DESC, provider;
 
 -- name: insert_run
 -- The run's input is kept on its row; the engine reads it when it executes the run.
+-- plan_version_id NULL: the plan's latest version (trigger of migration 016); a replay names its own.
 INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, lease_expires_at,
-                       error, finished_at, input)
+                       error, finished_at, input, plan_version_id, replayed_from, replay)
 VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now(),
         now() + make_interval(secs => %(lease_seconds)s), %(error)s,
-        CASE WHEN %(status)s = 'skipped' THEN now() END, %(input)s)
+        CASE WHEN %(status)s = 'skipped' THEN now() END, %(input)s, %(plan_version_id)s, %(replayed_from)s,
+        %(replay)s)
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
@@ -123,6 +224,15 @@ RETURNING *;
 UPDATE plan_runs SET step_results = %(step_results)s, heartbeat_at = now()
 WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
 
+-- name: append_progress
+-- The entries since the last marker, ending with the step now running; the previous marker (the last
+-- entry, when it says running) is replaced by its step's outcome, which is among the new entries.
+UPDATE plan_runs
+SET step_results = CASE WHEN step_results -> -1 ->> 'status' = 'running' THEN step_results - (-1)
+                        ELSE step_results END || %(entries)s,
+    heartbeat_at = now()
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+
 -- name: finish_run
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
@@ -130,6 +240,13 @@ RETURNING *;
 
 -- name: get_run
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;
+
+-- name: get_plan_version
+SELECT id, plan_id, version, steps, created_at FROM plan_versions WHERE user_id = %(user_id)s AND id = %(id)s;
+
+-- name: list_plan_versions
+SELECT id, plan_id, version, steps, created_at FROM plan_versions
+WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s ORDER BY version;
 
 -- name: list_runs
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
@@ -139,7 +256,7 @@ ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
 -- A user's runs across plans for GET /api/runs (served by plan_runs_user_idx);
 -- step_results stay out of the list: they can be large and the list is polled.
 SELECT r.id, r.plan_id, p.name AS plan_name, r.user_id, r.trigger, r.scheduled_for, r.status, r.created_at,
-       r.started_at, r.finished_at, r.error
+       r.started_at, r.finished_at, r.error, r.plan_version_id, r.replayed_from
 FROM plan_runs r
 LEFT JOIN execution_plans p ON p.user_id = r.user_id AND p.id = r.plan_id
 WHERE r.user_id = %(user_id)s
@@ -262,11 +379,11 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 UPDATE execution_logs SET error = %(error)s, input = %(input)s, output = %(output)s WHERE id = %(id)s;
 
 -- name: runs_to_redact
-SELECT id, user_id, error, step_results FROM plan_runs
+SELECT id, user_id, error, step_results, replay FROM plan_runs
 WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 
 -- name: set_run_redacted
-UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s WHERE id = %(id)s;
+UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s, replay = %(replay)s WHERE id = %(id)s;
 
 -- name: plans_to_redact
 SELECT id, user_id, steps FROM execution_plans
@@ -274,6 +391,14 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 
 -- name: set_plan_steps
 UPDATE execution_plans SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s;
+
+-- name: versions_to_redact
+SELECT id, plan_id, user_id, version, steps FROM plan_versions
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
+
+-- name: set_plan_version_steps
+-- Operator only (redact-history --move-plan-headers): pilot_app may not update a version.
+UPDATE plan_versions SET steps = %(steps)s WHERE id = %(id)s;
 
 -- name: insert_drafted_plan
 INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, timezone, enabled, provenance)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
+import psycopg2.sql
 from psycopg2.extras import Json
 
 from database import Cursor
@@ -145,8 +147,8 @@ def delete_plan(cur: Cursor, user_id: str, plan_id: int) -> bool:
 LOG_FILTERS = ("provider", "status", "plan_id", "run_id", "since")
 
 
-def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
-    params = {
+def _log_params(user_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
         "user_id": user_id,
         "plan_id": entry.get("plan_id"),
         "run_id": entry.get("run_id"),
@@ -166,9 +168,18 @@ def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
         "output_tokens": entry.get("output_tokens"),
         "cost_usd": entry.get("cost_usd"),
     }
-    row = _one(cur, "insert_log", **params)
+
+
+def insert_log(cur: Cursor, user_id: str, entry: dict[str, Any]) -> int:
+    row = _one(cur, "insert_log", **_log_params(user_id, entry))
     assert row is not None
     return int(row["id"])
+
+
+def insert_logs(cur: Cursor, user_id: str, entries: list[dict[str, Any]]) -> None:
+    """Several log rows, in order; nothing is read, so the cursor sends them with the transaction's next batch."""
+    for entry in entries:
+        _execute(cur, "insert_log", _log_params(user_id, entry))
 
 
 def list_logs(cur: Cursor, user_id: str, *, limit: int, offset: int, **filters: Any) -> list[Row]:
@@ -180,12 +191,75 @@ def run_logs(cur: Cursor, user_id: str, run_id: int) -> list[Row]:
     return _all(cur, "run_logs", user_id=user_id, run_id=run_id)
 
 
+# The latency buckets of the hourly rollup (migration 015's pilot_latency_bounds(), the same list):
+# bucket i holds LATENCY_BOUNDS_MS[i-1] <= latency < LATENCY_BOUNDS_MS[i]; bucket 0 below the first bound.
+LATENCY_BOUNDS_MS = (
+    0.5, 1, 2, 5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500,
+    10000, 15000, 20000, 30000, 60000, 120000, 300000,
+)  # fmt: skip
+
+
+def percentile_from_buckets(buckets: list[list[int]], total: int, maximum: float, q: float = 0.95) -> float:
+    """The ``q`` percentile estimated from a latency histogram ([bucket, count] pairs, ascending).
+
+    It finds the bucket holding the value ``percentile_cont`` would interpolate at
+    (rank ``q * (total - 1)``) and interpolates linearly inside it, the top bucket ending
+    at ``maximum``: the estimate lies in the bucket of the exact answer (or, when that
+    answer falls between two values of neighbouring buckets, in one of the two).
+    """
+    rank = q * (total - 1)
+    seen = 0
+    for bucket, count in buckets:
+        if count > 0 and seen + count > rank:
+            low = float(LATENCY_BOUNDS_MS[bucket - 1]) if bucket > 0 else 0.0
+            high = min(float(LATENCY_BOUNDS_MS[bucket]) if bucket < len(LATENCY_BOUNDS_MS) else maximum, maximum)
+            low = min(low, high)
+            return round(low + (high - low) * min(1.0, (rank - seen + 0.5) / count), 2)
+        seen += count
+    return float(maximum)
+
+
 def provider_metrics(cur: Cursor, user_id: str, hours: int) -> list[Row]:
-    return _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+    """Per provider over the last ``hours``: counts and rates exact; p95 exact over raw rows only, else from
+    the hourly histograms (``percentile_from_buckets``)."""
+    _execute(cur, "jit_off", {})  # sent with the query, in its round trip
+    rows = _all(cur, "provider_metrics", user_id=user_id, hours=hours)
+    for row in rows:
+        buckets, rolled, raw_p95 = row.pop("latency_buckets") or [], row.pop("rolled_total"), row.pop("raw_p95")
+        total = int(row["total_executions"])
+        row["p95_latency_ms"] = (
+            raw_p95 if not rolled else percentile_from_buckets(buckets, total, row["max_latency_ms"])
+        )
+    return rows
 
 
 def error_trends(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    _execute(cur, "jit_off", {})
     return _all(cur, "error_trends", user_id=user_id, hours=hours)
+
+
+def provider_metrics_raw(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    """The same figures from every raw row of the window (exact p95): the rollup's reference."""
+    return _all(cur, "provider_metrics_raw", user_id=user_id, hours=hours)
+
+
+def error_trends_raw(cur: Cursor, user_id: str, hours: int) -> list[Row]:
+    return _all(cur, "error_trends_raw", user_id=user_id, hours=hours)
+
+
+def rollup_metrics(cur: Cursor, settle_seconds: int, max_hours: int) -> int:
+    """Roll up closed hours (``pilot_rollup_metrics``, pilot_system): hours done, -1 when another process holds it."""
+    row = _one(cur, "rollup_metrics", settle_seconds=settle_seconds, max_hours=max_hours)
+    return int(row["hours"]) if row is not None else 0
+
+
+def rollup_pruned(cur: Cursor, cutoff: Any) -> None:
+    """After a prune (operator role): forget rolled-up hours before ``cutoff``, recompute the hour it falls in."""
+    _execute(cur, "rollup_pruned", {"cutoff": cutoff})
+
+
+def rollup_state(cur: Cursor) -> Row | None:
+    return _one(cur, "rollup_state")
 
 
 # --- plan runs ---------------------------------------------------------------
@@ -203,8 +277,14 @@ def insert_run(
     error: str | None = None,
     input_: dict[str, Any] | None = None,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    plan_version_id: int | None = None,
+    replayed_from: int | None = None,
+    replay: dict[str, Any] | None = None,
 ) -> Row | None:
-    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one."""
+    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one.
+
+    ``plan_version_id`` None: the plan's latest version; a replay names the version it replays.
+    """
     return _one(
         cur,
         "insert_run",
@@ -217,6 +297,9 @@ def insert_run(
         error=error,
         input=PgJson(input_ or {}),
         lease_seconds=lease_seconds,
+        plan_version_id=plan_version_id,
+        replayed_from=replayed_from,
+        replay=PgJson(replay) if replay is not None else None,
     )
 
 
@@ -231,6 +314,11 @@ def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]
     _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
 
 
+def append_progress(cur: Cursor, user_id: str, run_id: int, entries: list[Any]) -> None:
+    """Append ``entries`` (ending with the running step's marker), replacing the last marker."""
+    _execute(cur, "append_progress", {"user_id": user_id, "id": run_id, "entries": PgJson(entries)})
+
+
 def finish_run(
     cur: Cursor, user_id: str, run_id: int, status: str, step_results: list[Any], error: str | None
 ) -> Row | None:
@@ -241,6 +329,15 @@ def finish_run(
 
 def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:
     return _one(cur, "get_run", user_id=user_id, id=run_id)
+
+
+def get_plan_version(cur: Cursor, user_id: str, version_id: int) -> Row | None:
+    """One immutable version of a plan's steps (id, plan_id, version, steps, created_at)."""
+    return _one(cur, "get_plan_version", user_id=user_id, id=version_id)
+
+
+def list_plan_versions(cur: Cursor, user_id: str, plan_id: int) -> list[Row]:
+    return _all(cur, "list_plan_versions", user_id=user_id, plan_id=plan_id)
 
 
 def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: int) -> list[Row]:
@@ -335,6 +432,11 @@ def all_cron_plans(cur: Cursor) -> list[Row]:
     return _all(cur, "all_cron_plans")
 
 
+def listen(cur: Cursor | psycopg2.extensions.cursor, channel: str) -> None:
+    """LISTEN on ``channel`` (pilot/data/listener.py's connection); a channel is an identifier, not a parameter."""
+    cur.execute(psycopg2.sql.SQL("LISTEN {}").format(psycopg2.sql.Identifier(channel)))
+
+
 # --- API tokens ----------------------------------------------------------------
 
 
@@ -408,12 +510,17 @@ def set_log_redacted(cur: Cursor, log_id: int, error: str | None, input_: Any, o
 
 
 def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
-    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results."""
+    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results, replay."""
     return _all(cur, "runs_to_redact", after_id=after_id, limit=limit)
 
 
-def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any) -> None:
-    params = {"id": run_id, "error": error, "step_results": _json_or_null(step_results)}
+def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any, replay: Any) -> None:
+    params = {
+        "id": run_id,
+        "error": error,
+        "step_results": _json_or_null(step_results),
+        "replay": _json_or_null(replay),
+    }
     _execute(cur, "set_run_redacted", params)
 
 
@@ -424,6 +531,15 @@ def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
 
 def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
     _execute(cur, "set_plan_steps", {"id": plan_id, "steps": PgJson(steps)})
+
+
+def versions_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Every user's plan versions after ``after_id``, locked: redact-history, as the connecting role."""
+    return _all(cur, "versions_to_redact", after_id=after_id, limit=limit)
+
+
+def set_plan_version_steps(cur: Cursor, version_id: int, steps: list[Any]) -> None:
+    _execute(cur, "set_plan_version_steps", {"id": version_id, "steps": PgJson(steps)})
 
 
 # --- drafted plans (issue 10) -------------------------------------------------

@@ -23,6 +23,8 @@ from database import DatabaseManager
 from pilot.data import store
 from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable
 from pilot.execution.leases import LeaseKeeper
+from pilot.execution.progress import RunProgress, pending_logs
+from pilot.execution.replay import replayed_steps
 from pilot.ops import metrics
 from pilot.settings import Settings
 from pilot.steps.plan_schema import Step
@@ -69,15 +71,36 @@ class RunExecution:
         self.leases = LeaseKeeper(self.db, self.settings.run_lease_seconds, process_owner_id)
 
     def execute_run_step(
-        self, user_id: str, step: Any, run_context: dict[str, Any], *, plan_id: int, run_id: int, step_index: int
+        self,
+        user_id: str,
+        step: Any,
+        run_context: dict[str, Any],
+        *,
+        plan_id: int,
+        run_id: int,
+        step_index: int,
+        run: RunProgress | None = None,
     ) -> ProviderResult:
-        """Run one step of a run and write its log row; a failed result for every failure (ExecutionEngine)."""
+        """Run one step of a run and log it (a pure step's row waits in ``run``); a failed result for every failure."""
         raise NotImplementedError
 
     def _insert_log(
-        self, user_id: str, step: Step, result: ProviderResult, params: Any, where: dict[str, Any], attempts: int
+        self,
+        user_id: str,
+        step: Step,
+        result: ProviderResult,
+        params: Any,
+        where: dict[str, Any],
+        attempts: int,
+        redactor: Any = None,
+        *,
+        run: RunProgress | None = None,
     ) -> None:
-        """Write one execution_logs row for ``step`` (ExecutionEngine)."""
+        """Write one execution_logs row for ``step``, after the rows ``run`` still owes (ExecutionEngine)."""
+        raise NotImplementedError
+
+    def step_is_pure(self, step: Any) -> bool:
+        """Whether the step's provider is pure: no network, no credentials, no side effect (ExecutionEngine)."""
         raise NotImplementedError
 
     def create_run(
@@ -87,8 +110,15 @@ class RunExecution:
         trigger: str,
         scheduled_for: Any = None,
         input_: dict[str, Any] | None = None,
+        *,
+        plan_version_id: int | None = None,
+        replayed_from: int | None = None,
+        replay: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Insert a queued run holding its input; None when a run for this (plan, scheduled_for) already exists."""
+        """Insert a queued run holding its input; None when a run for this (plan, scheduled_for) already exists.
+
+        The run executes the plan's latest version, or ``plan_version_id`` (a replay: ``replay.py``).
+        """
         with self.db.transaction(user_id) as cur:
             if store.get_plan(cur, user_id, plan_id) is None:
                 raise NotFound(f"plan {plan_id} not found")
@@ -101,6 +131,9 @@ class RunExecution:
                 scheduled_for=scheduled_for,
                 input_=input_,
                 lease_seconds=self.settings.run_lease_seconds,
+                plan_version_id=plan_version_id,
+                replayed_from=replayed_from,
+                replay=replay,
             )
 
     def submit(self, user_id: str, run_id: int) -> None:
@@ -150,7 +183,7 @@ class RunExecution:
         other failure ends the run as ``error``. Only a database that is down makes
         this raise, and then the run's lease lapses and a reaper ends it.
         """
-        results: list[dict[str, Any]] = []
+        results = RunProgress()
         with self.leases.holding(run_id):
             try:
                 return self._run(user_id, run_id, results)
@@ -161,17 +194,26 @@ class RunExecution:
                 error = (failure.error or {}).get("message", "the run failed")
                 return self._finish(user_id, run_id, "error", results, error)
 
-    def _run(self, user_id: str, run_id: int, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _run(self, user_id: str, run_id: int, results: RunProgress) -> dict[str, Any] | None:
         with self.db.transaction(user_id) as cur:
             run = store.start_run(cur, user_id, run_id, process_owner_id(), self.settings.run_lease_seconds)
             plan = store.get_plan(cur, user_id, run["plan_id"]) if run else None
+            version_id = run.get("plan_version_id") if plan and run else None
+            version = store.get_plan_version(cur, user_id, version_id) if version_id else None
         if run is None:
             return None
         if plan is None:
             return self._finish(user_id, run_id, "error", [], "the plan was deleted")
         context: dict[str, Any] = {"steps": {}, "step_results": {}, "input": run.get("input") or {}}
+        # The run's own plan version (a replay's may be older than the plan); a replay's reused results first.
+        steps, reused = replayed_steps(version["steps"] if version else plan["steps"], run.get("replay"))
         status, error = "success", None
-        for index, step in enumerate(plan["steps"]):
+        for index, step in enumerate(steps):
+            if index < len(reused):  # replay: the recorded result, fed on as it was; no call, no log row
+                results.append(reused[index])
+                if reused[index].get("status") != "skipped":
+                    _remember(context, index, step, reused[index].get("result") or {})
+                continue
             entry: dict[str, Any] = {
                 "index": index,
                 "id": step.get("id"),
@@ -183,9 +225,7 @@ class RunExecution:
                 results.append({**entry, "status": "skipped"})
                 continue
             outcome = result.to_dict()
-            context["step_results"][str(index)] = outcome
-            if step.get("id"):
-                context["steps"][step["id"]] = outcome
+            _remember(context, index, step, outcome)
             results.append({**entry, "status": "success" if result.success else "error", "result": outcome})
             if not result.success and not step.get("continue_on_error"):
                 status = "error"
@@ -201,43 +241,67 @@ class RunExecution:
         index: int,
         step: dict[str, Any],
         context: dict[str, Any],
-        results: list[dict[str, Any]],
+        results: RunProgress,
     ) -> ProviderResult | None:
         """One step of a run: None when its ``when`` is false, else its result (logged), failed or not."""
         try:
             if step.get("when") and not truthy(evaluate(step["when"], context)):
                 return None
-            # Recorded before the call: if this process dies now, the step's outcome is known to be unknown.
-            running = {"index": index, "id": step.get("id"), "status": "running"}
-            running |= {"provider": step.get("provider"), "action": step.get("action")}
-            with self.db.transaction(user_id) as cur:
-                store.progress_run(cur, user_id, run_id, [*results, running])
-            return self.execute_run_step(user_id, step, context, plan_id=plan_id, run_id=run_id, step_index=index)
+            if not self.step_is_pure(step):
+                self._mark_running(user_id, run_id, index, step, results)
+            return self.execute_run_step(
+                user_id, step, context, plan_id=plan_id, run_id=run_id, step_index=index, run=results
+            )
         except Exception as exc:  # before or around the call: still this step's failure, with its log row
             result = unexpected_failure(exc)
             where = {"plan_id": plan_id, "run_id": run_id, "step_index": index}
-            self._insert_log(user_id, _loggable(step), result, None, where, 1)
+            self._insert_log(user_id, _loggable(step), result, None, where, 1, run=results)
             return result
+
+    def _mark_running(self, user_id: str, run_id: int, index: int, step: dict[str, Any], results: RunProgress) -> None:
+        """Before a step with side effects: its ``running`` marker, with the pure steps' log rows, in one round trip.
+
+        If this process dies during the call, the step's outcome is known to be unknown (the reaper names it).
+        Only the entries since the last marker are sent (``append_progress``), not the whole list.
+        """
+        running = {"index": index, "id": step.get("id"), "status": "running"}
+        running |= {"provider": step.get("provider"), "action": step.get("action")}
+        with self.db.transaction(user_id) as cur:
+            store.insert_logs(cur, user_id, results.logs)
+            store.append_progress(cur, user_id, run_id, [*results[results.written :], running])
+        results.logs.clear()
+        results.written = len(results)
 
     def _finish(
         self, user_id: str, run_id: int, status: str, results: list[dict[str, Any]], error: str | None
     ) -> dict[str, Any] | None:
+        logs = pending_logs(results)  # the pure steps' rows still waiting: written with the finish
         try:
-            run = self._record_finish(user_id, run_id, status, results, error)
+            run = self._record_finish(user_id, run_id, status, results, error, logs)
         except (DatabaseError, ServiceUnavailable):
             raise
         except Exception as exc:  # results the database refused: keep the outcome, drop the payloads
             log.warning("run %s: its step results could not be stored (%s)", run_id, type(exc).__name__)
             bare = [{key: value for key, value in entry.items() if key != "result"} for entry in results]
-            run = self._record_finish(user_id, run_id, status, bare, error)
+            run = self._record_finish(user_id, run_id, status, bare, error, logs)
+        logs.clear()
         if run is not None:
             metrics.record_run_finished(run["trigger"], run["status"])
         return run
 
     def _record_finish(
-        self, user_id: str, run_id: int, status: str, results: list[dict[str, Any]], error: str | None
+        self,
+        user_id: str,
+        run_id: int,
+        status: str,
+        results: list[dict[str, Any]],
+        error: str | None,
+        logs: list[dict[str, Any]],
     ) -> dict[str, Any] | None:
-        with self.db.transaction(user_id) as cur:
+        # Only a failed run may go on to pause its plan: any other finish is its read and nothing after it,
+        # so the waiting log rows, the finish and the commit go in one round trip.
+        with self.db.transaction(user_id, single=status != "error") as cur:
+            store.insert_logs(cur, user_id, logs)
             run = store.finish_run(cur, user_id, run_id, status, results, error)
             if run is not None and run["trigger"] == "schedule" and status == "error":
                 self._maybe_pause(cur, user_id, run["plan_id"])
@@ -272,6 +336,13 @@ class RunExecution:
             self._closed = True
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.leases.close()
+
+
+def _remember(context: dict[str, Any], index: int, step: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Make a step's outcome visible to the later steps of its run (by index, and by id)."""
+    context["step_results"][str(index)] = outcome
+    if step.get("id"):
+        context["steps"][step["id"]] = outcome
 
 
 def _loggable(step: Any) -> Step:

@@ -12,7 +12,14 @@ import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from pilot.steps.plan_schema import MAX_STEPS, Schedule, Step, provider_steps, with_zone_names
 from provider_registry import CREDENTIAL_TYPE
@@ -36,7 +43,7 @@ def component(name: str) -> dict[str, Any]:
 
 
 RunStatus = Literal["queued", "running", "success", "error", "interrupted", "skipped"]
-RunTrigger = Literal["manual", "schedule", "api"]
+RunTrigger = Literal["manual", "schedule", "api", "replay"]
 # user_id is read (and checked, with its own message) by pilot.http.auth; the models document it only.
 UserId = Annotated[Any, WithJsonSchema(USER_ID_SCHEMA)]
 
@@ -117,6 +124,29 @@ class RunBody(BaseModel):
     trigger: Literal["manual", "api"] = "manual"
 
 
+class ReplayBody(BaseModel):
+    """A replay: from which step (id or index; default the first failed or interrupted) and param overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId = None
+    # Checked by pilot.execution.replay, whose messages name the step (an unknown id, an index past the end).
+    from_step: Annotated[
+        Any,
+        WithJsonSchema(
+            {
+                "oneOf": [
+                    {"type": "string", "minLength": 1, "maxLength": 255},
+                    {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1},
+                ],
+                "description": "a step id or a 0-based index; default the first failed or interrupted step",
+            }
+        ),
+    ] = None
+    params: dict[str, dict[str, Any]] | None = Field(
+        None, description="{<step id, or index for a step without one>: params merged into that step's}"
+    )
+
+
 # --- query strings ----------------------------------------------------------------------------
 
 
@@ -169,6 +199,10 @@ class RunPlanQuery(_Query):
         description="execute logic steps only; render, validate and show (redacted) what the other steps would "
         "send; no network call, no run or log row",
     )
+
+
+class WaitQuery(_Query):
+    wait: QueryFlag = Field(False, description="run inline and return the finished run")
 
 
 class StreamQuery(_Query):
@@ -378,6 +412,9 @@ class Run(BaseModel):
     step_results: list[StepOutcome]
     error: str | None = None
     input: dict[str, Any] | None = Field(None, description="the input the run was accepted with ({{ input.… }})")
+    plan_version_id: int | None = Field(None, description="the immutable plan version the run executes")
+    plan_version: int | None = Field(None, description="that version's number (GET /api/runs/{run_id})")
+    replayed_from: int | None = Field(None, description="the run this one replays (trigger replay)")
 
 
 class RunUsage(BaseModel):
@@ -608,6 +645,20 @@ STEP_EVENT_STREAM: dict[str, Any] = {
     "then one 'result' event whose data is the ProviderResult the JSON answer would be. A step that does "
     "not stream text sends the result alone. The step's log row is written once, at the end; a client "
     "that disconnects cancels the upstream call (logged as error, code cancelled).",
+}
+
+
+RUN_EVENT_STREAM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"enum": ["step_started", "step_finished", "error", "run_finished"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["data"],
+    "description": "text/event-stream: step_started (steps with side effects), step_finished (the step's "
+    "result as GET /api/runs/{run_id} shows it), error, run_finished (the final status); each with an id "
+    "(2i+1 and 2i+2 for step i) so Last-Event-ID resumes exactly; comment lines are heartbeats.",
 }
 
 

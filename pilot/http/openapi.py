@@ -218,6 +218,10 @@ def _operation(
         return {"summary": "(not described yet)", "x-undocumented": True, "parameters": parameters, "responses": {}}
     if spec.query is not None:
         parameters += _query_parameters(spec.query)
+    for name, schema, description in spec.headers:
+        parameters.append(
+            {"name": name, "in": "header", "required": False, "description": description, "schema": schema}
+        )
     responses: Schema = {str(status): _answer(components, answer) for status, answer in spec.responses.items()}
     if spec.idempotent:
         parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})

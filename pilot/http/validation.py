@@ -61,6 +61,7 @@ class ApiSpec:
     auth: bool = True
     idempotent: bool = False
     description: str | None = None
+    headers: tuple[tuple[str, dict[str, Any], str], ...] = ()  # request headers the view reads (documented only)
 
 
 def query_dict() -> dict[str, str]:
@@ -80,6 +81,7 @@ def validate(
     auth: bool = True,
     operation_id: str | None = None,
     description: str | None = None,
+    headers: tuple[tuple[str, dict[str, Any], str], ...] = (),
 ) -> Callable[[F], F]:
     """Check ``body`` and ``query`` before the view runs and record the operation for the OpenAPI document."""
 
@@ -96,6 +98,7 @@ def validate(
             auth=auth,
             idempotent=bool(getattr(view, IDEMPOTENT_ATTRIBUTE, False)),
             description=description,
+            headers=headers,
         )
 
         @functools.wraps(view)

@@ -2,7 +2,8 @@
 
 - database and keys: ``migrate``, ``gen-key``, ``rotate-key``, ``import-env-credentials``
 - API tokens: ``create-token``, ``list-tokens``, ``revoke-token``
-- housekeeping over every user's rows: ``prune-logs``, ``redact-history``, ``list-weekday-schedules``
+- housekeeping over every user's rows: ``prune-logs``, ``rollup-metrics``, ``redact-history``,
+  ``list-weekday-schedules``
 
 Each command is a thin wrapper: parse options, call the module that does the work
 (``database``, the vault, ``tokens``, ``maintenance``, ``history_redaction``), print.
@@ -23,7 +24,7 @@ from database import migrate
 from pilot.application import current_pilot
 from pilot.data import store
 from pilot.errors import PilotError
-from pilot.ops import history_redaction, maintenance
+from pilot.ops import history_redaction, maintenance, rollup
 from pilot.security import tokens
 from pilot.security.auth import valid_user_id
 from pilot.security.vault import CredentialDecryptError, generate_key
@@ -170,6 +171,30 @@ def prune_logs_command(older_than_days: int, keep_runs: bool, batch_size: int) -
     click.echo(maintenance.describe(result))
 
 
+@click.command("rollup-metrics")
+@click.option(
+    "--settle-seconds",
+    type=click.IntRange(0, 3600),
+    default=rollup.SETTLE_SECONDS,
+    show_default=True,
+    help="roll up an hour only once it ended this long ago (its last log rows have committed)",
+)
+@with_appcontext
+def rollup_metrics_command(settle_seconds: int) -> None:
+    """Roll every closed hour of execution_logs up into provider_metrics_hourly (the provider metrics' source).
+
+    Serving processes do this every METRICS_ROLLUP_SECONDS; run it after a restore, after
+    turning that off, or to catch up a long history at once. Safe beside them: one rollup
+    at a time across processes (this one stops at once if another is rolling up).
+    """
+    with _as_click_errors():
+        hours = rollup.catch_up(current_pilot().db, settle_seconds=settle_seconds)
+    if hours < 0:
+        click.echo("another process is rolling up right now; nothing done")
+        return
+    click.echo(f"rolled up {hours} closed hour(s) of execution logs")
+
+
 @click.command("redact-history")
 @click.option(
     "--batch-size",
@@ -232,6 +257,7 @@ COMMANDS = (
     list_tokens_command,
     revoke_token_command,
     prune_logs_command,
+    rollup_metrics_command,
     redact_history_command,
     list_weekday_schedules_command,
 )

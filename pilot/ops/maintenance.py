@@ -81,6 +81,8 @@ def prune_history(
     require_rls_bypass(db, "prune-logs")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
     logs = _delete_in_batches(db, store.prune_logs_batch, cutoff, batch_size)
+    with db.transaction(None, as_app=False) as cur:  # the hourly metrics forget what was pruned
+        store.rollup_pruned(cur, cutoff)
     runs = _delete_in_batches(db, store.prune_runs_batch, cutoff, batch_size) if include_runs else 0
     key_cutoff = (now or datetime.now(UTC)) - IDEMPOTENCY_RETENTION
     keys = _delete_in_batches(db, store.prune_idempotency_batch, key_cutoff, batch_size)

@@ -12,6 +12,7 @@ from pilot.costs.report import run_totals
 from pilot.data import store
 from pilot.errors import Conflict, NotFound
 from pilot.execution.dry_run import dry_run_plan
+from pilot.execution.replay import replay_run
 from pilot.execution.streaming import StepStream
 from pilot.http import sse
 from pilot.http.auth import current_user_id
@@ -26,12 +27,14 @@ from pilot.http.models import (
     ProviderDescription,
     ProviderList,
     ProviderResult,
+    ReplayBody,
     Run,
     RunBody,
     RunList,
     RunPlanQuery,
     RunWithLogs,
     StreamQuery,
+    WaitQuery,
 )
 from pilot.http.validation import Answer, validate
 
@@ -123,10 +126,13 @@ def test_credentials(name: str, body: OptionalBody) -> Response:
 
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
-    """The run with its step logs and its LLM totals (tokens, cost)."""
-    with current_pilot().db.transaction(user_id) as cur:
+    """The run with its plan version's number, its step logs and its LLM totals (tokens, cost)."""
+    version_id = run.get("plan_version_id")
+    with current_pilot().db.transaction(user_id, single=not version_id) as cur:  # one read: one round trip
         logs = store.run_logs(cur, user_id, run["id"])
-    return {**serialize(run), "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
+        version = store.get_plan_version(cur, user_id, version_id) if version_id else None
+    view = {**serialize(run), "plan_version": version["version"] if version else None}
+    return {**view, "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
 
 
 @bp.post("/plans/<int:plan_id>/run")
@@ -155,7 +161,38 @@ def run_plan(plan_id: int, body: RunBody, query: RunPlanQuery) -> tuple[Response
     run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
     if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
         raise Conflict(f"plan {plan_id} already has this run")
-    if query.wait:
+    return _started(user_id, run, wait=query.wait)
+
+
+@bp.post("/runs/<int:run_id>/replay")
+@validate(
+    summary="Replay a finished run from a step, against the plan version it ran, reusing the recorded results "
+    "of the steps before it: queued (202) or finished with ?wait=true (200)",
+    tag="runs",
+    body=ReplayBody,
+    body_required=False,
+    query=WaitQuery,
+    responses={
+        202: Answer("the queued replay (trigger replay, replayed_from)", Run),
+        200: Answer("the finished replay (?wait=true)", RunWithLogs),
+    },
+    errors=(404, 409),
+    operation_id="replayRun",
+)
+@idempotent
+def replay(run_id: int, body: ReplayBody, query: WaitQuery) -> tuple[Response, int]:
+    """A new run of the run's plan version from ``from_step``, reusing the results before it (``replay.py``)."""
+    user_id = current_user_id()
+    pilot = current_pilot()
+    wanted = body.model_dump(exclude_none=True, exclude={"user_id"})
+    run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), wanted)
+    return _started(user_id, run, wait=query.wait)
+
+
+def _started(user_id: str, run: dict[str, Any], *, wait: bool) -> tuple[Response, int]:
+    """A queued run executed here (``?wait=true``: 200, the finished run) or on the worker pool (202)."""
+    engine = current_pilot().engine
+    if wait:
         finished = engine.run(user_id, run["id"])
         if finished is None:  # not queued any more (ended by someone else): answer what it is now
             with current_pilot().db.transaction(user_id) as cur:

@@ -95,11 +95,23 @@ export function fieldErrors(error) {
   if (Array.isArray(details) && details.length && details.every((d) => d && typeof d === "object")) {
     return details.map((d) => {
       if (typeof d.field === "string") return { field: d.field === "body" ? "" : d.field, message: String(d.msg ?? d.message ?? "") };
+      if (Array.isArray(d.loc)) return { field: locPath(d.loc), message: String(d.message ?? d.msg ?? "") };
       if (typeof d.path === "string") return { field: step ? `${step[1]}.${d.path}` : d.path, message: String(d.message ?? "") };
       return { field: lead ? lead[1] : "", message: String(d.message ?? JSON.stringify(d)) };
     });
   }
   return [lead ? { field: refine(lead[1], lead[2]), message: lead[2] } : { field: "", message }];
+}
+
+/** A pydantic-style location (["body", "steps", 0, "params"]) as "steps[0].params". */
+export function locPath(loc) {
+  let path = "";
+  for (const part of loc) {
+    if (typeof part === "number") path += `[${part}]`;
+    else if (path === "" && (part === "body" || part === "query")) continue;
+    else path += path ? `.${part}` : String(part);
+  }
+  return path;
 }
 
 /** A step-level error about the provider or action points at that key, not at the whole step. */
