@@ -292,8 +292,12 @@ def test_the_console_works_from_the_keyboard(tab: Session, dev_server: Served, u
     page.keyboard.type(user)
     page.keyboard.press("Enter")
     expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    # The first page after sign-in renders (and may take focus) before tabbing starts: on a busy
+    # machine a Tab pressed while it rendered was lost and the loop ran out of presses.
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+    page.wait_for_load_state("networkidle")
     plans_link = page.get_by_role("navigation", name="Main").get_by_role("link", name="Plans")
-    for _ in range(15):  # bounded: the link is a few tab stops from the top
+    for _ in range(40):  # bounded: the link is a few tab stops from the top (Tab wraps round the page)
         page.keyboard.press("Tab")
         if plans_link.evaluate("el => el === document.activeElement"):
             break

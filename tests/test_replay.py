@@ -162,16 +162,17 @@ def test_params_override_is_validated_like_a_plan_save(client: FlaskClient, user
     plan_id = make_plan(client, user, [logic("a", "ok"), logic("b", "{{ input.missing.x }}")])
     failed = run_plan(client, user, plan_id)
     assert failed["status"] == "error"
-    cases = [
-        ({"b": {"nope": 1}}, "params.b.params: Additional properties"),  # not a param of logic.transform
-        ({"b": {"template": "x"}, "a": {}}, "params.a: the step is before from_step"),
-        ({"b": "text"}, "params.b: Input should be a valid dictionary"),  # the body model (pydantic's msg)
-        ({"zzz": {"template": "x"}}, "params.zzz: no step"),
-        ({"a": {"template": "x"}}, "params.a: the step is before from_step"),
-        ("all", "params: Input should be a valid dictionary"),
+    # 400: the body's shape (the model); 409: a well-formed body that does not fit this run's steps
+    cases: list[tuple[Any, int, str]] = [
+        ({"b": {"nope": 1}}, 409, "params.b.params: Additional properties"),  # not a param of logic.transform
+        ({"b": {"template": "x"}, "a": {}}, 409, "params.a: the step is before from_step"),
+        ({"b": "text"}, 400, "params.b: Input should be a valid dictionary"),  # the body model (pydantic's msg)
+        ({"zzz": {"template": "x"}}, 409, "params.zzz: no step"),
+        ({"a": {"template": "x"}}, 409, "params.a: the step is before from_step"),
+        ("all", 400, "params: Input should be a valid dictionary"),
     ]
-    for params, message in cases:
-        error = replay(client, user, failed["id"], expect=400, params=params)["error"]
+    for params, status, message in cases:
+        error = replay(client, user, failed["id"], expect=status, params=params)["error"]
         assert message in error["message"], (params, error)
     fixed = replay(client, user, failed["id"], params={"b": {"template": "{{ steps.a.data }}!"}})
     assert fixed["status"] == "success" and fixed["step_results"][1]["result"]["data"] == "ok!"
@@ -270,7 +271,7 @@ def test_a_redacted_or_truncated_result_is_not_reused(
     assert failed["status"] == "error" and len(receiver.requests) == 1
     assert not_whole(failed["step_results"][0]) == reason
 
-    error = replay(client, user, failed["id"], expect=400)["error"]
+    error = replay(client, user, failed["id"], expect=409)["error"]
     assert error["code"] == "result_not_reusable"
     assert "step 'fetch' (index 0)" in error["message"] and reason in error["message"]
     assert len(receiver.requests) == 1  # refused before anything ran
@@ -311,17 +312,18 @@ def test_bad_from_step_and_body_are_400(app: PilotApp, client: FlaskClient, user
     plan_id = make_plan(client, user, [logic("a", "one"), logic("b", "two")])
     done = run_plan(client, user, plan_id)
     assert done["status"] == "success"
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({}, "no failed or interrupted step"),
-        ({"from_step": "nope"}, "no step of the run's plan version has the id 'nope'"),
-        ({"from_step": 2}, "index 2 is out of range"),
-        ({"from_step": -1}, "index -1 is out of range"),
-        ({"from_step": True}, "from_step must be a step id"),
-        ({"from_step": [0]}, "from_step must be a step id"),
-        ({"from_step": 0, "extra": 1}, "extra: Extra inputs are not permitted"),  # the body model (pydantic msg)
+    # 400: the body's shape (the model); 409: a well-formed body that does not fit this run
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({}, 409, "no failed or interrupted step"),
+        ({"from_step": "nope"}, 409, "no step of the run's plan version has the id 'nope'"),
+        ({"from_step": 2}, 409, "index 2 is out of range"),
+        ({"from_step": -1}, 400, "from_step must be a step id"),
+        ({"from_step": True}, 400, "from_step must be a step id"),
+        ({"from_step": [0]}, 400, "from_step must be a step id"),
+        ({"from_step": 0, "extra": 1}, 400, "extra: Extra inputs are not permitted"),  # pydantic's msg
     ]
-    for body, message in cases:
-        error = replay(client, user, done["id"], expect=400, **body)["error"]
+    for body, status, message in cases:
+        error = replay(client, user, done["id"], expect=status, **body)["error"]
         assert message in error["message"], (body, error)
     assert replay(client, user, done["id"], from_step="b")["status"] == "success"  # a successful run, by choice
     with app.db.transaction(user) as cur:
@@ -333,7 +335,7 @@ def test_bad_from_step_and_body_are_400(app: PilotApp, client: FlaskClient, user
 def test_a_step_that_failed_or_never_ran_cannot_be_reused(client: FlaskClient, user: str) -> None:
     steps = [logic("a", "{{ input.x.y }}"), logic("b", "two"), logic("c", "three")]
     failed = run_plan(client, user, make_plan(client, user, steps))
-    error = replay(client, user, failed["id"], expect=400, from_step="c")["error"]
+    error = replay(client, user, failed["id"], expect=409, from_step="c")["error"]
     assert error["code"] == "result_not_reusable" and "step 'a' (index 0) failed" in error["message"]
     steps[0]["continue_on_error"] = True
     tolerated = run_plan(client, user, make_plan(client, user, steps))

@@ -290,7 +290,7 @@ def test_another_users_run_is_404_and_a_bad_last_event_id_is_400(
         assert answer.status_code == 400, bad
         assert answer.json()["error"]["code"] == "bad_last_event_id", bad
     past = requests.get(url, params={"user_id": user}, headers={"Last-Event-ID": "99"}, timeout=10)
-    assert past.status_code == 400 and "past this run's last event (4)" in past.json()["error"]["message"]
+    assert past.status_code == 409 and "past this run's last event (4)" in past.json()["error"]["message"]
     assert app.db.listener.subscriber_count() == 0  # refused streams left no subscription behind
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from database import DatabaseManager
 from pilot.data import store
-from pilot.errors import NotFound, PilotError, ValidationError
+from pilot.errors import Conflict, NotFound, PilotError, ValidationError
 
 CHANNEL = "pilot_runs"  # migration 017: pg_notify('pilot_runs', {"run_id", "user_id"})
 TERMINAL = frozenset({"success", "error", "interrupted", "skipped"})
@@ -153,7 +153,7 @@ class RunFollower:
                 raise NotFound(f"run {run_id} not found")
             final = last_seq(run)
             if final is not None and after > final:
-                raise ValidationError(
+                raise Conflict(
                     f"Last-Event-ID {after} is past this run's last event ({final})", code="bad_last_event_id"
                 )
         except BaseException:

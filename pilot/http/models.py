@@ -124,6 +124,15 @@ class RunBody(BaseModel):
     trigger: Literal["manual", "api"] = "manual"
 
 
+def _step_ref(value: Any) -> Any:
+    """A replay's from_step: a step id or a 0-based index (a bool is not an index)."""
+    if value is None or (isinstance(value, str) and 0 < len(value) <= 255):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_STEPS:
+        return value
+    raise ValueError(f"from_step must be a step id (a string) or an index (an integer from 0 to {MAX_STEPS - 1})")
+
+
 class ReplayBody(BaseModel):
     """A replay: from which step (id or index; default the first failed or interrupted) and param overrides."""
 
@@ -132,6 +141,7 @@ class ReplayBody(BaseModel):
     # Checked by pilot.execution.replay, whose messages name the step (an unknown id, an index past the end).
     from_step: Annotated[
         Any,
+        BeforeValidator(_step_ref),
         WithJsonSchema(
             {
                 "oneOf": [

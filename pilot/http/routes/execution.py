@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify
 from pilot.application import current_pilot
 from pilot.costs.report import run_totals
 from pilot.data import store
-from pilot.errors import Conflict, NotFound
+from pilot.errors import Conflict, NotFound, ValidationError
 from pilot.execution.dry_run import dry_run_plan
 from pilot.execution.replay import replay_run
 from pilot.execution.streaming import StepStream
@@ -168,6 +168,9 @@ def run_plan(plan_id: int, body: RunBody, query: RunPlanQuery) -> tuple[Response
 @validate(
     summary="Replay a finished run from a step, against the plan version it ran, reusing the recorded results "
     "of the steps before it: queued (202) or finished with ?wait=true (200)",
+    description="409 when the body does not fit the run: no failed step to start from, a from_step or params key "
+    "naming no step of its plan version, params that the step's action refuses, an earlier result that cannot be "
+    "reused (redacted or truncated), or the run still queued or running.",
     tag="runs",
     body=ReplayBody,
     body_required=False,
@@ -185,7 +188,10 @@ def replay(run_id: int, body: ReplayBody, query: WaitQuery) -> tuple[Response, i
     user_id = current_user_id()
     pilot = current_pilot()
     wanted = body.model_dump(exclude_none=True, exclude={"user_id"})
-    run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), wanted)
+    try:
+        run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), wanted)
+    except ValidationError as exc:  # the body is well formed (the model) but does not fit this run's steps
+        raise Conflict(exc.message, code=exc.code, details=exc.details) from exc
     return _started(user_id, run, wait=query.wait)
 
 

@@ -55,13 +55,13 @@ def list_runs(query: RunsQuery) -> Response:
     "until run_finished",
     tag="runs",
     responses={200: Answer("the event stream", media_type=sse.MEDIA_TYPE, model=RUN_EVENT_STREAM)},
-    errors=(404,),
+    errors=(404, 409),
     operation_id="getRunEvents",
     headers=(
         (
             "Last-Event-ID",
-            {"type": "string", "pattern": "^[0-9]{1,9}$"},
-            "resume after this event (EventSource sends it on reconnect); not an event id of the run: 400",
+            {"type": "string", "pattern": "^[0-9]{0,12}$"},
+            "resume after this event (EventSource sends it on reconnect); past a finished run's last event: 409",
         ),
     ),
     description="Events: step_started (steps with side "
