@@ -112,6 +112,27 @@ VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
+-- name: enqueue_run
+-- An accepted run, queued with its input for any process's claimer (issue 9). No owner
+-- and no lease until claimed; the insert NOTIFYs pilot_runs on commit (trigger,
+-- migration 013). With queue_max set, nothing is inserted (no row back) when the user
+-- already has that many queued runs; with scheduled_for set, nothing either when the
+-- (plan, slot) has a run already.
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, reason)
+SELECT %(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, 'queued', %(input)s, %(reason)s
+WHERE %(queue_max)s::integer IS NULL
+   OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s
+ON CONFLICT (plan_id, scheduled_for) DO NOTHING
+RETURNING *;
+
+-- name: queued_count
+SELECT count(*) AS queued FROM plan_runs WHERE user_id = %(user_id)s AND status = 'queued';
+
+-- name: claim_runs
+-- Up to ``limit`` queued runs of any user, oldest first, within the per-user cap,
+-- started for ``owner`` in one statement (SECURITY DEFINER; pilot_system only).
+SELECT * FROM pilot_claim_runs(%(owner)s, %(limit)s, %(max_per_user)s, %(lease_seconds)s);
+
 -- name: start_run
 UPDATE plan_runs
 SET status = 'running', started_at = now(), owner_id = %(owner_id)s, heartbeat_at = now(),
