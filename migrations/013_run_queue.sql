@@ -85,6 +85,19 @@ BEGIN
 END
 $$;
 
+-- Whether a run's recorded steps did nothing but side-effect-free work: every entry
+-- of step_results is a `pure` step (logic) or was skipped. Such a run may run again.
+CREATE OR REPLACE FUNCTION pilot_run_is_pure(p_step_results jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = public, pg_temp
+AS $$
+    SELECT NOT EXISTS (
+        SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_step_results) = 'array'
+                                                THEN p_step_results ELSE '[]'::jsonb END) e
+        WHERE coalesce(e ->> 'status', '') <> 'skipped' AND coalesce(e ->> 'pure', 'false') <> 'true')
+$$;
+
 -- 4. Reaping, redefined (same signature as migration 006). Only running rows are
 --    reaped: a queued row waits for any claimer, however old. A running row whose
 --    lease lapsed (its process died) is
@@ -112,11 +125,7 @@ BEGIN
               AND coalesce(r.heartbeat_at, r.created_at)
                   < now() - make_interval(secs => greatest(coalesce(p_lease_seconds, 0), 0))
               AND r.attempts < 3
-              AND NOT EXISTS (
-                  SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.step_results) = 'array'
-                                                          THEN r.step_results ELSE '[]'::jsonb END) e
-                  WHERE coalesce(e ->> 'status', '') <> 'skipped'
-                    AND coalesce(e ->> 'pure', 'false') <> 'true')
+              AND pilot_run_is_pure(r.step_results)
             FOR UPDATE SKIP LOCKED
         ), cleared AS (
             DELETE FROM execution_logs l USING lapsed WHERE l.run_id = lapsed.id
@@ -145,11 +154,15 @@ BEGIN
            OR (p_owner IS NULL
                AND coalesce(r.lease_expires_at, r.heartbeat_at, r.created_at) < now()
                AND coalesce(r.heartbeat_at, r.created_at)
-                   < now() - make_interval(secs => greatest(coalesce(p_lease_seconds, 0), 0))))
+                   < now() - make_interval(secs => greatest(coalesce(p_lease_seconds, 0), 0))
+               -- one the requeue above skipped (locked just then) waits for the next pass
+               AND NOT (r.attempts < 3 AND pilot_run_is_pure(r.step_results))))
     RETURNING r.id, r.plan_id, r.user_id;
 END
 $$;
 
+REVOKE ALL ON FUNCTION pilot_run_is_pure(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pilot_run_is_pure(jsonb) TO pilot_system, pilot_app;
 REVOKE ALL ON FUNCTION pilot_claim_runs(varchar, integer, integer, integer) FROM PUBLIC, pilot_app;
 REVOKE ALL ON FUNCTION pilot_interrupt_runs(varchar, integer, text) FROM PUBLIC, pilot_app;
 GRANT EXECUTE ON FUNCTION pilot_claim_runs(varchar, integer, integer, integer) TO pilot_system;

@@ -1,12 +1,19 @@
-"""Whole runs of a plan: accept, queue, execute, finish; the run half of ``ExecutionEngine``.
+"""Whole runs of a plan: queue, claim, execute, finish; the run half of ``ExecutionEngine``.
 
-A run is a ``plan_runs`` row holding its input (SPEC §6: the queue). ``submit``
-puts it on this process's bounded worker pool (``RUN_WORKERS`` threads,
-``RUN_WORKERS`` x 16 runs accepted at once, more are refused as ServiceUnavailable); ``run`` executes it
-in the caller's thread (``?wait=true``). Either way the run is held by the
-``LeaseKeeper`` while this process owns it, and every way out of ``run`` ends
-the row: success, error (a step failed, or anything else did), or, on
-shutdown, interrupted.
+The queue is the runs table (issue 9, SPEC §6). ``enqueue`` inserts a ``queued`` row
+holding the run's input (429 when the user already has ``RUN_QUEUE_MAX_PER_USER``
+queued); nothing about an accepted run lives only in this process. Any process with
+free workers claims queued rows, oldest first, at most ``MAX_RUNNING_PER_USER``
+running per user across all processes (``claim_now``: one ``pilot_system``
+statement, ``FOR UPDATE SKIP LOCKED``), and executes them on its pool of
+``RUN_WORKERS`` threads, holding each with the ``LeaseKeeper``. Serving processes
+claim from a thread woken by NOTIFY (``claimer.py``); elsewhere (tests, CLI) the
+engine claims inline when it accepts or finishes a run. ``wait_for_run`` is
+``?wait=true``: it waits up to ``RUN_WAIT_SECONDS`` for the run to end, wherever it
+runs. Every way out of a run ends its row: success, error (a step failed, or
+anything else did), or, on shutdown, interrupted. A step entry in ``step_results``
+says whether its provider is ``pure`` (logic: no side effect), so a run that dies
+having done only pure work is requeued by the reaper, and any other is interrupted.
 """
 
 from __future__ import annotations
@@ -15,23 +22,28 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from database import DatabaseManager
 from pilot.data import store
-from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable
+from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, TooManyRequests
+from pilot.execution.claimer import RunClaimer
 from pilot.execution.leases import LeaseKeeper
 from pilot.ops import metrics
 from pilot.settings import Settings
 from pilot.steps.plan_schema import Step
 from pilot.steps.templating import evaluate, truthy
-from provider_registry import ProviderResult
+from provider_registry import ProviderRegistry, ProviderResult
 
 log = logging.getLogger(__name__)
 
-RUN_QUEUE_PER_WORKER = 16
+QUEUE_FULL_RETRY_AFTER_S = 5
+WAIT_POLL_FIRST_S, WAIT_POLL_MAX_S = 0.05, 0.5  # ?wait=true reads the row this often (a local run wakes it at once)
+UNFINISHED = ("queued", "running")
+REAPED = "interrupted: the process running it stopped (its lease expired)"
 _owner: tuple[int, str] | None = None
 
 
@@ -58,14 +70,18 @@ class RunExecution:
 
     settings: Settings
     db: DatabaseManager
+    registry: ProviderRegistry
 
     def _setup_runs(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.settings.run_workers, thread_name_prefix="pilot-run")
-        # Runs accepted but not finished, per process (README: "Run queue"); more are refused.
-        self._slots = threading.BoundedSemaphore(self.settings.run_workers * RUN_QUEUE_PER_WORKER)
-        self._inflight = 0
+        self._inflight = 0  # runs claimed here and not finished; never more than RUN_WORKERS
         self._idle = threading.Condition()
+        self._claim_lock = threading.Lock()
         self._closed = False
+        self._claiming_paused = False  # set from a signal handler: a plain flag, no lock
+        self._backlog = False  # the last claim took all it could: more may be queued
+        self._waiters: dict[int, threading.Event] = {}
+        self._claimer: RunClaimer | None = None
         self.leases = LeaseKeeper(self.db, self.settings.run_lease_seconds, process_owner_id)
 
     def execute_run_step(
@@ -80,6 +96,31 @@ class RunExecution:
         """Write one execution_logs row for ``step`` (ExecutionEngine)."""
         raise NotImplementedError
 
+    # --- the queue -------------------------------------------------------------------
+
+    def enqueue(self, user_id: str, plan_id: int, trigger: str, input_: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a run of the user's plan holding ``input_``; the queued row.
+
+        NotFound for another user's or a missing plan; TooManyRequests when the user
+        already has ``RUN_QUEUE_MAX_PER_USER`` runs queued. Wakes a claimer here; the
+        insert wakes every other process's (NOTIFY).
+        """
+        limit = self.settings.run_queue_max_per_user
+        with self.db.transaction(user_id) as cur:
+            if store.get_plan(cur, user_id, plan_id) is None:
+                raise NotFound(f"plan {plan_id} not found")
+            run = store.enqueue_run(cur, user_id, plan_id, trigger=trigger, input_=input_, queue_max=limit)
+        if run is None:
+            raise TooManyRequests(
+                f"you have {limit} runs queued already, the most RUN_QUEUE_MAX_PER_USER allows; "
+                f"retry after {QUEUE_FULL_RETRY_AFTER_S} s, when some have started",
+                code="run_queue_full",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                details={"queued": limit},
+            )
+        self.claim_soon()
+        return run
+
     def create_run(
         self,
         user_id: str,
@@ -88,62 +129,137 @@ class RunExecution:
         scheduled_for: Any = None,
         input_: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Insert a queued run holding its input; None when a run for this (plan, scheduled_for) already exists."""
+        """Insert a queued run holding its input, without a queue limit and without waking a claimer here;
+        None when a run for this (plan, scheduled_for) already exists."""
         with self.db.transaction(user_id) as cur:
             if store.get_plan(cur, user_id, plan_id) is None:
                 raise NotFound(f"plan {plan_id} not found")
-            return store.insert_run(
-                cur,
-                user_id,
-                plan_id,
-                trigger=trigger,
-                owner_id=process_owner_id(),
-                scheduled_for=scheduled_for,
-                input_=input_,
-                lease_seconds=self.settings.run_lease_seconds,
-            )
+            return store.enqueue_run(cur, user_id, plan_id, trigger=trigger, input_=input_, scheduled_for=scheduled_for)
 
     def submit(self, user_id: str, run_id: int) -> None:
-        """Run a queued run on the bounded worker pool.
+        """A queued run was committed: claim soon (it may run here or in any other process)."""
+        self.claim_soon()
 
-        ServiceUnavailable when the run queue is full or the engine is stopping; the run is then
-        ended (``error`` or ``interrupted``), never left ``queued``.
-        """
-        with self._idle:  # one lock with stop(): a run is either in the pool or refused, never lost between
-            if self._closed:
-                refusal = ("interrupted", "interrupted: the server was shutting down; the run did not start")
-            elif not self._slots.acquire(blocking=False):
-                refusal = ("error", "rejected: the run queue is full")
-            else:
-                self._inflight += 1
-                self.leases.hold(run_id)
-                self._pool.submit(self._work, user_id, run_id)
+    def start_claiming(self) -> None:
+        """Start this process's claimer thread (serving processes only: ``python app.py``, gunicorn workers)."""
+        with self._claim_lock:
+            if self._claimer is not None or self._closed:
                 return
-        status, reason = refusal
-        self._finish(user_id, run_id, status, [], reason)
-        if status == "interrupted":
-            raise ServiceUnavailable("the server is shutting down; try again shortly", code="shutting_down")
-        raise ServiceUnavailable("too many runs are queued; try again shortly", code="busy")
+            self._claimer = RunClaimer(self, self.db.dsn, reap_seconds=max(1.0, self.settings.run_lease_seconds / 6))
+            self._claimer.start()
 
-    def _work(self, user_id: str, run_id: int) -> None:
+    def pause_claiming(self) -> None:
+        """Claim nothing more (safe in a signal handler); queued runs stay queued for other processes."""
+        self._claiming_paused = True
+
+    def claim_soon(self) -> None:
+        """Wake the claimer thread, or (no thread: tests, CLI) claim now in this thread."""
+        claimer = self._claimer
+        if claimer is not None and claimer.running:
+            claimer.wake()
+        elif not self._claiming_paused:
+            try:
+                self.claim_now()
+            except PilotError as exc:  # the run is queued and safe; another claim will take it
+                log.warning("claiming runs failed: %s", exc.message)
+
+    def claim_now(self) -> int:
+        """Claim as many queued runs as this process has free workers and start them; how many."""
+        with self._claim_lock:
+            if self._closed or self._claiming_paused:
+                return 0
+            with self._idle:
+                free = self.settings.run_workers - self._inflight
+            if free <= 0:
+                self._backlog = True
+                return 0
+            with self.db.system_transaction() as cur:
+                runs = store.claim_runs(
+                    cur,
+                    process_owner_id(),
+                    free,
+                    self.settings.max_running_per_user,
+                    self.settings.run_lease_seconds,
+                )
+            self._backlog = len(runs) == free
+            for run in runs:
+                with self._idle:
+                    self._inflight += 1
+                self.leases.hold(run["id"])
+                self._pool.submit(self._work, run)
+        return len(runs)
+
+    def reap(self) -> int:
+        """Requeue or interrupt the runs whose lease lapsed (their process died); how many were interrupted."""
+        with self.db.system_transaction() as cur:
+            rows = store.interrupt_runs(cur, None, self.settings.run_lease_seconds, REAPED)
+        if rows:
+            log.warning("marked %d run(s) interrupted after their owner died", len(rows))
+        return len(rows)
+
+    def _work(self, run: dict[str, Any]) -> None:
+        run_id = run["id"]
         try:
-            self.run(user_id, run_id)
-        except Exception:  # run() ends the run itself; this is only a database that stayed down
+            self._execute_claimed(run)
+        except Exception:  # _execute_claimed ends the run itself; this is only a database that stayed down
             log.exception("run %s could not be recorded as finished", run_id)
         finally:
             self.leases.release(run_id)
-            self._slots.release()
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
+                waiter = self._waiters.get(run_id)
+            if waiter is not None:
+                waiter.set()
+            if self._backlog:
+                self.claim_soon()
+
+    def _execute_claimed(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        user_id = run["user_id"]
+        results: list[dict[str, Any]] = []
+        try:
+            with self.db.transaction(user_id) as cur:
+                plan = store.get_plan(cur, user_id, run["plan_id"])
+            return self._steps(user_id, run, plan, results)
+        except (DatabaseError, ServiceUnavailable):
+            raise
+        except Exception as exc:
+            failure = unexpected_failure(exc, "the run")
+            error = (failure.error or {}).get("message", "the run failed")
+            return self._finish(user_id, run["id"], "error", results, error)
+
+    def wait_for_run(self, user_id: str, run_id: int, timeout: float) -> dict[str, Any] | None:
+        """The run once it ended, or as it is after ``timeout`` s (``?wait=true``); None if it is gone.
+
+        A run executed here wakes the wait at once; one executed by another process is
+        seen by reading its row, at most every half second.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        event = threading.Event()
+        with self._idle:
+            self._waiters[run_id] = event
+        try:
+            delay = WAIT_POLL_FIRST_S
+            while True:
+                with self.db.transaction(user_id) as cur:
+                    run = store.get_run(cur, user_id, run_id)
+                remaining = deadline - time.monotonic()
+                if run is None or run["status"] not in UNFINISHED or remaining <= 0:
+                    return run
+                event.wait(min(delay, remaining))
+                delay = min(delay * 2, WAIT_POLL_MAX_S)
+        finally:
+            with self._idle:
+                if self._waiters.get(run_id) is event:
+                    del self._waiters[run_id]
 
     def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for submitted runs to finish; True when none is left."""
+        """Wait up to ``timeout`` s for the runs claimed here to finish; True when none is left."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
 
     def run(self, user_id: str, run_id: int) -> dict[str, Any] | None:
-        """Execute a queued run, with the input stored on its row, to the end.
+        """Execute one queued run in the caller's thread, with the input stored on its row, to the end.
 
         Returns the finished run row, or None if it was not queued (or could not be
         read). A step's failure is that step's failed result with its log row; any
@@ -167,17 +283,19 @@ class RunExecution:
             plan = store.get_plan(cur, user_id, run["plan_id"]) if run else None
         if run is None:
             return None
+        return self._steps(user_id, run, plan, results)
+
+    def _steps(
+        self, user_id: str, run: dict[str, Any], plan: dict[str, Any] | None, results: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Execute the plan's steps for the started ``run``, then end it."""
+        run_id = run["id"]
         if plan is None:
             return self._finish(user_id, run_id, "error", [], "the plan was deleted")
         context: dict[str, Any] = {"steps": {}, "step_results": {}, "input": run.get("input") or {}}
         status, error = "success", None
         for index, step in enumerate(plan["steps"]):
-            entry: dict[str, Any] = {
-                "index": index,
-                "id": step.get("id"),
-                "provider": step.get("provider"),
-                "action": step.get("action"),
-            }
+            entry = self._entry(index, step)
             result = self._run_step(user_id, run_id, plan["id"], index, step, context, results)
             if result is None:
                 results.append({**entry, "status": "skipped"})
@@ -192,6 +310,20 @@ class RunExecution:
                 error = f"step {step.get('id') or index} failed: {(result.error or {}).get('message', '')}"
                 break
         return self._finish(user_id, run_id, status, results, error)
+
+    def _entry(self, index: int, step: dict[str, Any]) -> dict[str, Any]:
+        """A step's entry in ``step_results``; ``pure`` says its provider has no side effect (README)."""
+        try:
+            pure = bool(self.registry.get(str(step.get("provider"))).pure)
+        except PilotError:
+            pure = False
+        return {
+            "index": index,
+            "id": step.get("id"),
+            "provider": step.get("provider"),
+            "action": step.get("action"),
+            "pure": pure,
+        }
 
     def _run_step(
         self,
@@ -208,8 +340,7 @@ class RunExecution:
             if step.get("when") and not truthy(evaluate(step["when"], context)):
                 return None
             # Recorded before the call: if this process dies now, the step's outcome is known to be unknown.
-            running = {"index": index, "id": step.get("id"), "status": "running"}
-            running |= {"provider": step.get("provider"), "action": step.get("action")}
+            running = {**self._entry(index, step), "status": "running"}
             with self.db.transaction(user_id) as cur:
                 store.progress_run(cur, user_id, run_id, [*results, running])
             return self.execute_run_step(user_id, step, context, plan_id=plan_id, run_id=run_id, step_index=index)
@@ -255,9 +386,11 @@ class RunExecution:
             log.warning("plan %s paused after %s consecutive failed runs", plan_id, limit)
 
     def stop(self, timeout: float) -> None:
-        """Accept no more runs, let submitted ones finish for up to ``timeout`` s, mark the rest interrupted."""
-        with self._idle:
-            self._closed = True
+        """Claim no more, let the runs claimed here finish for up to ``timeout`` s, mark the rest interrupted.
+
+        Queued runs stay queued: another process (or this one, restarted) claims them.
+        """
+        self._close()
         if not self.drain(timeout):
             with self.db.system_transaction() as cur:
                 rows = store.interrupt_runs(
@@ -266,10 +399,16 @@ class RunExecution:
             log.warning("shutdown interrupted %d run(s)", len(rows))
         self.shutdown(wait=False)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Accept no more runs and stop the worker pool and lease renewal (``wait``: after the runs in it)."""
-        with self._idle:
+    def _close(self) -> None:
+        with self._claim_lock:  # a claim in progress hands its runs to the pool first
             self._closed = True
+            claimer = self._claimer
+        if claimer is not None:
+            claimer.stop()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Claim no more and stop the worker pool and lease renewal (``wait``: after the runs in it)."""
+        self._close()
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.leases.close()
 

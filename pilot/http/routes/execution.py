@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from pilot.application import current_pilot
 from pilot.costs.report import run_totals
 from pilot.data import store
-from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.errors import NotFound, ValidationError
 from pilot.execution.dry_run import dry_run_plan
 from pilot.execution.streaming import StepStream
 from pilot.http import sse
@@ -94,18 +94,15 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     if _flag("dry_run"):  # nothing is queued, sent or written: logic steps run, the others are shown
         return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
     trigger = "api" if body.get("trigger") == "api" else "manual"
-    run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
-    if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
-        raise Conflict(f"plan {plan_id} already has this run")
-    if _flag("wait"):
-        finished = engine.run(user_id, run["id"])
-        if finished is None:  # not queued any more (ended by someone else): answer what it is now
-            with current_pilot().db.transaction(user_id) as cur:
-                finished = store.get_run(cur, user_id, run["id"])
-            if finished is None:
-                raise NotFound(f"run {run['id']} not found")
-        return jsonify(_run_view(user_id, finished)), 200
-    engine.submit(user_id, run["id"])
+    # Queued with its input (429 when the user's queue is full); any process's claimer runs it.
+    run = engine.enqueue(user_id, plan_id, trigger, input_=input_)
+    if _flag("wait"):  # at most RUN_WAIT_SECONDS, then the run to poll, as without ?wait
+        current = engine.wait_for_run(user_id, run["id"], current_pilot().settings.run_wait_seconds)
+        if current is None:  # the plan was deleted meanwhile, and its runs with it
+            raise NotFound(f"run {run['id']} not found")
+        if current["status"] not in ("queued", "running"):
+            return jsonify(_run_view(user_id, current)), 200
+        run = current
     return jsonify(serialize(run)), 202
 
 
