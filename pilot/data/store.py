@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.sql
 from psycopg2.extras import Json
 
 from database import Cursor
@@ -251,6 +252,11 @@ def enqueue_run(
         queue_max=queue_max,
         reason=reason,
     )
+
+
+def listen(cur: Cursor, channel: str) -> None:
+    """``LISTEN channel`` on the cursor's (autocommit) connection: its NOTIFYs arrive in ``connection.notifies``."""
+    cur.execute(psycopg2.sql.SQL("LISTEN {}").format(psycopg2.sql.Identifier(channel)))
 
 
 def queued_count(cur: Cursor, user_id: str) -> int:

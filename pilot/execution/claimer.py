@@ -21,6 +21,8 @@ from typing import Protocol
 import psycopg2
 import psycopg2.extensions
 
+from database import Cursor
+from pilot.data import store
 from pilot.errors import PilotError
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,8 @@ class RunClaimer:
             try:
                 conn = psycopg2.connect(self.dsn, application_name="pilot-claim-listen")
                 conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-                with conn.cursor() as cur:
-                    cur.execute(f"LISTEN {CHANNEL}")
+                with conn.cursor(cursor_factory=Cursor) as cur:
+                    store.listen(cur, CHANNEL)
                 self._wake.set()  # runs queued while nobody listened
                 while not self._stop.is_set():
                     if select.select([conn], [], [], 1.0)[0]:
