@@ -66,7 +66,7 @@ def post_run(base_url: str, user: str, plan_id: int, n: int) -> int:
 
 
 def statuses(dsn: str, run_ids: list[int]) -> dict[int, str]:
-    return dict(rows(dsn, "SELECT id, status FROM plan_runs WHERE id = ANY(%s)", (run_ids,)))  # type: ignore[arg-type]
+    return dict(rows(dsn, "SELECT id, status FROM plan_runs WHERE id = ANY(%s)", (run_ids,)))
 
 
 def executions(receiver: SlowReceiver, path: str) -> Counter[int]:
