@@ -148,6 +148,9 @@ def test_a_dead_run_that_did_only_pure_work_is_requeued_and_any_other_interrupte
         with app.db.system_transaction() as cur:
             again = store.claim_runs(cur, "p2", 10, None, 30)
         assert [(r["id"], r["attempts"]) for r in again] == [(ids[0], 2), (ids[1], 2)]
+        with app.db.transaction("alice") as cur:  # the dead process, were it only paused, can no longer end it
+            assert store.finish_run(cur, "alice", ids[0], "success", [], None, "dead-host:1:x") is None
+            assert store.finish_run(cur, "alice", ids[0], "success", [], None, "p2") is not None
     finally:
         app.db.close()
 

@@ -141,12 +141,16 @@ WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'queued'
 RETURNING *;
 
 -- name: progress_run
+-- With owner_id set, only while that process still holds the run: one whose lease lapsed
+-- may have been requeued and claimed by another process since.
 UPDATE plan_runs SET step_results = %(step_results)s, heartbeat_at = now()
-WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s);
 
 -- name: finish_run
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
 RETURNING *;
 
 -- name: get_run

@@ -278,15 +278,31 @@ def start_run(
     return _one(cur, "start_run", user_id=user_id, id=run_id, owner_id=owner_id, lease_seconds=lease_seconds)
 
 
-def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
-    _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
+def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any], owner_id: str | None = None) -> None:
+    """Record the steps so far (the last one may be ``running``); with ``owner_id``, only while it holds the run."""
+    params = {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results), "owner_id": owner_id}
+    _execute(cur, "progress_run", params)
 
 
 def finish_run(
-    cur: Cursor, user_id: str, run_id: int, status: str, step_results: list[Any], error: str | None
+    cur: Cursor,
+    user_id: str,
+    run_id: int,
+    status: str,
+    step_results: list[Any],
+    error: str | None,
+    owner_id: str | None = None,
 ) -> Row | None:
+    """End an unfinished run; with ``owner_id``, only while that process holds it (else None)."""
     return _one(
-        cur, "finish_run", user_id=user_id, id=run_id, status=status, step_results=PgJson(step_results), error=error
+        cur,
+        "finish_run",
+        user_id=user_id,
+        id=run_id,
+        status=status,
+        step_results=PgJson(step_results),
+        error=error,
+        owner_id=owner_id,
     )
 
 

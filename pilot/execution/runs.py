@@ -342,7 +342,7 @@ class RunExecution:
             # Recorded before the call: if this process dies now, the step's outcome is known to be unknown.
             running = {**self._entry(index, step), "status": "running"}
             with self.db.transaction(user_id) as cur:
-                store.progress_run(cur, user_id, run_id, [*results, running])
+                store.progress_run(cur, user_id, run_id, [*results, running], process_owner_id())
             return self.execute_run_step(user_id, step, context, plan_id=plan_id, run_id=run_id, step_index=index)
         except Exception as exc:  # before or around the call: still this step's failure, with its log row
             result = unexpected_failure(exc)
@@ -369,7 +369,7 @@ class RunExecution:
         self, user_id: str, run_id: int, status: str, results: list[dict[str, Any]], error: str | None
     ) -> dict[str, Any] | None:
         with self.db.transaction(user_id) as cur:
-            run = store.finish_run(cur, user_id, run_id, status, results, error)
+            run = store.finish_run(cur, user_id, run_id, status, results, error, process_owner_id())
             if run is not None and run["trigger"] == "schedule" and status == "error":
                 self._maybe_pause(cur, user_id, run["plan_id"])
         return run
