@@ -33,8 +33,8 @@ def server_env(dsn: str, data_dir: Path, fernet_key: str, **extra: str) -> dict[
         SHUTDOWN_TIMEOUT="2",
         SCHEDULER_ENABLED="false",  # the claimer runs whatever this says
         DB_POOL_SIZE="4",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -148,3 +148,32 @@ def test_two_claimers_execute_each_of_many_runs_exactly_once(
         finally:
             assert a.stop(signal.SIGTERM) == 0
             assert b.stop(signal.SIGTERM) == 0
+
+
+def test_sigterm_finishes_the_run_in_hand_and_leaves_queued_runs_to_another_process(
+    fresh_db: str, tmp_path: Path, fernet_key: str, user: str
+) -> None:
+    env = server_env(fresh_db, tmp_path, fernet_key, RUN_WORKERS="1", SHUTDOWN_TIMEOUT="15")
+    with SlowReceiver() as receiver:
+        first = Server(env, tmp_path / "first.log")
+        second: Server | None = None
+        try:
+            slow = create_plan(first.url, user, receiver.url + "/slow?delay=2")
+            fast = create_plan(first.url, user, receiver.url + "/fast")
+            in_hand = post_run(first.url, user, slow, 100)
+            assert wait_for(lambda: executions(receiver, "/slow"), 15.0), "the slow webhook never started"
+            waiting = [post_run(first.url, user, fast, n) for n in range(3)]
+            assert first.stop(signal.SIGTERM) == 0  # claims nothing more, finishes the run it holds
+            assert statuses(fresh_db, [in_hand]) == {in_hand: "success"}
+            assert set(statuses(fresh_db, waiting).values()) == {"queued"}  # not interrupted: left for others
+            assert executions(receiver, "/fast") == Counter()
+
+            second = Server(env, tmp_path / "second.log")
+            assert wait_for(lambda: set(statuses(fresh_db, waiting).values()) == {"success"}, 30.0)
+            assert executions(receiver, "/fast") == Counter(range(3))
+            assert executions(receiver, "/slow") == Counter([100])
+        finally:
+            if first.process.poll() is None:
+                first.stop(signal.SIGKILL)
+            if second is not None:
+                assert second.stop(signal.SIGTERM) == 0
