@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import psycopg2
 import requests
 
-from tests.test_crash_recovery import Server
+from tests.test_crash_recovery import ROOT, Server, free_port, wait_until_healthy
 from tests.test_run_queue import SlowReceiver
 from tests.test_scheduler import wait_for
 
@@ -177,3 +179,55 @@ def test_sigterm_finishes_the_run_in_hand_and_leaves_queued_runs_to_another_proc
                 first.stop(signal.SIGKILL)
             if second is not None:
                 assert second.stop(signal.SIGTERM) == 0
+
+
+def test_gunicorn_workers_claim_runs_queued_by_anyone_whatever_scheduler_enabled_says(
+    fresh_db: str, tmp_path: Path, fernet_key: str, user: str
+) -> None:
+    port = free_port()
+    env = server_env(
+        fresh_db,
+        tmp_path,
+        fernet_key,
+        FLASK_PORT=str(port),
+        PILOT_WORKERS="2",
+        PILOT_THREADS="4",
+        PILOT_GRACEFUL_TIMEOUT="5",
+        PILOT_ACCESS_LOG="",
+    )
+    log = (tmp_path / "gunicorn.log").open("w")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    process = subprocess.Popen(
+        [str(gunicorn), "-c", "deploy/gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with SlowReceiver() as receiver:
+            health = wait_until_healthy(base)
+            assert health is not None and health.status_code == 200, (tmp_path / "gunicorn.log").read_text()[-3000:]
+            plan = create_plan(base, user, receiver.url + "/g")
+            # Queued behind every worker's back, as a scheduler of another instance would: only a
+            # claimer (woken by the insert's NOTIFY, or its poll) can run it.
+            inserted = rows(
+                fresh_db,
+                "INSERT INTO plan_runs (plan_id, user_id, trigger, status, input) "
+                "VALUES (%s, %s, 'api', 'queued', '{\"n\": 7}') RETURNING id",
+                (plan, user),
+            )
+            run_id = int(inserted[0][0])
+            assert wait_for(lambda: statuses(fresh_db, [run_id]) == {run_id: "success"}, 30.0)
+            assert executions(receiver, "/g") == Counter([7])
+            answer = requests.post(
+                f"{base}/api/plans/{plan}/run?wait=true", json={"user_id": user, "input": {"n": 8}}, timeout=40
+            )
+            assert answer.status_code == 200 and answer.json()["status"] == "success", answer.text
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        code = process.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "gunicorn.log").read_text()[-3000:]
