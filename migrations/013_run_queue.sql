@@ -161,8 +161,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION pilot_run_is_pure(jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pilot_run_is_pure(jsonb) TO pilot_system, pilot_app;
+REVOKE ALL ON FUNCTION pilot_run_is_pure(jsonb) FROM PUBLIC;  -- used by the reaper, as its owner
 REVOKE ALL ON FUNCTION pilot_claim_runs(varchar, integer, integer, integer) FROM PUBLIC, pilot_app;
 REVOKE ALL ON FUNCTION pilot_interrupt_runs(varchar, integer, text) FROM PUBLIC, pilot_app;
 GRANT EXECUTE ON FUNCTION pilot_claim_runs(varchar, integer, integer, integer) TO pilot_system;

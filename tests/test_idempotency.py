@@ -155,9 +155,9 @@ def test_a_plan_run_with_a_key_runs_once(client: FlaskClient, user: str) -> None
 
 
 def test_client_errors_are_kept_and_try_again_errors_release_the_key(
-    session_db: str, tmp_path: Path, fernet_key: str, user: str
+    fresh_db: str, tmp_path: Path, fernet_key: str, user: str
 ) -> None:
-    app = make_app(session_db, tmp_path, (fernet_key,), run_queue_max_per_user=1)
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_queue_max_per_user=1)  # its queued run stays here
     client = app.test_client()
     try:
         missing = post(client, "/api/plans/999999999/run", {"user_id": user}, key="k-404")

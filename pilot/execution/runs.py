@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 QUEUE_FULL_RETRY_AFTER_S = 5
 WAIT_POLL_FIRST_S, WAIT_POLL_MAX_S = 0.05, 0.5  # ?wait=true reads the row this often (a local run wakes it at once)
 UNFINISHED = ("queued", "running")
+ENDED_REMEMBERED = 1024
 REAPED = "interrupted: the process running it stopped (its lease expired)"
 _owner: tuple[int, str] | None = None
 
@@ -81,6 +83,7 @@ class RunExecution:
         self._claiming_paused = False  # set from a signal handler: a plain flag, no lock
         self._backlog = False  # the last claim took all it could: more may be queued
         self._waiters: dict[int, threading.Event] = {}
+        self._ended_here: deque[int] = deque(maxlen=ENDED_REMEMBERED)  # for a wait that starts after its run ended
         self._claimer: RunClaimer | None = None
         self.leases = LeaseKeeper(self.db, self.settings.run_lease_seconds, process_owner_id)
 
@@ -209,6 +212,7 @@ class RunExecution:
                 self._inflight -= 1
                 self._idle.notify_all()
                 waiter = self._waiters.get(run_id)
+                self._ended_here.append(run_id)
             if waiter is not None:
                 waiter.set()
             if self._backlog:
@@ -238,16 +242,18 @@ class RunExecution:
         event = threading.Event()
         with self._idle:
             self._waiters[run_id] = event
+            if run_id in self._ended_here:
+                event.set()
         try:
             delay = WAIT_POLL_FIRST_S
             while True:
+                event.wait(max(0.0, min(delay, deadline - time.monotonic())))
+                event.clear()  # woken once per end here; a row that still says running is polled
+                delay = min(delay * 2, WAIT_POLL_MAX_S)
                 with self.db.transaction(user_id) as cur:
                     run = store.get_run(cur, user_id, run_id)
-                remaining = deadline - time.monotonic()
-                if run is None or run["status"] not in UNFINISHED or remaining <= 0:
+                if run is None or run["status"] not in UNFINISHED or time.monotonic() >= deadline:
                     return run
-                event.wait(min(delay, remaining))
-                delay = min(delay * 2, WAIT_POLL_MAX_S)
         finally:
             with self._idle:
                 if self._waiters.get(run_id) is event:
