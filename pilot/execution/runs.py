@@ -42,7 +42,7 @@ from provider_registry import ProviderRegistry, ProviderResult
 log = logging.getLogger(__name__)
 
 QUEUE_FULL_RETRY_AFTER_S = 5
-WAIT_POLL_FIRST_S, WAIT_POLL_MAX_S = 0.05, 0.5  # ?wait=true reads the row this often (a local run wakes it at once)
+WAIT_POLL_FIRST_S, WAIT_POLL_MAX_S = 0.01, 0.5  # ?wait=true reads the row this often (a local run wakes it at once)
 UNFINISHED = ("queued", "running")
 ENDED_REMEMBERED = 1024
 REAPED = "interrupted: the process running it stopped (its lease expired)"
@@ -101,12 +101,22 @@ class RunExecution:
 
     # --- the queue -------------------------------------------------------------------
 
-    def enqueue(self, user_id: str, plan_id: int, trigger: str, input_: dict[str, Any] | None = None) -> dict[str, Any]:
+    def enqueue(
+        self,
+        user_id: str,
+        plan_id: int,
+        trigger: str,
+        input_: dict[str, Any] | None = None,
+        *,
+        claim_here: bool = False,
+    ) -> dict[str, Any]:
         """Queue a run of the user's plan holding ``input_``; the queued row.
 
         NotFound for another user's or a missing plan; TooManyRequests when the user
         already has ``RUN_QUEUE_MAX_PER_USER`` runs queued. Wakes a claimer here; the
-        insert wakes every other process's (NOTIFY).
+        insert wakes every other process's (NOTIFY). ``claim_here`` (``?wait=true``)
+        claims in the caller's thread at once instead, so that with free workers the
+        run most likely starts in this process, whose end wakes the wait without a poll.
         """
         limit = self.settings.run_queue_max_per_user
         with self.db.transaction(user_id) as cur:
@@ -121,7 +131,10 @@ class RunExecution:
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
                 details={"queued": limit},
             )
-        self.claim_soon()
+        if claim_here:
+            self._claim_inline()
+        else:
+            self.claim_soon()
         return run
 
     def create_run(
@@ -160,11 +173,14 @@ class RunExecution:
         claimer = self._claimer
         if claimer is not None and claimer.running:
             claimer.wake()
-        elif not self._claiming_paused:
-            try:
-                self.claim_now()
-            except PilotError as exc:  # the run is queued and safe; another claim will take it
-                log.warning("claiming runs failed: %s", exc.message)
+        else:
+            self._claim_inline()
+
+    def _claim_inline(self) -> None:
+        try:
+            self.claim_now()
+        except PilotError as exc:  # the run is queued and safe; another claim will take it
+            log.warning("claiming runs failed: %s", exc.message)
 
     def claim_now(self) -> int:
         """Claim as many queued runs as this process has free workers and start them; how many."""

@@ -95,8 +95,9 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
         return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
     trigger = "api" if body.get("trigger") == "api" else "manual"
     # Queued with its input (429 when the user's queue is full); any process's claimer runs it.
-    run = engine.enqueue(user_id, plan_id, trigger, input_=input_)
-    if _flag("wait"):  # at most RUN_WAIT_SECONDS, then the run to poll, as without ?wait
+    wait = _flag("wait")
+    run = engine.enqueue(user_id, plan_id, trigger, input_=input_, claim_here=wait)
+    if wait:  # at most RUN_WAIT_SECONDS, then the run to poll, as without ?wait
         current = engine.wait_for_run(user_id, run["id"], current_pilot().settings.run_wait_seconds)
         if current is None:  # the plan was deleted meanwhile, and its runs with it
             raise NotFound(f"run {run['id']} not found")
