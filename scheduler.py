@@ -10,10 +10,9 @@ runs hold a lease renewed by the engine executing them (``leases.py``), and any
 process's scheduler marks runs whose lease expired ``interrupted``. Listing
 schedules and reaping run as ``pilot_system``, never as a request's role.
 
-Shutdown never strands a claimed slot: a firing claims and hands its run to the
-engine inside one gate, and ``stop`` closes the gate and waits for firings in
-flight before it stops the engine (whose ``submit`` ends, rather than drops, a
-run it can no longer take).
+Shutdown never strands a claimed slot: a firing's run is a committed ``queued`` row
+that any process's run claimer takes (``pilot/execution/runs.py``); ``stop`` closes
+the gate and waits for firings in flight before it stops the engine.
 """
 
 from __future__ import annotations
@@ -335,7 +334,7 @@ class PilotScheduler:
             metrics.record_scheduler_firing("lost" if run is None else skipped)
             return None
         metrics.record_scheduler_firing(won)
-        self.app.engine.submit(user_id, run["id"])
+        self.app.engine.claim_soon()  # the queued row is committed: any process's claimer may run it
         return run
 
     def catch_up(self, row: dict[str, Any], now: datetime) -> dict[str, Any] | None:
@@ -467,10 +466,11 @@ def start_for_serving(app: PilotApp) -> PilotScheduler | None:
 
 
 def pause_for_shutdown(app: PilotApp) -> None:
-    """Stop firing schedules at once, e.g. when SIGTERM arrives, before requests have drained.
+    """Stop firing schedules and claiming runs at once, e.g. when SIGTERM arrives, before requests have drained.
 
     Run event streams end too (their clients reconnect, with Last-Event-ID, to a process that stays).
     """
+    app.engine.pause_claiming()
     app.db.listener.stop()
     if app.scheduler is not None:
         app.scheduler.pause()

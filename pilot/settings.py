@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = env("MAX_REQUEST_BYTES", 1_000_000)
     db_pool_size: int = env("DB_POOL_SIZE", 10)
     run_workers: int = env("RUN_WORKERS", 32)
+    max_running_per_user: int = env("MAX_RUNNING_PER_USER", 32)
+    run_queue_max_per_user: int = env("RUN_QUEUE_MAX_PER_USER", 1000)
+    run_wait_seconds: float = env("RUN_WAIT_SECONDS", 30.0)
     prometheus_multiproc_dir: str | None = env(PROMETHEUS_MULTIPROC_ENV)
     openai_api_key: OptionalText = env("OPENAI_API_KEY", repr=False)
     groq_api_key: OptionalText = env("GROQ_API_KEY", repr=False)
@@ -188,6 +191,10 @@ class Settings(BaseSettings):
             )
         if self.db_pool_size < 1 or self.run_workers < 1:
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
+        if self.max_running_per_user < 1 or self.run_queue_max_per_user < 1:
+            raise ConfigurationError("MAX_RUNNING_PER_USER and RUN_QUEUE_MAX_PER_USER must be at least 1")
+        if not 0 <= self.run_wait_seconds <= 600:
+            raise ConfigurationError("RUN_WAIT_SECONDS must be between 0 and 600")
         if not 0 <= self.planner_max_repairs <= 10:
             raise ConfigurationError("PLANNER_MAX_REPAIRS must be between 0 and 10")
         if not 0 <= self.metrics_rollup_seconds <= 3600:

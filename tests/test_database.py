@@ -47,6 +47,9 @@ FUNCTIONS = {
     "pilot_rollup_pruned": (True, set()),
     "pilot_version_plan_steps": (False, {"pilot_app", "pilot_system"}),  # triggers (migration 016)
     "pilot_run_plan_version": (False, {"pilot_app", "pilot_system"}),
+    "pilot_claim_runs": (True, {"pilot_system"}),  # claims cross users: the run queue (migration 013)
+    "pilot_notify_runs_queued": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
+    "pilot_run_is_pure": (False, set()),  # called by pilot_interrupt_runs only, as its owner
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}

@@ -370,14 +370,19 @@ def test_a_firing_that_races_shutdown_never_leaves_its_run_queued(
     assert runs[0]["status"] in ("success", "interrupted"), runs[0]  # run, or ended: never left queued
 
 
-def test_a_run_accepted_after_the_engine_stopped_is_ended_with_503(apps: Callable[..., PilotApp], user: str) -> None:
+def test_a_run_accepted_after_the_engine_stopped_stays_queued_for_another_process(
+    apps: Callable[..., PilotApp], user: str
+) -> None:
     app = apps()
     plan = create_plan(app, user, {"interval_seconds": 3600})
     app.engine.shutdown(wait=True)
     client = app.test_client()
     response = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": user})
-    assert response.status_code == 503, response.json
-    assert [r["status"] for r in runs_of(app, user, plan["id"])] == ["interrupted"]
+    assert response.status_code == 202, response.json
+    assert [r["status"] for r in runs_of(app, user, plan["id"])] == ["queued"]  # nothing accepted is lost
+    other = apps()
+    assert other.engine.claim_now() == 1
+    assert wait_for(lambda: runs_of(app, user, plan["id"])[0]["status"] == "success", 15.0)
 
 
 def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[..., PilotApp], user: str) -> None:
@@ -391,6 +396,8 @@ def test_a_run_its_live_process_no_longer_executes_is_reaped(apps: Callable[...,
         orphan = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id=process_owner_id(), lease_seconds=2)
         assert orphan is not None
         store.start_run(cur, user, orphan["id"], process_owner_id(), lease_seconds=2)
+        in_flight = [{"index": 0, "provider": "webhook", "action": "request", "pure": False, "status": "running"}]
+        store.progress_run(cur, user, orphan["id"], in_flight)  # a step with side effects: never run again
     scheduler.start()  # this process is alive and keeps leases, but nothing executes the orphan
     app.scheduler = scheduler
     assert wait_for(lambda: runs_of(app, user, plan["id"])[0]["status"] == "interrupted", 15.0)

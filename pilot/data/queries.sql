@@ -213,6 +213,30 @@ VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
+-- name: enqueue_run
+-- An accepted run, queued with its input for any process's claimer (issue 9). No owner
+-- and no lease until claimed; the insert NOTIFYs pilot_runs on commit (trigger,
+-- migration 013). With queue_max set, nothing is inserted (no row back) when the user
+-- already has that many queued runs; with scheduled_for set, nothing either when the
+-- (plan, slot) has a run already.
+-- plan_version_id NULL: the plan's latest version (trigger of migration 016); a replay names its own.
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, reason,
+                       plan_version_id, replayed_from, replay)
+SELECT %(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, 'queued', %(input)s, %(reason)s,
+       %(plan_version_id)s, %(replayed_from)s, %(replay)s
+WHERE %(queue_max)s::integer IS NULL
+   OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s
+ON CONFLICT (plan_id, scheduled_for) DO NOTHING
+RETURNING *;
+
+-- name: queued_count
+SELECT count(*) AS queued FROM plan_runs WHERE user_id = %(user_id)s AND status = 'queued';
+
+-- name: claim_runs
+-- Up to ``limit`` queued runs of any user, oldest first, within the per-user cap,
+-- started for ``owner`` in one statement (SECURITY DEFINER; pilot_system only).
+SELECT * FROM pilot_claim_runs(%(owner)s, %(limit)s, %(max_per_user)s, %(lease_seconds)s);
+
 -- name: start_run
 UPDATE plan_runs
 SET status = 'running', started_at = now(), owner_id = %(owner_id)s, heartbeat_at = now(),
@@ -221,8 +245,11 @@ WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'queued'
 RETURNING *;
 
 -- name: progress_run
+-- With owner_id set, only while that process still holds the run: one whose lease lapsed
+-- may have been requeued and claimed by another process since.
 UPDATE plan_runs SET step_results = %(step_results)s, heartbeat_at = now()
-WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s);
 
 -- name: append_progress
 -- The entries since the last marker, ending with the step now running; the previous marker (the last
@@ -231,11 +258,13 @@ UPDATE plan_runs
 SET step_results = CASE WHEN step_results -> -1 ->> 'status' = 'running' THEN step_results - (-1)
                         ELSE step_results END || %(entries)s,
     heartbeat_at = now()
-WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s);
 
 -- name: finish_run
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
 RETURNING *;
 
 -- name: get_run

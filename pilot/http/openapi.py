@@ -52,7 +52,7 @@ ERRORS: dict[int, tuple[str, str]] = {
         "a different request (idempotency_key_reused)",
     ),
     502: ("BadGateway", "the model's server failed, refused the key or could not be reached (details: error)"),
-    503: ("ServiceUnavailable", "the database is unavailable or the run queue is full"),
+    503: ("ServiceUnavailable", "the database is unavailable"),
 }
 
 
@@ -140,16 +140,20 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("DELETE", "/api/plans/{plan_id}"): Op("deletePlan", "Delete a plan", "plans", 204, "deleted", errors=(404,)),
     ("POST", "/api/plans/{plan_id}/run"): Op(
         "runPlan", "Run a plan now: queued (202), finished with ?wait=true (200), or dry with ?dry_run=true (200)",
-        "runs", 202, "the queued run", ref("Run"), body=ref("RunRequest"), body_required=False, errors=(404,),
+        "runs", 202, "the queued run (or, with ?wait=true, the run still queued or running after RUN_WAIT_SECONDS)",
+        ref("Run"), body=ref("RunRequest"), body_required=False, errors=(404,),
         idempotent=True,
         query=(
-            ("wait", {"type": "boolean", "default": False}, "run inline and return the finished run"),
+            ("wait", {"type": "boolean", "default": False},
+             "wait up to RUN_WAIT_SECONDS for the run to end: 200 with the finished run, else 202 to poll"),
             ("dry_run", {"type": "boolean", "default": False}, "execute logic steps only; render, validate and "
              "show (redacted) what the other steps would send; no network call, no run or log row"),
         ),
         extra_responses={
             200: ("the finished run (?wait=true) or the dry run (?dry_run=true)",
                   {"oneOf": [ref("RunWithLogs"), ref("DryRun")]}),
+            429: ("run_queue_full: the user already has RUN_QUEUE_MAX_PER_USER runs queued; retry after the "
+                  "Retry-After header's seconds", ref("Error")),
         },
     ),
     ("POST", "/api/plans/draft"): Op(

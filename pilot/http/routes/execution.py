@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from pilot.application import current_pilot
 from pilot.costs.report import run_totals
 from pilot.data import store
-from pilot.errors import Conflict, NotFound, ValidationError
+from pilot.errors import NotFound, ValidationError
 from pilot.execution.dry_run import dry_run_plan
 from pilot.execution.replay import replay_run
 from pilot.execution.streaming import StepStream
@@ -98,10 +98,10 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     if _flag("dry_run"):  # nothing is queued, sent or written: logic steps run, the others are shown
         return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
     trigger = "api" if body.get("trigger") == "api" else "manual"
-    run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
-    if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
-        raise Conflict(f"plan {plan_id} already has this run")
-    return _started(user_id, run)
+    # Queued with its input (429 when the user's queue is full); any process's claimer runs it.
+    wait = _flag("wait")
+    run = engine.enqueue(user_id, plan_id, trigger, input_=input_, claim_here=wait)
+    return _started(user_id, run, wait)
 
 
 @bp.post("/runs/<int:run_id>/replay")
@@ -111,22 +111,24 @@ def replay(run_id: int) -> tuple[Response, int]:
     body = optional_json_body()
     user_id = current_user_id()
     pilot = current_pilot()
-    run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), body)
-    return _started(user_id, run)
+    wait = _flag("wait")
+    run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), body, claim_here=wait)
+    return _started(user_id, run, wait)
 
 
-def _started(user_id: str, run: dict[str, Any]) -> tuple[Response, int]:
-    """A queued run executed here (``?wait=true``: 200, the finished run) or on the worker pool (202)."""
-    engine = current_pilot().engine
-    if _flag("wait"):
-        finished = engine.run(user_id, run["id"])
-        if finished is None:  # not queued any more (ended by someone else): answer what it is now
-            with current_pilot().db.transaction(user_id) as cur:
-                finished = store.get_run(cur, user_id, run["id"])
-            if finished is None:
-                raise NotFound(f"run {run['id']} not found")
-        return jsonify(_run_view(user_id, finished)), 200
-    engine.submit(user_id, run["id"])
+def _started(user_id: str, run: dict[str, Any], wait: bool) -> tuple[Response, int]:
+    """A queued run: 202 with the run to poll, or (``?wait=true``) 200 with the run once it ended.
+
+    ``?wait=true`` waits at most RUN_WAIT_SECONDS, then answers 202 with the run as it is.
+    """
+    pilot = current_pilot()
+    if wait:
+        current = pilot.engine.wait_for_run(user_id, run["id"], pilot.settings.run_wait_seconds)
+        if current is None:  # the plan was deleted meanwhile, and its runs with it
+            raise NotFound(f"run {run['id']} not found")
+        if current["status"] not in ("queued", "running"):
+            return jsonify(_run_view(user_id, current)), 200
+        run = current
     return jsonify(serialize(run)), 202
 
 
