@@ -20,6 +20,7 @@ USER_TABLES = (
     "provider_credentials",
     "execution_plans",
     "plan_runs",
+    "plan_schedules",
     "execution_logs",
     "api_tokens",
     "budgets",
@@ -38,6 +39,10 @@ FUNCTIONS = {
     "pilot_list_schedules": (True, {"pilot_system"}),
     "pilot_interrupt_runs": (True, {"pilot_system"}),
     "pilot_heartbeat": (False, {"pilot_system"}),
+    "pilot_sync_plan_schedule": (True, set()),  # a trigger: mirrors the plan row being written
+    "pilot_due_schedules": (True, {"pilot_system"}),
+    "pilot_fire_schedules": (True, {"pilot_system"}),
+    "pilot_scheduler_stats": (True, {"pilot_system"}),
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}

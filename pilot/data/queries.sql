@@ -188,6 +188,19 @@ RETURNING *;
 -- name: list_schedules
 SELECT * FROM pilot_list_schedules(%(plan_id)s);
 
+-- name: due_schedules
+-- One tick's batch: due schedules locked FOR UPDATE SKIP LOCKED (only in a system_transaction).
+SELECT * FROM pilot_due_schedules(%(now)s, %(limit)s);
+
+-- name: fire_schedules
+-- The batch's runs and next due times, in the same transaction as due_schedules.
+SELECT * FROM pilot_fire_schedules(%(owner)s, %(lease_seconds)s, %(plan_ids)s::bigint[], %(next_due)s::timestamptz[],
+                                   %(run_plans)s::bigint[], %(run_slots)s::timestamptz[], %(run_statuses)s::text[],
+                                   %(run_errors)s::text[]);
+
+-- name: scheduler_stats
+SELECT * FROM pilot_scheduler_stats();
+
 -- name: heartbeat
 SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS renewed;
 
@@ -195,8 +208,14 @@ SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS r
 SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);
 
 -- name: list_scheduled_plans
-SELECT id, name, schedule, timezone, enabled FROM execution_plans
-WHERE user_id = %(user_id)s AND schedule IS NOT NULL ORDER BY id;
+-- With the stored next due time (NULL while paused or never), whether it is still to be computed
+-- (due_pending: then it is the first slot after base_at).
+SELECT p.id, p.name, p.schedule, p.timezone, p.enabled, s.base_at,
+       CASE WHEN isfinite(s.next_due_at) THEN s.next_due_at END AS next_due_at,
+       s.next_due_at = '-infinity' AS due_pending
+FROM execution_plans p
+LEFT JOIN plan_schedules s ON s.user_id = p.user_id AND s.plan_id = p.id
+WHERE p.user_id = %(user_id)s AND p.schedule IS NOT NULL ORDER BY p.id;
 
 -- name: all_cron_plans
 -- Every user's plans with a cron schedule: operator commands only (connecting role, not pilot_app).

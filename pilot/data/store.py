@@ -311,6 +311,44 @@ def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
     return _all(cur, "list_schedules", plan_id=plan_id)
 
 
+def due_schedules(cur: Cursor, now: Any, limit: int) -> list[Row]:
+    """Up to ``limit`` schedules due at ``now``, locked until the transaction ends (``system_transaction`` only)."""
+    return _all(cur, "due_schedules", now=now, limit=limit)
+
+
+def fire_schedules(
+    cur: Cursor,
+    owner: str,
+    lease_seconds: int,
+    next_due: dict[int, Any],
+    runs: list[tuple[int, Any, str, str | None]],
+) -> list[Row]:
+    """Advance each plan's next due time and insert the slots' runs (plan_id, slot, status, error), in one statement.
+
+    Returns the runs inserted: a ``queued`` slot of a plan with a run still going comes
+    back ``skipped``; a slot that already had a run is absent.
+    """
+    return _all(
+        cur,
+        "fire_schedules",
+        owner=owner,
+        lease_seconds=lease_seconds,
+        plan_ids=list(next_due),
+        next_due=list(next_due.values()),
+        run_plans=[run[0] for run in runs],
+        run_slots=[run[1] for run in runs],
+        run_statuses=[run[2] for run in runs],
+        run_errors=[run[3] for run in runs],
+    )
+
+
+def scheduler_stats(cur: Cursor) -> Row:
+    """schedules, queued (runs) and oldest_queued_seconds, across users (``system_transaction`` only)."""
+    row = _one(cur, "scheduler_stats")
+    assert row is not None
+    return row
+
+
 def heartbeat(cur: Cursor, owner: str, run_ids: list[int], lease_seconds: int) -> int:
     """Renew for ``lease_seconds`` the leases of those of ``run_ids`` that ``owner`` holds and are unfinished.
 

@@ -125,6 +125,11 @@ class RunExecution:
             raise ServiceUnavailable("the server is shutting down; try again shortly", code="shutting_down")
         raise ServiceUnavailable("too many runs are queued; try again shortly", code="busy")
 
+    def free_run_slots(self, per_worker: int = RUN_QUEUE_PER_WORKER) -> int:
+        """How many more runs ``submit`` takes now, counting ``per_worker`` per run worker (the scheduler's bound)."""
+        with self._idle:
+            return 0 if self._closed else max(0, self.settings.run_workers * per_worker - self._inflight)
+
     def _work(self, user_id: str, run_id: int) -> None:
         try:
             self.run(user_id, run_id)
