@@ -277,9 +277,7 @@ class EngineSink:
 class PilotScheduler:
     """One process's scheduler: the tick (claims whole batches of due slots), leases, the queue gauges."""
 
-    def __init__(
-        self, app: PilotApp, clock: Callable[[], datetime] | None = None, sink: RunSink | None = None
-    ) -> None:
+    def __init__(self, app: PilotApp, clock: Callable[[], datetime] | None = None, sink: RunSink | None = None) -> None:
         self.app = app
         settings = app.settings
         self.clock = clock or (lambda: datetime.now(UTC))

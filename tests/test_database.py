@@ -253,7 +253,9 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
             cur.execute("SELECT set_config('app.current_user_id', 'someone', true)")
             cur.execute("SET LOCAL ROLE pilot_app")
             cur.execute(
-                "INSERT INTO execution_plans (user_id, name) VALUES ('someone', 'p') RETURNING id",
+                # scheduled, so its plan_schedules row exists too (the trigger of migration 014)
+                "INSERT INTO execution_plans (user_id, name, schedule) "
+                "VALUES ('someone', 'p', '{\"interval_seconds\": 60}') RETURNING id",
             )
             plan_id = cur.fetchone()[0]
             cur.execute(
