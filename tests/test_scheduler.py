@@ -344,6 +344,21 @@ def test_two_ticking_schedulers_share_a_burst_exactly_once(
     assert results[0].batches + results[1].batches <= 300 // 50 + 2
 
 
+def test_queue_depth_and_oldest_queued_age_are_gauges(apps: Callable[..., PilotApp], user: str, fresh_db: str) -> None:
+    app = apps()
+    plan = create_plan(app, user, {"interval_seconds": 3600})
+    with app.db.transaction(user) as cur:
+        for _ in range(3):  # accepted, not started (nothing executes them here)
+            assert store.insert_run(cur, user, plan["id"], trigger="api", owner_id="elsewhere") is not None
+    admin(fresh_db, "UPDATE plan_runs SET created_at = now() - interval '90 seconds' WHERE plan_id = %s", (plan["id"],))
+    stats = PilotScheduler(app).sample()
+    assert (stats["schedules"], stats["queued"]) == (1, 3) and 90 <= stats["oldest_queued_seconds"] < 150
+    samples = scrape(app.test_client())
+    assert value(samples, "pilot_run_queue_depth") == 3
+    assert 90 <= value(samples, "pilot_run_queue_oldest_seconds") < 150
+    assert value(samples, "pilot_scheduler_jobs") == 1
+
+
 def test_two_started_schedulers_run_every_slot_once(apps: Callable[..., PilotApp], user: str) -> None:
     a, b = apps(max_lateness_seconds=1), apps(max_lateness_seconds=1)
     plans = [create_plan(a, user, {"interval_seconds": 1}) for _ in range(3)]
