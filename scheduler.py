@@ -67,6 +67,7 @@ MAX_BATCHES_PER_TICK = 20  # then the next tick goes on
 FIRING_QUEUE_PER_WORKER = 2  # runnable slots a tick may hand over per run worker (minus runs in flight)
 STATS_SECONDS = 2.0  # how often the queue gauges and the schedule count are sampled
 MISSED = "missed: the scheduler was not running at this time"
+REASONS = {"skipped_misfire": "missed", "skipped_late": "late", "skipped_budget": "budget"}  # plan_runs.reason
 
 
 def build_trigger(schedule: dict[str, Any], plan_timezone: str = "UTC") -> BaseTrigger:
@@ -231,14 +232,18 @@ class _Batch:
     """One batch being decided: the next due time per plan, the slots' runs, what each slot was meant to be."""
 
     next_due: dict[int, datetime | None] = field(default_factory=dict)
-    runs: list[tuple[int, datetime, str, str | None]] = field(default_factory=list)
+    runs: list[tuple[int, datetime, str, str | None, str | None]] = field(default_factory=list)
     intended: dict[tuple[int, datetime], str] = field(default_factory=dict)
     left: int = 0
     rows: int = 0
 
 
 class RunSink(Protocol):
-    """Where a tick's queued runs go: how many it may claim now, and the hand-over itself."""
+    """Where a tick's queued runs go: who owns them, how many it may claim now, and the hand-over itself."""
+
+    def owner(self) -> str | None:
+        """The process that leases the queued runs, or None: unowned rows for any process's claimer."""
+        ...
 
     def capacity(self) -> int:
         """How many runnable slots the tick may claim now (the bounded firing queue)."""
@@ -259,6 +264,9 @@ class EngineSink:
     def __init__(self, engine: ExecutionEngine) -> None:
         self.engine = engine
 
+    def owner(self) -> str | None:
+        return process_owner_id()
+
     def capacity(self) -> int:
         return self.engine.free_run_slots(FIRING_QUEUE_PER_WORKER)
 
@@ -272,6 +280,35 @@ class EngineSink:
                 continue
             handed.append(run)
         return handed
+
+
+class _Claimer(Protocol):
+    def claim_soon(self) -> None: ...
+
+
+class QueueSink:
+    """The hand-over once queued rows are the durable queue (branch i9-queue): commit, then wake the claimers.
+
+    The rows are inserted unowned and unleased; any process's claimer (NOTIFY pilot_runs
+    on insert, and its poll) starts them. Switch with ``PilotScheduler(app, sink=QueueSink(app.engine))``
+    or by making it the default below. The bound is then the claimers': a slot that
+    waits in the queue past SCHEDULER_MAX_LATENESS_SECONDS is the claimer's to skip as late.
+    """
+
+    def __init__(self, engine: _Claimer, bound: int = 1_000_000) -> None:
+        self.engine = engine
+        self.bound = bound
+
+    def owner(self) -> str | None:
+        return None
+
+    def capacity(self) -> int:
+        return self.bound
+
+    def hand_off(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if runs:
+            self.engine.claim_soon()
+        return runs
 
 
 class PilotScheduler:
@@ -435,7 +472,7 @@ class PilotScheduler:
             for row in rows:
                 capacity -= self._decide(row, now, catching_up, capacity, batch)
             inserted = (
-                store.fire_schedules(cur, process_owner_id(), self.lease_seconds, batch.next_due, batch.runs)
+                store.fire_schedules(cur, self.sink.owner(), self.lease_seconds, batch.next_due, batch.runs)
                 if batch.next_due
                 else []
             )
@@ -474,8 +511,8 @@ class PilotScheduler:
                 wanted.append((firing.run, "queued", None, won))
                 taken = 1
         batch.next_due[plan_id] = firing.next_due
-        for moment, status, reason, outcome in wanted[-MAX_RECORDED_MISSES:]:
-            batch.runs.append((plan_id, moment, status, reason))
+        for moment, status, error, outcome in wanted[-MAX_RECORDED_MISSES:]:
+            batch.runs.append((plan_id, moment, status, REASONS.get(outcome), error))
             batch.intended[(plan_id, moment)] = outcome
         return taken
 

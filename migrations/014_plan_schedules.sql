@@ -22,7 +22,11 @@ CREATE INDEX IF NOT EXISTS plan_schedules_due_idx ON plan_schedules (next_due_at
 SELECT pilot_protect_user_table('plan_schedules');  -- forced RLS, four policies (migration 002)
 
 -- Queue depth and the age of the oldest queued run, read by the scheduler's gauges.
-CREATE INDEX IF NOT EXISTS plan_runs_queued_idx ON plan_runs (created_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS plan_runs_queued_age_idx ON plan_runs (created_at) WHERE status = 'queued';
+
+-- A short machine-readable reason on a skipped run: late, missed, overlap, budget
+-- (the same column as the run queue's migration 013; whichever runs first adds it).
+ALTER TABLE plan_runs ADD COLUMN IF NOT EXISTS reason varchar(32);
 
 -- Every plan change keeps its schedule row in step, in the same transaction, whoever
 -- makes it (API, psql, a migration). SECURITY DEFINER: it mirrors the row being
@@ -97,13 +101,17 @@ AS $$
 $$;
 
 -- The outcome of one batch, in one statement: the slots' runs (a 'queued' slot
--- becomes 'skipped' when a run of its plan is still queued or running; a slot
--- that already has a run is left alone) and each plan's next due time (NULL: never).
+-- becomes 'skipped' (reason overlap) when a run of its plan is still queued or
+-- running; a slot that already has a run is left alone) and each plan's next due
+-- time (NULL: never). p_owner NULL queues runs with no owner and no lease, for any
+-- process's claimer (the durable queue); else they are leased to that process.
 CREATE OR REPLACE FUNCTION pilot_fire_schedules(
     p_owner varchar, p_lease_seconds integer,
     p_plan_ids bigint[], p_next_due timestamptz[],
-    p_run_plans bigint[], p_run_slots timestamptz[], p_run_statuses text[], p_run_errors text[])
-RETURNS TABLE (id bigint, plan_id bigint, user_id varchar, status varchar, scheduled_for timestamptz, error text)
+    p_run_plans bigint[], p_run_slots timestamptz[], p_run_statuses text[], p_run_reasons text[],
+    p_run_errors text[])
+RETURNS TABLE (id bigint, plan_id bigint, user_id varchar, status varchar, scheduled_for timestamptz,
+               reason varchar, error text)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = public, pg_temp
 AS $$
@@ -113,14 +121,18 @@ AS $$
         WHERE s.plan_id = a.plan_id
         RETURNING s.plan_id
     ), wanted AS (
-        SELECT w.plan_id, w.slot, w.status, w.error
-        FROM unnest(p_run_plans, p_run_slots, p_run_statuses, p_run_errors) AS w(plan_id, slot, status, error)
+        SELECT w.plan_id, w.slot, w.status, w.reason, w.error
+        FROM unnest(p_run_plans, p_run_slots, p_run_statuses, p_run_reasons, p_run_errors)
+             AS w(plan_id, slot, status, reason, error)
     ), inserted AS (
         INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at,
-                               lease_expires_at, error, finished_at)
+                               lease_expires_at, reason, error, finished_at)
         SELECT p.id, p.user_id, 'schedule', w.slot,
                CASE WHEN w.status = 'queued' AND busy.id IS NOT NULL THEN 'skipped' ELSE w.status END,
-               p_owner, now(), now() + make_interval(secs => p_lease_seconds),
+               p_owner,
+               CASE WHEN p_owner IS NOT NULL THEN now() END,
+               CASE WHEN p_owner IS NOT NULL THEN now() + make_interval(secs => p_lease_seconds) END,
+               CASE WHEN w.status = 'queued' AND busy.id IS NOT NULL THEN 'overlap' ELSE w.reason END,
                CASE WHEN w.status = 'queued' AND busy.id IS NOT NULL
                     THEN format('skipped: run %s of this plan was still %s', busy.id, busy.status)
                     ELSE w.error END,
@@ -136,9 +148,9 @@ AS $$
         ORDER BY w.plan_id, w.slot
         ON CONFLICT (plan_id, scheduled_for) DO NOTHING
         RETURNING plan_runs.id, plan_runs.plan_id, plan_runs.user_id, plan_runs.status,
-                  plan_runs.scheduled_for, plan_runs.error
+                  plan_runs.scheduled_for, plan_runs.reason, plan_runs.error
     )
-    SELECT i.id, i.plan_id, i.user_id, i.status, i.scheduled_for, i.error FROM inserted i
+    SELECT i.id, i.plan_id, i.user_id, i.status, i.scheduled_for, i.reason, i.error FROM inserted i
 $$;
 
 -- What the scheduler's gauges show: schedules, queued runs and the oldest one's age (s).
@@ -154,9 +166,9 @@ $$;
 
 REVOKE ALL ON FUNCTION pilot_due_schedules(timestamptz, integer) FROM PUBLIC, pilot_app;
 REVOKE ALL ON FUNCTION pilot_fire_schedules(varchar, integer, bigint[], timestamptz[], bigint[], timestamptz[],
-                                            text[], text[]) FROM PUBLIC, pilot_app;
+                                            text[], text[], text[]) FROM PUBLIC, pilot_app;
 REVOKE ALL ON FUNCTION pilot_scheduler_stats() FROM PUBLIC, pilot_app;
 GRANT EXECUTE ON FUNCTION pilot_due_schedules(timestamptz, integer) TO pilot_system;
 GRANT EXECUTE ON FUNCTION pilot_fire_schedules(varchar, integer, bigint[], timestamptz[], bigint[], timestamptz[],
-                                               text[], text[]) TO pilot_system;
+                                               text[], text[], text[]) TO pilot_system;
 GRANT EXECUTE ON FUNCTION pilot_scheduler_stats() TO pilot_system;

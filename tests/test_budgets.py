@@ -400,6 +400,7 @@ def test_scheduled_plans_of_an_over_budget_user_are_skipped_with_reason_budget(
             [skipped] = store.list_runs(cur, user, llm_plan["id"], limit=10, offset=0)
         assert skipped["status"] == "skipped" and skipped["trigger"] == "schedule"
         assert skipped["error"].startswith("skipped: budget") and skipped["scheduled_for"] == now
+        assert skipped["reason"] == "budget"
         assert completions(openai) == []
         outcome = {"outcome": "skipped_budget"}
         assert (

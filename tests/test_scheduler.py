@@ -157,7 +157,7 @@ def test_a_plan_still_running_is_not_started_twice(apps: Callable[..., PilotApp]
     runs = {r["id"]: r for r in runs_of(app, user, plan["id"])}
     skipped = [r for r in runs.values() if r["status"] == "skipped"]
     assert len(skipped) == 1 and skipped[0]["scheduled_for"] == now
-    assert f"run {running['id']}" in skipped[0]["error"]
+    assert f"run {running['id']}" in skipped[0]["error"] and skipped[0]["reason"] == "overlap"
 
 
 def test_downtime_gives_one_catch_up_run_and_records_the_rest_skipped(
@@ -180,7 +180,7 @@ def test_downtime_gives_one_catch_up_run_and_records_the_rest_skipped(
     runs = runs_of(a, user, plan["id"])
     assert [r["scheduled_for"] for r in runs if r["status"] == "success"] == [missed[-1]]
     assert sorted(r["scheduled_for"] for r in runs if r["status"] == "skipped") == missed[:-1]
-    assert all("missed" in r["error"] for r in runs if r["status"] == "skipped")
+    assert all("missed" in r["error"] and r["reason"] == "missed" for r in runs if r["status"] == "skipped")
     upcoming = fire_times(build_trigger({"interval_seconds": 60}), now, now + timedelta(minutes=1))[0]
     assert datetime.fromisoformat(stored_due(fresh_db, plan["id"])) == upcoming
 
@@ -217,7 +217,7 @@ def test_a_slot_that_cannot_start_in_time_is_skipped_late(
     result = scheduler.tick()
     assert result.handed_over == [] and result.outcomes == {"skipped_late": 1}
     [run] = runs_of(app, user, plan["id"])
-    assert run["status"] == "skipped" and run["scheduled_for"] == moment
+    assert run["status"] == "skipped" and run["scheduled_for"] == moment and run["reason"] == "late"
     assert run["error"].startswith("skipped: late:") and "SCHEDULER_MAX_LATENESS_SECONDS" in run["error"]
     assert value(scrape(app.test_client()), "pilot_scheduler_firings_total", **late) == before + 1
     # Within the limit the slot runs.
@@ -253,6 +253,9 @@ class Sink:
     def __init__(self, capacity: int = 1_000_000) -> None:
         self.limit = capacity
         self.runs: list[dict[str, Any]] = []
+
+    def owner(self) -> str | None:
+        return "test-sink"
 
     def capacity(self) -> int:
         return self.limit

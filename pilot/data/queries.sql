@@ -196,7 +196,7 @@ SELECT * FROM pilot_due_schedules(%(now)s, %(limit)s);
 -- The batch's runs and next due times, in the same transaction as due_schedules.
 SELECT * FROM pilot_fire_schedules(%(owner)s, %(lease_seconds)s, %(plan_ids)s::bigint[], %(next_due)s::timestamptz[],
                                    %(run_plans)s::bigint[], %(run_slots)s::timestamptz[], %(run_statuses)s::text[],
-                                   %(run_errors)s::text[]);
+                                   %(run_reasons)s::text[], %(run_errors)s::text[]);
 
 -- name: scheduler_stats
 SELECT * FROM pilot_scheduler_stats();

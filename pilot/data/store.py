@@ -318,15 +318,17 @@ def due_schedules(cur: Cursor, now: Any, limit: int) -> list[Row]:
 
 def fire_schedules(
     cur: Cursor,
-    owner: str,
+    owner: str | None,
     lease_seconds: int,
     next_due: dict[int, Any],
-    runs: list[tuple[int, Any, str, str | None]],
+    runs: list[tuple[int, Any, str, str | None, str | None]],
 ) -> list[Row]:
-    """Advance each plan's next due time and insert the slots' runs (plan_id, slot, status, error), in one statement.
+    """Advance each plan's next due time and insert the slots' runs, in one statement.
 
-    Returns the runs inserted: a ``queued`` slot of a plan with a run still going comes
-    back ``skipped``; a slot that already had a run is absent.
+    ``runs`` holds (plan_id, slot, status, reason, error). Returns the runs inserted: a
+    ``queued`` slot of a plan with a run still going comes back ``skipped`` (reason
+    ``overlap``); a slot that already had a run is absent. ``owner`` None queues runs
+    unowned and unleased, for any process's claimer.
     """
     return _all(
         cur,
@@ -338,7 +340,8 @@ def fire_schedules(
         run_plans=[run[0] for run in runs],
         run_slots=[run[1] for run in runs],
         run_statuses=[run[2] for run in runs],
-        run_errors=[run[3] for run in runs],
+        run_reasons=[run[3] for run in runs],
+        run_errors=[run[4] for run in runs],
     )
 
 
