@@ -273,42 +273,12 @@ def list_user_runs(
 # --- scheduling ----------------------------------------------------------------
 
 
-def lock_plan(cur: Cursor, plan_id: int) -> None:
-    """Serialize claims for one plan until the transaction ends."""
-    _execute(cur, "lock_plan", {"plan_id": plan_id})
-
-
-def claim_slot(
-    cur: Cursor,
-    user_id: str,
-    plan_id: int,
-    scheduled_for: Any,
-    owner_id: str,
-    lease_seconds: int = DEFAULT_LEASE_SECONDS,
-) -> Row | None:
-    """The run row this process created for the slot (queued, or skipped when the plan is busy), else None."""
-    return _one(
-        cur,
-        "claim_slot",
-        user_id=user_id,
-        plan_id=plan_id,
-        scheduled_for=scheduled_for,
-        owner_id=owner_id,
-        lease_seconds=lease_seconds,
-    )
-
-
 def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
     return [row["status"] for row in _all(cur, "recent_finished_runs", user_id=user_id, plan_id=plan_id, limit=limit)]
 
 
 def set_plan_enabled(cur: Cursor, user_id: str, plan_id: int, enabled: bool) -> Row | None:
     return _one(cur, "set_plan_enabled", user_id=user_id, id=plan_id, enabled=enabled)
-
-
-def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
-    """Every user's enabled schedules (SECURITY DEFINER; only in a ``system_transaction``)."""
-    return _all(cur, "list_schedules", plan_id=plan_id)
 
 
 def due_schedules(cur: Cursor, now: Any, limit: int) -> list[Row]:
