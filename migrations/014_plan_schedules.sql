@@ -124,6 +124,13 @@ AS $$
         SELECT w.plan_id, w.slot, w.status, w.reason, w.error
         FROM unnest(p_run_plans, p_run_slots, p_run_statuses, p_run_reasons, p_run_errors)
              AS w(plan_id, slot, status, reason, error)
+    ), busy AS (
+        -- the batch's plans with a run still queued or running, read once for the whole batch
+        -- (not once per slot: with stale statistics that became a scan per slot)
+        SELECT DISTINCT ON (r.plan_id) r.plan_id, r.user_id, r.id, r.status
+        FROM plan_runs r
+        WHERE r.status IN ('queued', 'running') AND r.plan_id = ANY (p_run_plans)
+        ORDER BY r.plan_id, r.id
     ), inserted AS (
         INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at,
                                lease_expires_at, reason, error, finished_at)
@@ -139,12 +146,7 @@ AS $$
                CASE WHEN w.status <> 'queued' OR busy.id IS NOT NULL THEN now() END
         FROM wanted w
         JOIN execution_plans p ON p.id = w.plan_id
-        LEFT JOIN LATERAL (
-            SELECT r.id, r.status FROM plan_runs r
-            WHERE w.status = 'queued' AND r.user_id = p.user_id AND r.plan_id = p.id
-              AND r.status IN ('queued', 'running')
-            ORDER BY r.id LIMIT 1
-        ) busy ON true
+        LEFT JOIN busy ON w.status = 'queued' AND busy.plan_id = p.id AND busy.user_id = p.user_id
         ORDER BY w.plan_id, w.slot
         ON CONFLICT (plan_id, scheduled_for) DO NOTHING
         RETURNING plan_runs.id, plan_runs.plan_id, plan_runs.user_id, plan_runs.status,
