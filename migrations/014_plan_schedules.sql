@@ -80,23 +80,26 @@ LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = public, pg_temp
 AS $$
     WITH due AS (
-        SELECT s.plan_id, s.user_id, s.next_due_at, s.base_at
+        -- The plan rows are locked too (KEY SHARE, as the runs' foreign key would), in the same
+        -- step and skipping as well: a request changing a plan locks the plan, then its schedule
+        -- (trigger), so a tick that locked the schedule first must not wait for the plan after.
+        SELECT s.plan_id, s.user_id, s.next_due_at, s.base_at, p.schedule, p.timezone
         FROM plan_schedules s
-        WHERE s.next_due_at <= p_now
+        JOIN execution_plans p ON p.id = s.plan_id AND p.user_id = s.user_id
+        WHERE s.next_due_at <= p_now AND p.enabled AND p.schedule IS NOT NULL
         ORDER BY s.next_due_at
         LIMIT greatest(p_limit, 0)
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF s SKIP LOCKED
+        FOR KEY SHARE OF p SKIP LOCKED
     )
-    SELECT d.plan_id, d.user_id, p.schedule, p.timezone,
+    SELECT d.plan_id, d.user_id, d.schedule, d.timezone,
            CASE WHEN isfinite(d.next_due_at) THEN d.next_due_at END, d.base_at,
            b.monthly_usd, b.on_exceed,
            coalesce((SELECT sp.spent_usd FROM budget_spend sp
                      WHERE sp.user_id = d.user_id
                        AND sp.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0)
     FROM due d
-    JOIN execution_plans p ON p.id = d.plan_id AND p.user_id = d.user_id
     LEFT JOIN budgets b ON b.user_id = d.user_id
-    WHERE p.enabled AND p.schedule IS NOT NULL
     ORDER BY d.next_due_at
 $$;
 

@@ -362,6 +362,40 @@ def test_queue_depth_and_oldest_queued_age_are_gauges(apps: Callable[..., PilotA
     assert value(samples, "pilot_scheduler_jobs") == 1
 
 
+def test_plan_changes_racing_ticks_never_deadlock(apps: Callable[..., PilotApp], user: str, fresh_db: str) -> None:
+    """A request locks a plan then (by trigger) its schedule; a tick must never hold one while waiting on the other."""
+    app = apps()
+    moment = minute()
+    ids = insert_plans(fresh_db, user, 40, '{"interval_seconds": 60}')
+    scheduler = PilotScheduler(app, sink=Sink())
+    failures: list[BaseException] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        for step in range(200):  # every tick finds all 40 plans due again
+            if stop.is_set():
+                return
+            admin(fresh_db, "UPDATE plan_schedules SET next_due_at = %s", (moment + timedelta(minutes=step),))
+            try:
+                scheduler.tick(moment + timedelta(minutes=step, seconds=1))
+            except Exception as exc:  # asserted below: a deadlock surfaces here or in a request
+                failures.append(exc)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    client = app.test_client()
+    try:
+        for round_ in range(3):
+            for plan_id in ids:
+                action = ("pause", "resume")[round_ % 2]
+                statuses.append(client.post(f"/api/plans/{plan_id}/{action}", json={"user_id": user}).status_code)
+    finally:
+        stop.set()
+        ticker.join(timeout=120)
+    assert failures == [] and set(statuses) == {200}, (failures, sorted(set(statuses)))
+
+
 def test_two_started_schedulers_run_every_slot_once(apps: Callable[..., PilotApp], user: str) -> None:
     a, b = apps(max_lateness_seconds=1), apps(max_lateness_seconds=1)
     plans = [create_plan(a, user, {"interval_seconds": 1}) for _ in range(3)]
