@@ -236,6 +236,8 @@ class _Batch:
     intended: dict[tuple[int, datetime], str] = field(default_factory=dict)
     left: int = 0
     rows: int = 0
+    limit: int = BATCH_SIZE  # rows asked for
+    starved: bool = False  # no capacity: only late schedules were asked for, others may be due
 
 
 class RunSink(Protocol):
@@ -453,22 +455,27 @@ class PilotScheduler:
         catching_up = self._catch_up_mode(now)
         for _ in range(MAX_BATCHES_PER_TICK):
             batch = self._fire_batch(now, catching_up, result)
-            if batch.left or batch.rows < self.batch_size:
+            if batch.left or batch.rows < batch.limit:
                 break
-        else:
-            batch = _Batch(left=1)  # more due than this tick may take: the next tick goes on
-        if not batch.left:
-            self._catching_up = False
+        if not (batch.left or batch.starved or batch.rows >= batch.limit):
+            self._catching_up = False  # everything due was seen: what is missed from now on is late
         for outcome, count in result.outcomes.items():
             metrics.record_scheduler_firing(outcome, count)
         return result
 
     def _fire_batch(self, now: datetime, catching_up: bool, result: TickResult) -> _Batch:
+        """One transaction: lock due schedules (no more than the sink can start), record their slots, advance them.
+
+        With no capacity left only schedules already past SCHEDULER_MAX_LATENESS_SECONDS are
+        taken (to record them); the others stay unlocked for a process that can start them.
+        """
         capacity = self.sink.capacity()
-        batch = _Batch()
+        batch = _Batch(limit=min(self.batch_size, capacity) if capacity > 0 else self.batch_size)
+        horizon = now if capacity > 0 else now - timedelta(seconds=self.max_lateness)
         with self.app.db.system_transaction() as cur:
-            rows = store.due_schedules(cur, now, self.batch_size)
+            rows = store.due_schedules(cur, horizon, batch.limit)
             batch.rows = len(rows)
+            batch.starved = capacity <= 0
             for row in rows:
                 capacity -= self._decide(row, now, catching_up, capacity, batch)
             inserted = (

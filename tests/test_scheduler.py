@@ -229,22 +229,29 @@ def test_a_slot_that_cannot_start_in_time_is_skipped_late(
 def test_a_full_firing_queue_leaves_slots_for_others_then_records_them_late(
     apps: Callable[..., PilotApp], user: str, fresh_db: str
 ) -> None:
-    """A bounded firing queue: no capacity, no claim; once too late, the slot is recorded skipped."""
+    """A bounded firing queue: a tick locks no more due slots than it can start; once too late, they are recorded."""
     app = apps(max_lateness_seconds=5)
-    clock = Clock(slot(datetime.now(UTC)))
-    full = Sink(capacity=0)
-    scheduler = PilotScheduler(app, clock=clock, sink=full)
-    plan = create_plan(app, user, {"interval_seconds": 60})
+    clock = Clock(minute())
+    one = Sink(capacity=1)
+    scheduler = PilotScheduler(app, clock=clock, sink=one)
+    plans = [create_plan(app, user, {"interval_seconds": 60}) for _ in range(2)]
     scheduler.tick()
-    moment = fire_times(build_trigger({"interval_seconds": 60}), clock.now, clock.now + timedelta(minutes=1))[0]
-    set_due(fresh_db, plan["id"], moment)
+    moment = clock.now + timedelta(minutes=1)
+    for plan in plans:
+        set_due(fresh_db, plan["id"], moment)
     clock.now = moment + timedelta(seconds=1)
     result = scheduler.tick()
-    assert result.left_for_capacity == 1 and runs_of(app, user, plan["id"]) == []
-    assert datetime.fromisoformat(stored_due(fresh_db, plan["id"])) == moment  # still due, for any process
+    assert result.outcomes == {"claimed": 1} and len(one.runs) == 1  # room for one: one claimed
+    [waiting] = [plan for plan in plans if plan["id"] != one.runs[0]["plan_id"]]
+    # the other was not even locked: still due, for any process with room
+    assert datetime.fromisoformat(stored_due(fresh_db, waiting["id"])) == moment
+    assert runs_of(app, user, waiting["id"]) == []
+    clock.now = moment + timedelta(seconds=3)
+    assert scheduler.tick().outcomes == {}  # still no room, not late yet: left alone
     clock.now = moment + timedelta(seconds=6)
-    assert scheduler.tick().outcomes == {"skipped_late": 1}
-    assert [r["status"] for r in runs_of(app, user, plan["id"])] == ["skipped"] and full.runs == []
+    assert scheduler.tick().outcomes == {"skipped_late": 1}  # too late now: recorded, never started
+    [late] = runs_of(app, user, waiting["id"])
+    assert (late["status"], late["reason"]) == ("skipped", "late") and len(one.runs) == 1
 
 
 class Sink:
@@ -258,7 +265,7 @@ class Sink:
         return "test-sink"
 
     def capacity(self) -> int:
-        return self.limit
+        return self.limit - len(self.runs)
 
     def hand_off(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.runs.extend(runs)
