@@ -7,10 +7,12 @@ deadline: nothing sleeps for a fixed time.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import pytest
 
 from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import UNAUTHORIZED, FakeOpenAI
+from tests.llm_support import GatedOpenAI, poll
+from tests.test_planner import BAD_PARAMS, UNKNOWN_PROVIDER, VALID_PLAN, completion
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -26,10 +30,21 @@ if not CHROMIUM.exists():
         raise RuntimeError("CI must run the browser tests: .ci/run installs Debian's chromium")
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); CI installs it", allow_module_level=True)
 
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, expect, sync_playwright  # noqa: E402
+import flask  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Request,
+    Route,
+    expect,
+    sync_playwright,
+)
 from werkzeug.serving import make_server  # noqa: E402
 
 from pilot.application import PilotApp  # noqa: E402
+from pilot.data import store  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -448,9 +463,24 @@ def test_an_xss_payload_in_an_output_and_a_plan_name_shows_as_text_and_runs_noth
         ],
     )
     run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    with FakeOpenAI() as fake:  # a model's answer carrying the payload
+        fake.reply_text = XSS
+        store_openai(dev_server, user, fake.base_url)
+        chat = api(
+            dev_server,
+            "POST",
+            "/api/plans",
+            user,
+            201,
+            name="chatty",
+            steps=[{"provider": "openai", "action": "chat_completion", "params": {"model": "m", "prompt": "hi"}}],
+        )
+        answered = api(dev_server, "POST", f"/api/plans/{chat['id']}/run?wait=true", user, 200)
     tab.sign_in_dev(user)
-    tab.open(f"#/runs/{run['id']}")
     page = tab.page
+    tab.open(f"#/runs/{answered['id']}")
+    expect(page.locator(".step-list .output pre.prose")).to_have_text(XSS)
+    tab.open(f"#/runs/{run['id']}")
     expect(page.locator(".step-list .output pre")).to_have_text(XSS)
     expect(page.locator(".facts")).to_contain_text(name)
     tab.open("#/runs")
@@ -505,3 +535,464 @@ def test_token_mode_refuses_a_wrong_token_and_never_puts_one_in_a_url(
     expect(page.get_by_label("API token or JWT")).to_be_visible()
     assert page.evaluate("() => Object.keys(sessionStorage).length") == 0
     tab.assert_clean()
+
+
+def store_openai(served: Served, user: str, base_url: str) -> None:
+    api(
+        served,
+        "POST",
+        "/api/provider-credentials/openai",
+        user,
+        200,
+        credentials={"api_key": "sk-console-test-000000004321", "base_url": base_url},
+    )
+
+
+def test_a_dry_run_shows_each_steps_rendered_params_and_outcome_and_runs_nothing(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="Dry plan",
+        steps=[
+            {"id": "greet", "provider": "logic", "action": "transform", "params": {"template": "Hi <b>there</b>"}},
+            {
+                "id": "post",
+                "provider": "webhook",
+                "action": "request",
+                "params": {"url": "https://hooks.example.com/x", "json": {"text": "{{ steps.greet.data }}"}},
+            },
+        ],
+    )
+    tab.sign_in_dev(user)
+    tab.open("#/plans")
+    tab.page.get_by_role("button", name="Dry run Dry plan").click()
+    dialog = tab.page.get_by_role("dialog", name="Dry run of Dry plan")
+    expect(dialog.locator(".dry-report")).to_have_attribute("data-status", "success")
+    steps = dialog.locator(".step-list > li")
+    expect(steps).to_have_count(2)
+    expect(steps.nth(0)).to_have_attribute("data-dry-status", "success")
+    expect(steps.nth(0).locator(".output pre")).to_have_text("Hi <b>there</b>")  # as text
+    expect(steps.nth(1)).to_have_attribute("data-dry-status", "would_run")
+    expect(steps.nth(1).locator(".io pre").first).to_contain_text('"text": "Hi <b>there</b>"')  # rendered
+    expect(steps.nth(1).locator(".io pre").first).to_contain_text("https://hooks.example.com/x")
+    assert dialog.locator("b").count() == 0
+    dialog.get_by_role("button", name="Close").click()
+    expect(tab.page.get_by_role("dialog")).to_have_count(0)
+    assert api(dev_server, "GET", f"/api/runs?plan_id={plan['id']}", user, 200)["runs"] == []  # nothing recorded
+    tab.assert_clean()
+
+
+def test_draft_a_plan_from_a_prompt_seeing_each_attempt_then_save_it(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    page = tab.page
+    with FakeOpenAI() as fake:
+        store_openai(dev_server, user, fake.base_url)
+        tab.sign_in_dev(user)
+        tab.open("#/plans")
+        page.get_by_role("link", name="Draft from a prompt").click()
+        prompt = page.get_by_label("Describe the plan")
+
+        # A model that never gets it right: the 422 in words, every attempt with its errors.
+        fake.script(
+            completion("I cannot do that."),
+            completion(json.dumps(UNKNOWN_PROVIDER)),
+            completion(json.dumps(BAD_PARAMS)),
+        )
+        prompt.fill("Say hello every morning")
+        page.get_by_role("button", name="Draft", exact=True).click()
+        report = page.locator(".draft-report")
+        expect(report.locator(".notice.error")).to_contain_text("the model gave no valid plan in 3 attempts")
+        rows = report.locator("table.attempts tbody tr")
+        expect(rows).to_have_count(3)
+        expect(rows.nth(1)).to_contain_text("unknown_provider")
+        expect(rows.nth(2)).to_contain_text("invalid_params")
+
+        # Repaired on the second attempt, with a dry run: the editor gets the plan, nothing is saved.
+        fake.script(completion(json.dumps(UNKNOWN_PROVIDER)), completion(json.dumps(VALID_PLAN)))
+        page.get_by_label("Dry run the draft").check()
+        page.get_by_role("button", name="Draft", exact=True).click()
+        expect(report.locator("[data-drafted]")).to_contain_text("in 2 attempt(s)")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_have_attribute("data-valid", "false")
+        expect(rows.nth(1)).to_have_attribute("data-valid", "true")
+        expect(rows.nth(0)).to_contain_text("1100")  # its tokens
+        expect(report.locator(".dry-report li[data-dry-status='would_run']")).to_contain_text("hooks.example.com/team")
+        expect(page.get_by_label("Plan (JSON)")).to_have_value(re.compile('"name": "Morning hello"'))
+        assert api(dev_server, "GET", "/api/plans", user, 200)["plans"] == []
+
+        # Saved at once: disabled, and the editor opens on it.
+        fake.script(completion(json.dumps(VALID_PLAN)))
+        page.get_by_label("Dry run the draft").uncheck()
+        page.get_by_label("Save it (disabled) at once").check()
+        page.get_by_role("button", name="Draft", exact=True).click()
+        expect(page.get_by_text(re.compile("Drafted and saved “Morning hello”"))).to_be_visible()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Edit plan: Morning hello")
+    (saved,) = api(dev_server, "GET", "/api/plans", user, 200)["plans"]
+    assert saved["enabled"] is False and saved["name"] == "Morning hello"
+    tab.assert_clean()
+
+
+def test_cost_per_day_chart_budget_panel_and_circuit_breakers(tab: Session, dev_server: Served, user: str) -> None:
+    page = tab.page
+    with FakeOpenAI() as fake:
+        store_openai(dev_server, user, fake.base_url)
+        plan = api(
+            dev_server,
+            "POST",
+            "/api/plans",
+            user,
+            201,
+            name="Priced",
+            steps=[
+                {"provider": "openai", "action": "chat_completion", "params": {"model": "gpt-4o-mini", "prompt": "hi"}}
+            ],
+        )
+        run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    spent = run["usage"]["cost_usd"]
+    assert spent > 0
+    tab.sign_in_dev(user)
+    tab.open("#/health")
+    title = "Cost per day, USD (last 24 hours)"
+    figure = page.locator(f"figure[data-chart='{title}']")
+    expect(figure.locator("canvas")).to_be_visible()
+    page.wait_for_function(BAR_PIXELS, arg=title, timeout=TIMEOUT_MS)  # the day's bar is painted
+    figure.get_by_text("Show the numbers").click()
+    today = page.evaluate("() => new Date().toISOString().slice(5, 10)")
+    expect(figure.locator(".chart-data tbody tr", has_text=today)).to_contain_text(f"${spent:.6f}")
+    expect(page.locator("#cost-total")).to_contain_text("7 input and 3 output tokens in 1 model steps")
+
+    budget = page.locator("section.budget")
+    expect(budget.locator("#budget-limit")).to_have_text("none set")
+    expect(budget.locator("#budget-spent")).to_have_text(f"${spent:.6f}")
+    budget.get_by_label("Monthly budget (USD)").fill("-5")
+    budget.get_by_role("button", name="Save budget").click()
+    expect(budget.locator(".notice.error")).to_contain_text("monthly_usd")  # Pilot's 400, in words
+    budget.get_by_label("Monthly budget (USD)").fill("0.5")
+    budget.get_by_label("Once it is spent").select_option("warn")
+    budget.get_by_role("button", name="Save budget").click()
+    expect(budget.locator("#budget-limit")).to_have_text("$0.5000 a month, warn")
+    expect(budget.locator("#budget-remaining")).to_have_text(f"${0.5 - spent:.4f}")
+    assert api(dev_server, "GET", "/api/budget", user, 200)["budget"]["monthly_usd"] == 0.5
+    budget.get_by_role("button", name="Remove budget").click()
+    expect(budget.locator("#budget-limit")).to_have_text("none set")
+    assert api(dev_server, "GET", "/api/budget", user, 200)["budget"] is None
+
+    breakers = page.locator("section.breakers")
+    expect(breakers.locator("tr[data-provider='openai']").first).to_contain_text("api.openai.com")
+    expect(breakers.locator("tr[data-provider='openai']").first.locator("[data-status]")).to_have_text("closed")
+    tab.assert_clean()
+
+
+def with_api_paths(page: Page, *paths: tuple[str, str], without: tuple[tuple[str, str], ...] = ()) -> None:
+    """Serve the page an OpenAPI document that also lists ``paths`` ((method, path)) and lacks ``without``:
+    the console as it meets a newer or an older Pilot, whatever this one serves."""
+
+    def patch(route: Route) -> None:
+        response = route.fetch()
+        document = response.json()
+        for method, path in paths:
+            document["paths"].setdefault(path, {})[method] = {"responses": {"200": {"description": "ok"}}}
+        for method, path in without:
+            document["paths"].get(path, {}).pop(method, None)
+        route.fulfill(response=response, json=document)
+
+    page.unroute("**/api/openapi.json")
+    page.route("**/api/openapi.json", patch)
+
+
+@pytest.mark.parametrize("tab", ["token_server"], indirect=True)
+def test_a_running_run_follows_its_event_stream_with_the_token_in_a_header_only(
+    tab: Session, token_server: Served, user: str
+) -> None:
+    token = token_server.app.test_cli_runner().invoke(args=["create-token", user]).stdout.strip()
+    client = token_server.app.test_client()
+    bearer = {"Authorization": f"Bearer {token}"}
+    page = tab.page
+    with GatedOpenAI() as fake:
+        response = client.post(
+            "/api/provider-credentials/openai",
+            json={"credentials": {"api_key": "sk-console-events-00000000001", "base_url": fake.base_url}},
+            headers=bearer,
+        )
+        assert response.status_code == 200, response.get_data(as_text=True)
+        plan = resp_json(
+            client.post(
+                "/api/plans",
+                json={
+                    "name": "Held",
+                    "steps": [
+                        {
+                            "provider": "openai",
+                            "action": "chat_completion",
+                            "params": {"model": "gpt-4o-mini", "prompt": "hi"},
+                        }
+                    ],
+                },
+                headers=bearer,
+            )
+        )
+        run = resp_json(client.post(f"/api/plans/{plan['id']}/run", json={}, headers=bearer))
+        assert poll(lambda: fake.held == 1), "the run's model call never arrived"
+
+        streams: list[Request] = []
+
+        def events(route: Route) -> None:
+            # A stand-in for GET /api/runs/<id>/events: the first stream ends after one event, the
+            # console reconnects with Last-Event-ID; then the run is let go and the stream says so.
+            streams.append(route.request)
+            if len(streams) == 1:
+                route.fulfill(
+                    status=200,
+                    content_type="text/event-stream",
+                    body='id: 1\nevent: step_started\ndata: {"index": 0}\n\n',
+                )
+                return
+            fake.release()
+            status = lambda: resp_json(client.get(f"/api/runs/{run['id']}", headers=bearer))["status"]  # noqa: E731
+            assert poll(lambda: status() == "success", timeout=30)
+            route.fulfill(
+                status=200,
+                content_type="text/event-stream",
+                body=': hi\n\nid: 2\nevent: run_finished\ndata: {"status": "success"}\n\n',
+            )
+
+        with_api_paths(page, ("get", "/api/runs/{run_id}/events"))
+        page.route(f"**/api/runs/{run['id']}/events*", events)
+        tab.open()
+        page.get_by_label("API token or JWT").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        tab.open(f"#/runs/{run['id']}")
+        # Longer than usual: this wait includes the stand-in stream holding its answer until the run ends.
+        expect(page.locator(".facts [data-status]")).to_have_text("success", timeout=3 * TIMEOUT_MS)
+    expect(page.locator(".step-list > li").first.locator("pre.prose")).to_have_text("echo: hi")
+    assert page.locator("#live-note").get_attribute("data-live") == "events"  # never fell back to polling
+    assert page.locator("#live-note").get_attribute("data-events") == "2"
+    assert len(streams) == 2
+    for request in streams:
+        assert request.headers.get("authorization") == f"Bearer {token}"
+        assert request.headers.get("accept") == "text/event-stream"
+    assert streams[1].headers.get("last-event-id") == "1"
+    assert all(token not in r.url for r in tab.requests)
+    tab.assert_clean()
+
+
+def test_a_run_page_without_an_event_stream_polls_until_the_run_finishes(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    page = tab.page
+    with GatedOpenAI() as fake:
+        store_openai(dev_server, user, fake.base_url)
+        plan = api(
+            dev_server,
+            "POST",
+            "/api/plans",
+            user,
+            201,
+            name="Held",
+            steps=[
+                {"provider": "openai", "action": "chat_completion", "params": {"model": "gpt-4o-mini", "prompt": "yo"}}
+            ],
+        )
+        run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run", user, 202)
+        assert poll(lambda: fake.held == 1), "the run's model call never arrived"
+        # A server whose events route answers 404 (older, or switched off): the page polls instead.
+        with_api_paths(page, ("get", "/api/runs/{run_id}/events"))
+        page.route(
+            f"**/api/runs/{run['id']}/events*",
+            lambda route: route.fulfill(status=404, json={"error": {"code": "not_found", "message": "no such route"}}),
+        )
+        tab.sign_in_dev(user)
+        tab.open(f"#/runs/{run['id']}")
+        expect(page.locator(".facts [data-status]")).to_have_text("running")
+        expect(page.locator("#live-note")).to_have_attribute("data-live", "polling")
+        fake.release()
+        expect(page.locator(".facts [data-status]")).to_have_text("success")
+    expect(page.locator(".step-list > li").first.locator("pre.prose")).to_have_text("echo: yo")
+    tab.assert_clean()
+
+
+def test_replay_where_the_api_offers_it_sends_the_chosen_step(tab: Session, dev_server: Served, user: str) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="Replayable",
+        steps=[
+            {"id": "one", "provider": "logic", "action": "transform", "params": {"template": "1"}},
+            {"id": "two", "provider": "logic", "action": "transform", "params": {"template": "{{ input.missing.x }}"}},
+        ],
+    )
+    failed = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    other = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    assert failed["status"] == "error"
+    page = tab.page
+    with_api_paths(page, without=(("post", "/api/runs/{run_id}/replay"),))
+    tab.sign_in_dev(user)
+    tab.open(f"#/runs/{failed['id']}")
+    expect(page.locator(".facts [data-status]")).to_have_text("error")
+    expect(page.get_by_role("button", name="Run again")).to_be_visible()
+    expect(page.get_by_role("button", name="Replay")).to_have_count(0)  # a Pilot without replay
+
+    bodies: list[Any] = []
+
+    def replay(route: Route) -> None:
+        bodies.append(route.request.post_data_json)
+        route.fulfill(status=202, json={**other, "trigger": "replay"})
+
+    with_api_paths(page, ("post", "/api/runs/{run_id}/replay"))
+    page.route(f"**/api/runs/{failed['id']}/replay*", replay)
+    page.reload()
+    page.get_by_label("from").select_option(label="2. two")
+    page.get_by_role("button", name="Replay").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Run #{other['id']}")
+    assert bodies == [{"from_step": "two"}]
+    tab.assert_clean()
+
+
+WIDER_THAN_SCREEN = """() => [...document.querySelectorAll("main *")]
+    .filter((el) => el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+    .slice(0, 5).map((el) => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect().right)}`)"""
+PAGES = ["#/runs", "#/plans", "#/plans/new?draft=1", "#/credentials", "#/health"]
+
+
+def test_every_page_fits_a_phone_width_without_sideways_scrolling(
+    browser: Browser, dev_server: Served, user: str
+) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="A plan with a long name that has to wrap somewhere on a small screen",
+        steps=[{"id": "a", "provider": "logic", "action": "transform", "params": {"template": "x" * 300}}],
+        schedule={"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+    )
+    run = api(dev_server, "POST", f"/api/plans/{plan['id']}/run?wait=true", user, 200)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        page.goto(f"{dev_server.url}/")
+        page.get_by_label("User name").fill(user)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        for route in [*PAGES, f"#/runs/{run['id']}"]:
+            page.goto(f"{dev_server.url}/{route}")
+            expect(page.locator("main [aria-busy='true']")).to_have_count(0)
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+            width = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            wide = page.evaluate(WIDER_THAN_SCREEN)
+            assert width[0] <= width[1], f"{route} scrolls sideways at 390 px: {width}: {wide}"
+    finally:
+        context.close()
+
+
+def test_edit_a_plan_as_json_with_the_servers_error_at_the_field_it_names(
+    tab: Session, dev_server: Served, user: str
+) -> None:
+    plan = api(
+        dev_server,
+        "POST",
+        "/api/plans",
+        user,
+        201,
+        name="Editable",
+        steps=[{"id": "a", "provider": "logic", "action": "transform", "params": {"template": "x"}}],
+        schedule={"cron": "0 9 * * *", "timezone": "UTC"},
+    )
+    page = tab.page
+    tab.sign_in_dev(user)
+    tab.open("#/plans")
+    page.get_by_role("link", name="Edit Editable").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Edit plan: Editable")
+    editor = page.get_by_label("Plan (JSON)")
+    expect(page.locator("form.editor")).to_have_attribute("data-ready", "true")
+    text = editor.input_value()
+    editor.fill(text.replace('"template": "x"', '"templat": "x"'))
+    page.get_by_role("button", name="Save changes").click()
+    error = page.locator(".field-error").first
+    expect(error.locator(".field")).to_have_text(re.compile(r"^steps\[0\]\.params"))
+    expect(error.locator(".excerpt")).to_have_text('"params": {')  # the line of the field it names
+    assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["steps"][0]["params"] == {"template": "x"}
+
+    editor.fill(text.replace('"name": "Editable"', '"name": "Edited"'))
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Saved “Edited”")).to_be_visible()
+    expect(page.locator(".field-error")).to_have_count(0)
+    assert api(dev_server, "GET", f"/api/plans/{plan['id']}", user, 200)["name"] == "Edited"
+    tab.assert_clean()
+
+
+def test_the_event_reader_takes_a_real_chunked_stream_with_split_events_comments_and_crlf(
+    tab: Session, session_db: str, tmp_path: Path, fernet_key: str, user: str
+) -> None:
+    """The run page's SSE reader against a real streamed HTTP response (not a fulfilled body):
+    an event split across two writes, a comment, CRLF line ends, then the run's end."""
+    app = make_app(session_db, tmp_path, (fernet_key,))
+    seen: list[dict[str, str]] = []
+    with GatedOpenAI() as fake:
+        events_bp = flask.Blueprint("stand_in_events", __name__)
+
+        @events_bp.get("/stand-in/runs/<int:run_id>/events")
+        def events(run_id: int) -> flask.Response:
+            seen.append(dict(flask.request.headers))
+
+            def pieces() -> Iterator[bytes]:
+                yield b": connected\r\n\r\nid: 7\r\nevent: step_sta"
+                fake.release()
+
+                def status() -> str:
+                    with app.db.transaction(user) as cur:
+                        row = store.get_run(cur, user, run_id)
+                    return str(row["status"]) if row else ""
+
+                poll(lambda: status() == "success", timeout=30)
+                yield b'rted\r\ndata: {"index": 0}\r\n\r\n'
+                yield b'id: 8\nevent: run_finished\ndata: {"status": "success"}\n\n'
+
+            return flask.Response(pieces(), mimetype="text/event-stream")
+
+        app.register_blueprint(events_bp)
+        generator = contextmanager(serve)(app)
+        served = generator.__enter__()
+        try:
+            store_openai(served, user, fake.base_url)
+            plan = api(
+                served,
+                "POST",
+                "/api/plans",
+                user,
+                201,
+                name="Streamed",
+                steps=[{"provider": "openai", "action": "chat_completion", "params": {"model": "m", "prompt": "s"}}],
+            )
+            run = api(served, "POST", f"/api/plans/{plan['id']}/run", user, 202)
+            assert poll(lambda: fake.held == 1), "the run's model call never arrived"
+            page = tab.page
+            tab.base = served.url
+            with_api_paths(page, ("get", "/api/runs/{run_id}/events"))
+            page.route(
+                f"**/api/runs/{run['id']}/events*",
+                lambda route: route.continue_(url=route.request.url.replace("/api/runs/", "/stand-in/runs/")),
+            )
+            tab.sign_in_dev(user)
+            tab.open(f"#/runs/{run['id']}")
+            expect(page.locator(".facts [data-status]")).to_have_text("success", timeout=3 * TIMEOUT_MS)
+            expect(page.locator(".step-list > li").first.locator("pre.prose")).to_have_text("echo: s")
+            assert page.locator("#live-note").get_attribute("data-live") == "events"
+            assert page.locator("#live-note").get_attribute("data-events") == "2"  # both parsed, the split one too
+            assert len(seen) == 1  # run_finished ended it: no reconnection, no polling
+            assert seen[0]["Accept"] == "text/event-stream"
+            tab.assert_clean()
+        finally:
+            generator.__exit__(None, None, None)

@@ -26,6 +26,7 @@ USER_TABLES = (
     "budgets",
     "budget_spend",
     "idempotency_keys",
+    "plan_versions",
 )
 NOT_USER_DATA = ("schema_migrations",)
 ROLES = ("pilot_app", "pilot_system")
@@ -43,6 +44,8 @@ FUNCTIONS = {
     "pilot_due_schedules": (True, {"pilot_system"}),
     "pilot_fire_schedules": (True, {"pilot_system"}),
     "pilot_scheduler_stats": (True, {"pilot_system"}),
+    "pilot_version_plan_steps": (False, {"pilot_app", "pilot_system"}),  # triggers (migration 016)
+    "pilot_run_plan_version": (False, {"pilot_app", "pilot_system"}),
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}

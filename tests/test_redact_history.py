@@ -192,6 +192,9 @@ def test_plans_with_inline_secret_headers_are_reported_then_moved_into_the_vault
     assert saved[0]["params"]["auth"] == "header:X-Api-Key"
     assert saved[1:] == plan["steps"][1:]
     assert plan_key not in json.dumps(query(fresh_db, "SELECT steps FROM execution_plans"), default=str)
+    # ... nor in the plan's earlier versions (migration 016): version 1 is moved the same way.
+    assert "plan_versions: 3 scanned, 1 changed" in moved, moved  # v1 of each plan, and v2 the move wrote
+    assert plan_key not in json.dumps(query(fresh_db, "SELECT steps FROM plan_versions"), default=str)
     types = [
         row["type"] for row in resp_json(client.get("/api/provider-credentials/webhook?user_id=alice"))["credentials"]
     ]
@@ -251,3 +254,31 @@ def test_preview_headers_and_pieces_anywhere() -> None:
     assert history_redactor.text(f'"body": "{key[:15]}", "n": 1') == '"body": "[REDACTED]", "n": 1'
     assert history_redactor.text(f"x {key[-9:]} y") == "x [REDACTED] y"
     assert history_redactor.text(f"x {key[10:30]} y") == f"x {key[10:30]} y"  # from inside: no cut made it
+
+
+def test_a_replays_copies_of_reused_results_are_redacted_too(
+    ops_app: PilotApp, client: FlaskClient, fresh_db: str
+) -> None:
+    key = make_key()
+    steps = [
+        {"id": "a", "provider": "logic", "action": "transform", "params": {"template": {"k": key}}},
+        {"id": "b", "provider": "logic", "action": "transform", "params": {"template": "{{ input.no.x }}"}},
+    ]
+    failed = run_plan(client, "alice", steps)
+    replayed = client.post(
+        f"/api/runs/{failed['id']}/replay?wait=true",
+        json={"user_id": "alice", "params": {"b": {"template": "fine"}}},
+    )
+    assert replayed.status_code == 200 and resp_json(replayed)["status"] == "success"
+    stored = client.post(
+        "/api/provider-credentials/webhook", json={"user_id": "alice", "credentials": {"header:X-Api-Key": key}}
+    )
+    assert stored.status_code == 200
+
+    def copies() -> str:
+        return json.dumps(query(fresh_db, "SELECT replay FROM plan_runs WHERE replay IS NOT NULL"))
+
+    assert key in copies()
+
+    assert "plan_runs: 2 scanned, 2 changed" in redact_history(ops_app)
+    assert key not in copies() and REDACTED in copies()

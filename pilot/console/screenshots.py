@@ -13,6 +13,7 @@ database. The output folder is ignored by git.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -45,6 +46,19 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 USER = "demo"
+DRAFT = {
+    "name": "Weekday summary",
+    "schedule": {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+    "steps": [
+        {"id": "notes", "provider": "logic", "action": "transform", "params": {"template": "3 PRs merged"}},
+        {
+            "id": "summary",
+            "provider": "openai",
+            "action": "chat_completion",
+            "params": {"model": "gpt-4o-mini", "prompt": "Summarise: {{ steps.notes.data }}"},
+        },
+    ],
+}
 
 
 def _admin(dsn: str, statement: sql.Composable) -> None:
@@ -169,6 +183,7 @@ def seed(client: Any, openai_base_url: str) -> dict[str, int]:
     for _ in range(3):
         call("POST", f"/api/plans/{summary['id']}/run?wait=true", 200)
     failed = call("POST", f"/api/plans/{failing['id']}/run?wait=true", 200)
+    call("PUT", "/api/budget", 200, monthly_usd=5, on_exceed="warn")
     last = call("POST", f"/api/plans/{summary['id']}/run?wait=true", 200, trigger="api")
     return {
         "summary": summary["id"],
@@ -189,6 +204,8 @@ def shoot(base_url: str, out: Path, ids: dict[str, int], schemes: tuple[Scheme, 
         ("run", f"#/runs/{ids['run']}", ".step-list .step"),
         ("run-failed", f"#/runs/{ids['failed']}", ".step-error"),
         ("plans", "#/plans", "table.grid"),
+        ("dry-run", "#/plans", "table.grid"),
+        ("draft", "#/plans/new?draft=1", "form.draft"),
         ("plan-edit", f"#/plans/{ids['summary']}/edit", "form.editor[data-ready=true]"),
         ("credentials", "#/credentials", "section.provider"),
         ("health", "#/health?window=7d", ".chart canvas"),
@@ -219,6 +236,14 @@ def shoot(base_url: str, out: Path, ids: dict[str, int], schemes: tuple[Scheme, 
                     if name == "credentials":
                         page.locator("section[data-provider=openai] .step-head button").click()
                         expect(page.locator("section[data-provider=openai] .test-result .notice")).to_be_visible()
+                    if name == "dry-run":
+                        page.get_by_role("button", name="Dry run Morning briefing").click()
+                        expect(page.locator("dialog .dry-report")).to_be_visible()
+                    if name == "draft":
+                        page.fill("#draft-prompt", "Every weekday at 9, summarise the team's notes")
+                        page.check("#draft-dry-run")
+                        page.click("#draft-button")
+                        expect(page.locator(".draft-report [data-drafted]")).to_be_visible()
                     if name == "plan-edit":
                         text = page.input_value("textarea.json").replace(
                             '"action": "chat_completion"', '"action": "chat"'
@@ -267,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             ids = seed(app.test_client(), openai.base_url)
+            openai.reply_text = json.dumps(DRAFT)  # from here on the model answers the draft page with a plan
             with serving(app) as url:
                 written = shoot(url, args.out, ids, SCHEMES if args.dark else ("light",))
         finally:

@@ -104,11 +104,13 @@ ORDER BY hour DESC, provider;
 
 -- name: insert_run
 -- The run's input is kept on its row; the engine reads it when it executes the run.
+-- plan_version_id NULL: the plan's latest version (trigger of migration 016); a replay names its own.
 INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, lease_expires_at,
-                       error, finished_at, input)
+                       error, finished_at, input, plan_version_id, replayed_from, replay)
 VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(owner_id)s, now(),
         now() + make_interval(secs => %(lease_seconds)s), %(error)s,
-        CASE WHEN %(status)s = 'skipped' THEN now() END, %(input)s)
+        CASE WHEN %(status)s = 'skipped' THEN now() END, %(input)s, %(plan_version_id)s, %(replayed_from)s,
+        %(replay)s)
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
@@ -131,6 +133,13 @@ RETURNING *;
 -- name: get_run
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;
 
+-- name: get_plan_version
+SELECT id, plan_id, version, steps, created_at FROM plan_versions WHERE user_id = %(user_id)s AND id = %(id)s;
+
+-- name: list_plan_versions
+SELECT id, plan_id, version, steps, created_at FROM plan_versions
+WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s ORDER BY version;
+
 -- name: list_runs
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
 ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
@@ -139,7 +148,7 @@ ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
 -- A user's runs across plans for GET /api/runs (served by plan_runs_user_idx);
 -- step_results stay out of the list: they can be large and the list is polled.
 SELECT r.id, r.plan_id, p.name AS plan_name, r.user_id, r.trigger, r.scheduled_for, r.status, r.created_at,
-       r.started_at, r.finished_at, r.error
+       r.started_at, r.finished_at, r.error, r.plan_version_id, r.replayed_from
 FROM plan_runs r
 LEFT JOIN execution_plans p ON p.user_id = r.user_id AND p.id = r.plan_id
 WHERE r.user_id = %(user_id)s
@@ -254,11 +263,11 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 UPDATE execution_logs SET error = %(error)s, input = %(input)s, output = %(output)s WHERE id = %(id)s;
 
 -- name: runs_to_redact
-SELECT id, user_id, error, step_results FROM plan_runs
+SELECT id, user_id, error, step_results, replay FROM plan_runs
 WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 
 -- name: set_run_redacted
-UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s WHERE id = %(id)s;
+UPDATE plan_runs SET error = %(error)s, step_results = %(step_results)s, replay = %(replay)s WHERE id = %(id)s;
 
 -- name: plans_to_redact
 SELECT id, user_id, steps FROM execution_plans
@@ -266,6 +275,14 @@ WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
 
 -- name: set_plan_steps
 UPDATE execution_plans SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s;
+
+-- name: versions_to_redact
+SELECT id, plan_id, user_id, version, steps FROM plan_versions
+WHERE id > %(after_id)s ORDER BY id LIMIT %(limit)s FOR UPDATE;
+
+-- name: set_plan_version_steps
+-- Operator only (redact-history --move-plan-headers): pilot_app may not update a version.
+UPDATE plan_versions SET steps = %(steps)s WHERE id = %(id)s;
 
 -- name: insert_drafted_plan
 INSERT INTO execution_plans (user_id, name, original_prompt, steps, schedule, timezone, enabled, provenance)

@@ -203,8 +203,14 @@ def insert_run(
     error: str | None = None,
     input_: dict[str, Any] | None = None,
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    plan_version_id: int | None = None,
+    replayed_from: int | None = None,
+    replay: dict[str, Any] | None = None,
 ) -> Row | None:
-    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one."""
+    """The new run holding ``input_``, leased to ``owner_id``; None when (plan, scheduled_for) already has one.
+
+    ``plan_version_id`` None: the plan's latest version; a replay names the version it replays.
+    """
     return _one(
         cur,
         "insert_run",
@@ -217,6 +223,9 @@ def insert_run(
         error=error,
         input=PgJson(input_ or {}),
         lease_seconds=lease_seconds,
+        plan_version_id=plan_version_id,
+        replayed_from=replayed_from,
+        replay=PgJson(replay) if replay is not None else None,
     )
 
 
@@ -241,6 +250,15 @@ def finish_run(
 
 def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:
     return _one(cur, "get_run", user_id=user_id, id=run_id)
+
+
+def get_plan_version(cur: Cursor, user_id: str, version_id: int) -> Row | None:
+    """One immutable version of a plan's steps (id, plan_id, version, steps, created_at)."""
+    return _one(cur, "get_plan_version", user_id=user_id, id=version_id)
+
+
+def list_plan_versions(cur: Cursor, user_id: str, plan_id: int) -> list[Row]:
+    return _all(cur, "list_plan_versions", user_id=user_id, plan_id=plan_id)
 
 
 def list_runs(cur: Cursor, user_id: str, plan_id: int, *, limit: int, offset: int) -> list[Row]:
@@ -419,12 +437,17 @@ def set_log_redacted(cur: Cursor, log_id: int, error: str | None, input_: Any, o
 
 
 def runs_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
-    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results."""
+    """Up to ``limit`` plan runs with id > ``after_id``, locked: id, user_id, error, step_results, replay."""
     return _all(cur, "runs_to_redact", after_id=after_id, limit=limit)
 
 
-def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any) -> None:
-    params = {"id": run_id, "error": error, "step_results": _json_or_null(step_results)}
+def set_run_redacted(cur: Cursor, run_id: int, error: str | None, step_results: Any, replay: Any) -> None:
+    params = {
+        "id": run_id,
+        "error": error,
+        "step_results": _json_or_null(step_results),
+        "replay": _json_or_null(replay),
+    }
     _execute(cur, "set_run_redacted", params)
 
 
@@ -435,6 +458,15 @@ def plans_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
 
 def set_plan_steps(cur: Cursor, plan_id: int, steps: list[Any]) -> None:
     _execute(cur, "set_plan_steps", {"id": plan_id, "steps": PgJson(steps)})
+
+
+def versions_to_redact(cur: Cursor, after_id: int, limit: int) -> list[Row]:
+    """Every user's plan versions after ``after_id``, locked: redact-history, as the connecting role."""
+    return _all(cur, "versions_to_redact", after_id=after_id, limit=limit)
+
+
+def set_plan_version_steps(cur: Cursor, version_id: int, steps: list[Any]) -> None:
+    _execute(cur, "set_plan_version_steps", {"id": version_id, "steps": PgJson(steps)})
 
 
 # --- drafted plans (issue 10) -------------------------------------------------

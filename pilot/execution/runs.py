@@ -23,6 +23,7 @@ from database import DatabaseManager
 from pilot.data import store
 from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable
 from pilot.execution.leases import LeaseKeeper
+from pilot.execution.replay import replayed_steps
 from pilot.ops import metrics
 from pilot.settings import Settings
 from pilot.steps.plan_schema import Step
@@ -87,8 +88,15 @@ class RunExecution:
         trigger: str,
         scheduled_for: Any = None,
         input_: dict[str, Any] | None = None,
+        *,
+        plan_version_id: int | None = None,
+        replayed_from: int | None = None,
+        replay: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Insert a queued run holding its input; None when a run for this (plan, scheduled_for) already exists."""
+        """Insert a queued run holding its input; None when a run for this (plan, scheduled_for) already exists.
+
+        The run executes the plan's latest version, or ``plan_version_id`` (a replay: ``replay.py``).
+        """
         with self.db.transaction(user_id) as cur:
             if store.get_plan(cur, user_id, plan_id) is None:
                 raise NotFound(f"plan {plan_id} not found")
@@ -101,6 +109,9 @@ class RunExecution:
                 scheduled_for=scheduled_for,
                 input_=input_,
                 lease_seconds=self.settings.run_lease_seconds,
+                plan_version_id=plan_version_id,
+                replayed_from=replayed_from,
+                replay=replay,
             )
 
     def submit(self, user_id: str, run_id: int) -> None:
@@ -170,13 +181,22 @@ class RunExecution:
         with self.db.transaction(user_id) as cur:
             run = store.start_run(cur, user_id, run_id, process_owner_id(), self.settings.run_lease_seconds)
             plan = store.get_plan(cur, user_id, run["plan_id"]) if run else None
+            version_id = run.get("plan_version_id") if plan and run else None
+            version = store.get_plan_version(cur, user_id, version_id) if version_id else None
         if run is None:
             return None
         if plan is None:
             return self._finish(user_id, run_id, "error", [], "the plan was deleted")
         context: dict[str, Any] = {"steps": {}, "step_results": {}, "input": run.get("input") or {}}
+        # The run's own plan version (a replay's may be older than the plan); a replay's reused results first.
+        steps, reused = replayed_steps(version["steps"] if version else plan["steps"], run.get("replay"))
         status, error = "success", None
-        for index, step in enumerate(plan["steps"]):
+        for index, step in enumerate(steps):
+            if index < len(reused):  # replay: the recorded result, fed on as it was; no call, no log row
+                results.append(reused[index])
+                if reused[index].get("status") != "skipped":
+                    _remember(context, index, step, reused[index].get("result") or {})
+                continue
             entry: dict[str, Any] = {
                 "index": index,
                 "id": step.get("id"),
@@ -188,9 +208,7 @@ class RunExecution:
                 results.append({**entry, "status": "skipped"})
                 continue
             outcome = result.to_dict()
-            context["step_results"][str(index)] = outcome
-            if step.get("id"):
-                context["steps"][step["id"]] = outcome
+            _remember(context, index, step, outcome)
             results.append({**entry, "status": "success" if result.success else "error", "result": outcome})
             if not result.success and not step.get("continue_on_error"):
                 status = "error"
@@ -277,6 +295,13 @@ class RunExecution:
             self._closed = True
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.leases.close()
+
+
+def _remember(context: dict[str, Any], index: int, step: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Make a step's outcome visible to the later steps of its run (by index, and by id)."""
+    context["step_results"][str(index)] = outcome
+    if step.get("id"):
+        context["steps"][step["id"]] = outcome
 
 
 def _loggable(step: Any) -> Step:

@@ -172,6 +172,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             ("before", {"type": "integer", "minimum": 1}, "only runs with a smaller id (the next_before cursor)"),
         ),
     ),
+    ("POST", "/api/runs/{run_id}/replay"): Op(
+        "replayRun", "Replay a finished run from a step, against the plan version it ran, reusing the recorded "
+        "results of the steps before it: queued (202) or finished with ?wait=true (200)", "runs", 202,
+        "the queued replay (trigger replay, replayed_from)", ref("Run"), body=ref("ReplayRequest"),
+        body_required=False, errors=(400, 404, 409), idempotent=True,
+        query=(("wait", {"type": "boolean", "default": False}, "run inline and return the finished run"),),
+        extra_responses={200: ("the finished replay (?wait=true)", ref("RunWithLogs"))},
+    ),
     ("GET", "/api/runs/{run_id}"): Op(
         "getRun", "One run with its per-step logs", "runs", 200, "the run", ref("RunWithLogs"), errors=(404,)
     ),

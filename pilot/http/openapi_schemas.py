@@ -18,7 +18,7 @@ from provider_registry import CREDENTIAL_TYPE
 Schema = dict[str, Any]
 REF_TEMPLATE = "#/components/schemas/{model}"
 RUN_STATUSES = ["queued", "running", "success", "error", "interrupted", "skipped"]
-RUN_TRIGGERS = ["manual", "schedule", "api"]
+RUN_TRIGGERS = ["manual", "schedule", "api", "replay"]
 
 
 def ref(name: str) -> Schema:
@@ -151,6 +151,7 @@ STEP_OUTCOME: Schema = _obj(
         "action": {"type": "string"},
         "status": {"enum": ["success", "error", "skipped", "running"]},
         "result": ref("ProviderResult"),
+        "reused_from_run": {**ID, "description": "a replay's reused step: the run whose recorded result it is"},
     },
     ["index", "status"],
     additionalProperties=True,
@@ -170,6 +171,19 @@ RUN: Schema = _obj(
         "step_results": {"type": "array", "items": ref("StepOutcome")},
         "error": nullable({"type": "string"}),
         "input": {"type": "object", "description": "the input the run was accepted with ({{ input.… }})"},
+        "plan_version_id": nullable({**ID, "description": "the immutable version of the plan's steps it executes"}),
+        "replayed_from": nullable({**ID, "description": "trigger replay: the run it replays"}),
+        "replay": nullable(
+            _obj(
+                {
+                    "from_index": {"type": "integer", "minimum": 0},
+                    "from_step": {"type": ["string", "integer"]},
+                    "params": {"type": "object", "description": "param overrides by step index"},
+                    "reused": {"type": "array", "items": ref("StepOutcome")},
+                },
+                description="trigger replay: where it starts, its overrides and the recorded results it reuses",
+            )
+        ),
     },
     ["id", "plan_id", "trigger", "status", "created_at", "step_results"],
     additionalProperties=True,
@@ -188,6 +202,8 @@ RUN_SUMMARY: Schema = _obj(
         "started_at": nullable(TIMESTAMP),
         "finished_at": nullable(TIMESTAMP),
         "error": nullable({"type": "string"}),
+        "plan_version_id": nullable(ID),
+        "replayed_from": nullable(ID),
     },
     ["id", "plan_id", "plan_name", "trigger", "status", "created_at"],
     description="A run as lists show it: no step results (GET /api/runs/{run_id} has them).",
@@ -389,12 +405,37 @@ STATIC_SCHEMAS: dict[str, Schema] = {
             "trigger": {"enum": ["manual", "api"], "default": "manual"},
         }
     ),
+    "ReplayRequest": _obj(
+        {
+            "user_id": USER_ID,
+            "from_step": {
+                "type": ["string", "integer"],
+                "description": "a step id or index of the run's plan version; default: its first failed or "
+                "interrupted step. The steps before it reuse their recorded results: no call, no cost, no log row",
+            },
+            "params": {
+                "type": "object",
+                "additionalProperties": {"type": "object"},
+                "description": "{<step id, or index of a step without id>: params merged into that step's}; "
+                "validated like a plan save; only for steps at or after from_step",
+            },
+        }
+    ),
     "StepOutcome": STEP_OUTCOME,
     "Run": RUN,
     "RunWithLogs": {
         "allOf": [
             ref("Run"),
-            _obj({"usage": ref("RunUsage"), "logs": {"type": "array", "items": ref("LogEntry")}}, ["usage", "logs"]),
+            _obj(
+                {
+                    "plan_version": nullable(
+                        {"type": "integer", "minimum": 1, "description": "the number of the plan version it ran"}
+                    ),
+                    "usage": ref("RunUsage"),
+                    "logs": {"type": "array", "items": ref("LogEntry")},
+                },
+                ["plan_version", "usage", "logs"],
+            ),
         ]
     },
     "RunUsage": _obj(

@@ -14,7 +14,8 @@ asks to move such headers into the vault: the value becomes the owner's ``webhoo
 credential ``header:<Name>`` and the step sends it through ``auth`` instead, which keeps
 the plan working. A header whose credential already exists with another value, and any
 other inline secret (a stored value or key shape elsewhere in a step), stays reported for
-the owner to edit; the key should be rotated either way.
+the owner to edit; the key should be rotated either way. A plan's earlier versions (migration
+016, kept for runs and replays) get the same move, quietly: the plan's report covers them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Report:
     logs: Counts = field(default_factory=Counts)
     runs: Counts = field(default_factory=Counts)
     plans: Counts = field(default_factory=Counts)
+    versions: Counts = field(default_factory=Counts)
     credentials_read: int = 0
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
@@ -157,9 +159,10 @@ def _runs(secrets: _Secrets, report: Report) -> Callable[[Cursor, Rows], None]:
         for row in rows:
             redactor = secrets.redactor(row["user_id"])
             error, results = _redact(redactor, row["error"]), _redact(redactor, row["step_results"])
+            replay = _redact(redactor, row["replay"])  # a replay's copies of the results it reused
             report.runs.scanned += 1
-            if (error, results) != (row["error"], row["step_results"]):
-                store.set_run_redacted(cur, row["id"], error, results)
+            if (error, results, replay) != (row["error"], row["step_results"], row["replay"]):
+                store.set_run_redacted(cur, row["id"], error, results, replay)
                 report.runs.changed += 1
 
     return handle
@@ -184,6 +187,8 @@ def redact_history(
     _in_batches(db, store.logs_to_redact, batch_size, _logs(secrets, report))
     _in_batches(db, store.runs_to_redact, batch_size, _runs(secrets, report))
     _in_batches(db, store.plans_to_redact, batch_size, _PlanFixer(secrets, vault, registry, report, move_plan_headers))
+    if move_plan_headers:  # after the plans: their old versions (migration 016) hold the same headers
+        _in_batches(db, store.versions_to_redact, batch_size, _VersionFixer(secrets, vault, registry, report, True))
     return report
 
 
@@ -299,12 +304,36 @@ class _PlanFixer:
         return None
 
 
+class _VersionFixer(_PlanFixer):
+    """Old versions of plans: their secret webhook headers moved like the plans' own, quietly.
+
+    The plan pass has reported each plan already; a header that cannot be moved stays in the
+    version as it stays in the plan (the owner's edit makes a new version; rotate the key).
+    """
+
+    def __call__(self, cur: Cursor, rows: Rows) -> None:
+        for row in rows:
+            self.report.versions.scanned += 1
+            findings, left = len(self.report.findings), self.report.headers_left
+            steps = self.fix(cur, {**row, "id": row["plan_id"]})
+            del self.report.findings[findings:]
+            self.report.headers_left = left
+            if steps is not None:
+                store.set_plan_version_steps(cur, row["id"], steps)
+                self.report.versions.changed += 1
+
+
 def describe(report: Report) -> list[str]:
     """Lines for the operator: counts, unreadable credentials and plan findings, never a secret."""
     lines = [
         f"execution_logs: {report.logs.scanned} scanned, {report.logs.changed} changed",
         f"plan_runs: {report.runs.scanned} scanned, {report.runs.changed} changed",
         f"execution_plans: {report.plans.scanned} scanned, {report.plans.changed} changed",
+        *(
+            [f"plan_versions: {report.versions.scanned} scanned, {report.versions.changed} changed"]
+            if report.moving
+            else []
+        ),
         f"credentials: {report.credentials_read} read, {len(report.unreadable)} cannot be decrypted",
     ]
     lines += [

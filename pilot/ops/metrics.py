@@ -51,7 +51,7 @@ SCHEDULER_OUTCOMES = (
     "catch_up",
     "error",
 )
-RUN_TRIGGERS = ("manual", "schedule", "api")
+RUN_TRIGGERS = ("manual", "schedule", "api", "replay")
 RUN_STATUSES = ("success", "error", "interrupted", "skipped")
 # Steps wait on models and webhooks: seconds to minutes, not milliseconds.
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -197,7 +197,7 @@ def record_scheduler_firing(outcome: str, count: int = 1) -> None:
 
 
 def record_run_finished(trigger: str, status: str) -> None:
-    """Count one finished run by its trigger (manual/schedule/api) and final status."""
+    """Count one finished run by its trigger (manual/schedule/api/replay) and final status."""
     if trigger not in RUN_TRIGGERS:
         raise ValueError(f"run trigger must be one of {RUN_TRIGGERS}, not {trigger!r}")
     if status not in RUN_STATUSES:

@@ -24,18 +24,22 @@ if TYPE_CHECKING:
 def validate_steps(registry: ProviderRegistry, steps: list[dict[str, Any]]) -> None:
     """Each saved step's provider, action, params and ``when``; ValidationError naming the step and the field."""
     for index, step in enumerate(steps):
-        where = f"steps[{index}]"
-        try:
-            registry.action(step["provider"], step["action"])
-            registry.validate_params(step["provider"], step["action"], step.get("params", {}), allow_templates=True)
-            if step.get("when"):
-                compile_expression(step["when"])
-        except NotFound as exc:
-            raise ValidationError(f"{where}: {exc.message}", code=exc.code) from None
-        except TemplateError as exc:
-            raise ValidationError(f"{where}.when: {exc.message}", code=exc.code) from None
-        except ValidationError as exc:
-            raise ValidationError(f"{where}.{exc.message}", code=exc.code, details=exc.details) from None
+        validate_step(registry, step, f"steps[{index}]")
+
+
+def validate_step(registry: ProviderRegistry, step: dict[str, Any], where: str) -> None:
+    """One step (structure checked already) against its provider; ValidationError prefixed with ``where``."""
+    try:
+        registry.action(step["provider"], step["action"])
+        registry.validate_params(step["provider"], step["action"], step.get("params", {}), allow_templates=True)
+        if step.get("when"):
+            compile_expression(step["when"])
+    except NotFound as exc:
+        raise ValidationError(f"{where}: {exc.message}", code=exc.code) from None
+    except TemplateError as exc:
+        raise ValidationError(f"{where}.when: {exc.message}", code=exc.code) from None
+    except ValidationError as exc:
+        raise ValidationError(f"{where}.{exc.message}", code=exc.code, details=exc.details) from None
 
 
 def validated_record(registry: ProviderRegistry, payload: Any) -> dict[str, Any]:

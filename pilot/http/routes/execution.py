@@ -12,6 +12,7 @@ from pilot.costs.report import run_totals
 from pilot.data import store
 from pilot.errors import Conflict, NotFound, ValidationError
 from pilot.execution.dry_run import dry_run_plan
+from pilot.execution.replay import replay_run
 from pilot.execution.streaming import StepStream
 from pilot.http import sse
 from pilot.http.auth import current_user_id
@@ -75,10 +76,13 @@ def test_credentials(name: str) -> Response:
 
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
-    """The run with its step logs and its LLM totals (tokens, cost)."""
+    """The run with its plan version's number, its step logs and its LLM totals (tokens, cost)."""
     with current_pilot().db.transaction(user_id) as cur:
         logs = store.run_logs(cur, user_id, run["id"])
-    return {**serialize(run), "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
+        version_id = run.get("plan_version_id")
+        version = store.get_plan_version(cur, user_id, version_id) if version_id else None
+    view = {**serialize(run), "plan_version": version["version"] if version else None}
+    return {**view, "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
 
 
 @bp.post("/plans/<int:plan_id>/run")
@@ -97,6 +101,23 @@ def run_plan(plan_id: int) -> tuple[Response, int]:
     run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
     if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
         raise Conflict(f"plan {plan_id} already has this run")
+    return _started(user_id, run)
+
+
+@bp.post("/runs/<int:run_id>/replay")
+@idempotent
+def replay(run_id: int) -> tuple[Response, int]:
+    """A new run of the run's plan version from ``from_step``, reusing the results before it (``replay.py``)."""
+    body = optional_json_body()
+    user_id = current_user_id()
+    pilot = current_pilot()
+    run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), body)
+    return _started(user_id, run)
+
+
+def _started(user_id: str, run: dict[str, Any]) -> tuple[Response, int]:
+    """A queued run executed here (``?wait=true``: 200, the finished run) or on the worker pool (202)."""
+    engine = current_pilot().engine
     if _flag("wait"):
         finished = engine.run(user_id, run["id"])
         if finished is None:  # not queued any more (ended by someone else): answer what it is now

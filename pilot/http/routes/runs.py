@@ -12,7 +12,7 @@ from pilot.http.common import int_arg, serialize
 
 bp = Blueprint("runs", __name__, url_prefix="/api")
 RUN_STATUSES = ("queued", "running", "success", "error", "interrupted", "skipped")
-RUN_TRIGGERS = ("manual", "schedule", "api")
+RUN_TRIGGERS = ("manual", "schedule", "api", "replay")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 
 

@@ -51,6 +51,7 @@ function showIdentity(who) {
 
 function stopPage() {
   if (current) current.controller.abort();
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close(); // a dialog belongs to the page it opened on
   current = null;
 }
 

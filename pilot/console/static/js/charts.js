@@ -53,6 +53,12 @@ function dataTable(caption, head, rows) {
   );
 }
 
+/** The top of a value axis: a little above the largest value (cents and fractions of them too), 1 when all are 0. */
+function top(values) {
+  const largest = Math.max(0, ...values.filter((v) => v !== null));
+  return largest > 0 ? largest * 1.15 : 1;
+}
+
 /**
  * One bar per category (providers): ``values`` aligned with ``labels``.
  * Returns a <figure> whose ``data-points`` says how many values were drawn.
@@ -69,16 +75,19 @@ export function bars({ title, labels, values, unit, max, signal, format = (v) =>
   requestAnimationFrame(() => {
     if (signal.aborted) return;
     const xs = labels.map((_, i) => i);
+    const every = Math.max(1, Math.ceil(labels.length / Math.max(1, Math.floor(width(box) / 56))));
     const plot = new window.uPlot(
       {
         width: width(box),
         height: HEIGHT,
         legend: { show: false },
         cursor: { points: { show: false }, drag: { x: false, y: false } },
-        scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: [0, max ?? Math.max(1, ...values.filter((v) => v !== null)) * 1.15] } },
+        scales: { x: { time: false, range: [-0.5, labels.length - 0.5] }, y: { range: [0, max ?? top(values)] } },
         axes: [
-          axis({ splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] ?? "") }),
-          axis({ values: (u, splits) => splits.map((v) => `${format(v)}`), size: 60 }),
+          // Every label where they fit (about 56 px each), else every n-th: 30 days on a phone stay readable.
+          axis({ splits: () => xs, values: (u, splits) => splits.map((i) => (i % every === 0 ? labels[i] ?? "" : "")) }),
+          // Wide enough for the longest tick label ("$0.000015", "100%"): about 7 px a character.
+          axis({ values: (u, splits) => splits.map((v) => `${format(v)}`), size: Math.max(50, 7 * format(max ?? top(values)).length + 24) }),
         ],
         series: [{}, { label: unit, fill: colour(0), stroke: colour(0), paths: window.uPlot.paths.bars({ size: [0.6, 64] }), points: { show: false } }],
       },

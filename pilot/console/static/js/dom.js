@@ -60,7 +60,7 @@ export function code(value, label) {
 
 /** A status word as a coloured badge (colour from the word, the word itself as text). */
 export function badge(status) {
-  const known = ["success", "error", "running", "queued", "skipped", "interrupted", "paused", "active", "ok", "down"];
+  const known = ["success", "error", "running", "queued", "skipped", "interrupted", "paused", "active", "ok", "down", "would_run", "unresolved", "closed", "open", "half_open", "exceeded", "warn"];
   const kind = known.includes(status) ? status : "other";
   return h("span", { class: `badge badge-${kind}`, "data-status": String(status) }, String(status));
 }

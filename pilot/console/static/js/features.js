@@ -29,4 +29,12 @@ export class Features {
     const operation = this.paths[path] && this.paths[path][method.toLowerCase()];
     return Boolean(operation && (operation.parameters || []).some((p) => p.in === "query" && p.name === name));
   }
+
+  /** The allowed values of the query parameter ``name`` (its schema's enum), or ``fallback``. */
+  queryEnum(method, path, name, fallback) {
+    const operation = this.paths[path] && this.paths[path][method.toLowerCase()];
+    const parameter = operation && (operation.parameters || []).find((p) => p.in === "query" && p.name === name);
+    const values = parameter && parameter.schema && parameter.schema.enum;
+    return Array.isArray(values) && values.length ? values.map(String) : fallback;
+  }
 }

@@ -84,7 +84,8 @@ export function position(text, offset) {
 
 /**
  * The fields an API validation error names, as [{field, message}]. Pilot's 400s name the field
- * in details ({field} for plan structure, {path} relative to the step for provider params)
+ * in details ({field} for plan structure, {path} relative to the step for provider params,
+ * {loc} as a pydantic location list)
  * or at the start of the message ("steps[0].when: …").
  */
 export function fieldErrors(error) {
@@ -94,12 +95,24 @@ export function fieldErrors(error) {
   const details = error && error.details;
   if (Array.isArray(details) && details.length && details.every((d) => d && typeof d === "object")) {
     return details.map((d) => {
+      if (Array.isArray(d.loc)) return { field: locPath(d.loc), message: String(d.message ?? d.msg ?? "") };
       if (typeof d.field === "string") return { field: d.field === "body" ? "" : d.field, message: String(d.message ?? "") };
       if (typeof d.path === "string") return { field: step ? `${step[1]}.${d.path}` : d.path, message: String(d.message ?? "") };
       return { field: lead ? lead[1] : "", message: String(d.message ?? JSON.stringify(d)) };
     });
   }
   return [lead ? { field: refine(lead[1], lead[2]), message: lead[2] } : { field: "", message }];
+}
+
+/** A pydantic-style location (["body", "steps", 0, "params"]) as "steps[0].params". */
+export function locPath(loc) {
+  let path = "";
+  for (const part of loc) {
+    if (typeof part === "number") path += `[${part}]`;
+    else if (path === "" && (part === "body" || part === "query")) continue;
+    else path += path ? `.${part}` : String(part);
+  }
+  return path;
 }
 
 /** A step-level error about the provider or action points at that key, not at the whole step. */

@@ -19,10 +19,10 @@ export function when(iso, timeZone) {
  * A table that turns into stacked cards on narrow screens (each cell labelled by its column).
  * ``columns``: [{label, cell: (row) => node|string, class?}], ``rows``: data.
  */
-export function table(columns, rows, { caption, rowAttrs } = {}) {
+export function table(columns, rows, { caption, rowAttrs, className } = {}) {
   return h(
     "table",
-    { class: "grid" },
+    { class: className ? `grid ${className}` : "grid" },
     caption ? h("caption", { class: "visually-hidden" }, caption) : null,
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.class || null }, c.label)))),
     h(

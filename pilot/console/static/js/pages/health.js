@@ -5,7 +5,7 @@ import { api } from "../api.js";
 import { badge, h, messages, mount } from "../dom.js";
 import { bars, lines } from "../charts.js";
 import { duration } from "../time.js";
-import { empty, header, usd, when } from "../ui.js";
+import { empty, header, table, usd, when } from "../ui.js";
 
 const WINDOWS = [
   ["24h", 24, "24 hours"],
@@ -26,7 +26,13 @@ export async function render(root, { query, features, signal, go }) {
   );
   const scheduler = h("section", { class: "card", "aria-labelledby": "sched-title" }, h("h2", { id: "sched-title" }, "Scheduler"));
   const charts = h("section", { class: "charts", "aria-busy": "true", "aria-label": `Providers over the last ${words}` });
-  mount(root, header("Health", picker), notes.el, scheduler, charts);
+  const budget = features.has("GET", "/api/budget")
+    ? h("section", { class: "card budget", "aria-labelledby": "budget-title" }, h("h2", { id: "budget-title" }, "Budget"))
+    : null;
+  const breakers = h("section", { class: "card breakers", "aria-labelledby": "breakers-title", hidden: true }, h("h2", { id: "breakers-title" }, "Circuit breakers"));
+  mount(root, header("Health", picker), notes.el, scheduler, budget, charts, breakers);
+  if (budget) showBudget(budget, signal);
+  showBreakers(breakers, signal);
   try {
     const [healthBody, jobs, providers, errors, costs] = await Promise.all([
       fetch("/api/health", { credentials: "omit", cache: "no-store", signal }).then((r) => r.json()),
@@ -116,14 +122,162 @@ function showCharts(box, providers, trends, costs, hours, words, signal) {
       }),
     ),
     lines({ title: `Errors per hour (last ${words})`, xs, series: errorSeries, unit: "errors", signal }),
-    costs ? costChart(costs, words, signal) : null,
+    costs ? costChart(costs, hours, words, signal) : null,
   );
 }
 
-function costChart(costs, words, signal) {
-  // /api/metrics/costs?group_by=day (issue 11): rows of {day|key, cost_usd}; drawn only when it answers that way.
-  const rows = costs.costs || costs.rows || costs.groups || [];
-  const days = rows.filter((r) => typeof r.cost_usd === "number").map((r) => [String(r.day || r.key || r.group), r.cost_usd]);
-  if (!days.length) return null;
-  return bars({ title: `Cost per day (last ${words})`, labels: days.map((d) => d[0].slice(0, 10)), values: days.map((d) => d[1]), unit: "USD", format: usd, signal });
+function costChart(costs, hours, words, signal) {
+  // GET /api/metrics/costs?group_by=day: {groups: [{day: "YYYY-MM-DD", cost_usd, input_tokens, output_tokens, steps}], total}.
+  const groups = (costs.groups || []).filter((g) => typeof g.day === "string");
+  const byDay = new Map(groups.map((g) => [g.day, Number(g.cost_usd) || 0]));
+  const days = [];
+  const first = new Date(Date.now() - hours * 3600 * 1000);
+  for (let d = Date.UTC(first.getUTCFullYear(), first.getUTCMonth(), first.getUTCDate()); d <= Date.now(); d += 86400000) {
+    days.push(new Date(d).toISOString().slice(0, 10));
+  }
+  for (const day of byDay.keys()) if (!days.includes(day)) days.push(day);
+  days.sort();
+  const total = costs.total || {};
+  const title = `Cost per day, USD (last ${words})`;
+  if (!groups.length) {
+    return h(
+      "figure",
+      { class: "chart", "data-chart": title, "data-points": "0" },
+      h("figcaption", {}, title),
+      empty("No model calls recorded in this window.", "LLM steps (openai, groq, anthropic) record their tokens and cost; other steps cost nothing here."),
+    );
+  }
+  return h(
+    "div",
+    { class: "cost" },
+    bars({ title, labels: days.map((d) => d.slice(5)), values: days.map((d) => byDay.get(d) ?? 0), unit: "USD", format: usd, signal }),
+    h(
+      "p",
+      { class: "help", id: "cost-total" },
+      `In all: ${usd(Number(total.cost_usd) || 0)} for ${total.input_tokens ?? 0} input and ${total.output_tokens ?? 0} output tokens in ${total.steps ?? 0} model steps`,
+      total.unpriced_steps ? ` (${total.unpriced_steps} not priced: their model is not in the price table)` : "",
+      ".",
+    ),
+  );
+}
+
+async function showBudget(box, signal) {
+  // GET/PUT/DELETE /api/budget: the month's spend against the user's own budget.
+  const view = h("div", { class: "budget-view" });
+  const amount = h("input", { id: "budget-amount", name: "monthly_usd", type: "text", inputmode: "decimal", autocomplete: "off", size: "10" });
+  const onExceed = h(
+    "select",
+    { id: "budget-on-exceed", name: "on_exceed" },
+    h("option", { value: "refuse" }, "refuse LLM steps"),
+    h("option", { value: "warn" }, "warn only"),
+  );
+  const save = h("button", { type: "submit" }, "Save budget");
+  const remove = h("button", { type: "button", class: "secondary", hidden: true }, "Remove budget");
+  const errors = messages();
+  const form = h(
+    "form",
+    { class: "budget-form", "aria-label": "Set the monthly budget", novalidate: true },
+    h("div", { class: "field" }, h("label", { for: "budget-amount" }, "Monthly budget (USD)"), amount),
+    h("div", { class: "field" }, h("label", { for: "budget-on-exceed" }, "Once it is spent"), onExceed),
+    save,
+    remove,
+  );
+  box.append(view, errors.el, form);
+  const show = (data) => {
+    const b = data.budget;
+    mount(
+      view,
+      h(
+        "dl",
+        { class: "facts-inline" },
+        h("div", {}, h("dt", {}, `Spent in ${data.month} (UTC)`), h("dd", { id: "budget-spent" }, usd(data.spent_usd))),
+        h("div", {}, h("dt", {}, "Budget"), h("dd", { id: "budget-limit" }, b ? `${usd(b.monthly_usd)} a month, ${b.on_exceed}` : "none set")),
+        b ? h("div", {}, h("dt", {}, "Remaining"), h("dd", { id: "budget-remaining" }, usd(data.remaining_usd))) : null,
+        b ? h("div", {}, h("dt", {}, "State"), h("dd", {}, badge(data.exceeded ? "exceeded" : "ok"))) : null,
+      ),
+      b ? null : h("p", { class: "help" }, "No budget: model steps run whatever they cost. Set one below to refuse (or warn about) model calls once a month's spend reaches it."),
+    );
+    if (b) {
+      amount.value = String(b.monthly_usd);
+      onExceed.value = b.on_exceed;
+    }
+    remove.hidden = !b;
+  };
+  const act = async (fn) => {
+    save.disabled = true;
+    remove.disabled = true;
+    errors.clear();
+    try {
+      show(await fn());
+    } catch (err) {
+      if (err.name !== "AbortError") errors.error(err);
+    } finally {
+      save.disabled = false;
+      remove.disabled = false;
+    }
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = amount.value.trim();
+    const number = Number(text);
+    // Sent as typed when it is not a number, so Pilot's own validation message names the field.
+    const monthly = text !== "" && Number.isFinite(number) ? number : text;
+    act(async () => {
+      const data = await api("PUT", "/api/budget", { body: { monthly_usd: monthly, on_exceed: onExceed.value } });
+      errors.info("Budget saved.");
+      return data;
+    });
+  });
+  remove.addEventListener("click", () =>
+    act(async () => {
+      await api("DELETE", "/api/budget");
+      amount.value = "";
+      return api("GET", "/api/budget");
+    }),
+  );
+  await act(() => api("GET", "/api/budget", { signal }));
+}
+
+async function showBreakers(box, signal) {
+  // GET /api/providers/<name> says this process's circuit breakers per provider (issue 11).
+  let described;
+  try {
+    const { providers } = await api("GET", "/api/providers", { signal });
+    described = await Promise.all(providers.map((name) => api("GET", `/api/providers/${encodeURIComponent(name)}`, { signal })));
+  } catch {
+    return; // the page works without this panel
+  }
+  const rows = [];
+  for (const provider of described) {
+    const cb = provider.circuit_breakers;
+    if (!cb) continue;
+    for (const host of cb.hosts || []) rows.push([provider.name, host.host, host.state, host.consecutive_failures, host.retry_in_s]);
+    const others = cb.other_hosts || {};
+    if (others.tracked) rows.push([provider.name, `${others.tracked} other host(s)`, others.open ? "open" : others.half_open ? "half_open" : "closed", "—", null]);
+  }
+  if (!described.some((p) => p.circuit_breakers)) return;
+  box.hidden = false;
+  const enabled = described.find((p) => p.circuit_breakers).circuit_breakers;
+  box.append(
+    h(
+      "p",
+      { class: "help" },
+      enabled.enabled
+        ? `A host's circuit opens after ${enabled.failures} failures within ${enabled.window_seconds} s and stays open ${enabled.cooldown_seconds} s (state of this server process).`
+        : "Circuit breakers are switched off on this server.",
+    ),
+    rows.length
+      ? table(
+          [
+            { label: "Provider", cell: (r) => r[0] },
+            { label: "Host", cell: (r) => r[1] },
+            { label: "State", cell: (r) => badge(r[2]) },
+            { label: "Recent failures", cell: (r) => String(r[3]) },
+            { label: "Retry in", cell: (r) => (r[4] === null || r[4] === undefined ? "—" : `${r[4]} s`) },
+          ],
+          rows,
+          { caption: "Circuit breakers", rowAttrs: (r) => ({ "data-provider": r[0] }) },
+        )
+      : h("p", { class: "muted" }, "No provider host is tracked yet."),
+  );
 }

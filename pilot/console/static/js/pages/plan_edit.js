@@ -2,9 +2,10 @@
 // place in the text where that field is (or would be).
 
 import { api } from "../api.js";
-import { h, messages, mount, setFlash } from "../dom.js";
+import { badge, describeError, h, messages, mount, setFlash } from "../dom.js";
 import { fieldErrors, locate, position, spans } from "../jsonspan.js";
-import { header } from "../ui.js";
+import { header, table } from "../ui.js";
+import { dryRunReport } from "./plans.js";
 
 const FIELDS = ["name", "original_prompt", "steps", "schedule", "timezone", "enabled"];
 const EXAMPLE = {
@@ -53,7 +54,7 @@ export async function render(root, { params, query, features, signal, go }) {
       h("a", { class: "button secondary", href: "#/plans" }, "Cancel"),
     ),
   );
-  const draftBox = query.get("draft") && features.has("POST", "/api/plans/draft") ? draftForm(editor, notes) : null;
+  const draftBox = query.get("draft") && features.has("POST", "/api/plans/draft") ? draftForm(editor, notes, go) : null;
   const referenceSlot = h("div");
   mount(root, header(planId ? `Edit plan #${planId}` : "New plan"), notes.el, draftBox, form, referenceSlot);
   reference(signal).then((box) => referenceSlot.replaceWith(box), () => {});
@@ -181,25 +182,100 @@ function format(editor, errors) {
   }
 }
 
-function draftForm(editor, notes) {
-  const prompt = h("textarea", { id: "draft-prompt", rows: "3", placeholder: "e.g. Every weekday at 9, summarise https://example.com/feed and post it to my webhook" });
-  const button = h("button", { type: "submit" }, "Draft");
-  const form = h("form", { class: "card" }, h("label", { for: "draft-prompt" }, "Describe the plan"), prompt, h("div", { class: "actions" }, button));
+function draftForm(editor, notes, go) {
+  const prompt = h("textarea", {
+    id: "draft-prompt",
+    rows: "3",
+    required: true,
+    placeholder: "e.g. Every weekday at 9, summarise https://example.com/feed and post it to my webhook",
+  });
+  const save = h("input", { id: "draft-save", type: "checkbox" });
+  const dry = h("input", { id: "draft-dry-run", type: "checkbox" });
+  const button = h("button", { type: "submit", id: "draft-button" }, "Draft");
+  const report = h("div", { class: "draft-report", "aria-live": "polite" });
+  const form = h(
+    "form",
+    { class: "card draft", "aria-label": "Draft a plan from a prompt" },
+    h("label", { for: "draft-prompt" }, "Describe the plan"),
+    h(
+      "p",
+      { class: "help" },
+      "Your own model (the first of openai, groq, anthropic you stored an api_key for) drafts the plan; Pilot validates it and asks the model to repair what fails. A drafted plan is saved disabled.",
+    ),
+    prompt,
+    h(
+      "div",
+      { class: "actions" },
+      button,
+      h("label", { class: "check" }, save, " Save it (disabled) at once"),
+      h("label", { class: "check" }, dry, " Dry run the draft"),
+    ),
+    report,
+  );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (!prompt.value.trim()) {
+      notes.info("Describe the plan first.");
+      prompt.focus();
+      return;
+    }
     button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    mount(report, h("p", { class: "muted" }, "Asking the model…"));
+    notes.clear();
     try {
-      const answer = await api("POST", "/api/plans/draft", { body: { prompt: prompt.value } });
-      const plan = answer.plan || answer.draft || answer;
+      const answer = await api("POST", "/api/plans/draft", { body: { prompt: prompt.value, save: save.checked, dry_run: dry.checked } });
+      const plan = answer.plan || {};
+      mount(
+        report,
+        h("p", { class: "notice ok", "data-drafted": "true" }, `Drafted by ${answer.provider} ${answer.model} in ${(answer.attempts || []).length} attempt(s).`),
+        attemptsTable(answer.attempts || []),
+        answer.dry_run ? [h("h3", {}, "Dry run of the draft"), dryRunReport(answer.dry_run)] : null,
+      );
+      if (answer.saved && plan.id) {
+        setFlash(`Drafted and saved “${plan.name}” (#${plan.id}), disabled: check it, then resume it or run it now.`);
+        go(`/plans/${plan.id}/edit`);
+        return;
+      }
       editor.value = JSON.stringify(Object.fromEntries(FIELDS.filter((f) => f in plan).map((f) => [f, plan[f]])), null, 2);
-      notes.info("Drafted: check the JSON, then create the plan.");
+      notes.info("Drafted: check the JSON below, then create the plan.");
     } catch (err) {
-      notes.error(err);
+      const details = (err && err.details) || {};
+      mount(
+        report,
+        h("p", { class: "notice error", role: "alert" }, describeError(err)),
+        Array.isArray(details.attempts) ? attemptsTable(details.attempts) : null,
+      );
     } finally {
       button.disabled = false;
+      button.removeAttribute("aria-busy");
     }
   });
   return form;
+}
+
+/** Every model attempt of a draft: valid or not, the validation errors it got, its tokens. */
+function attemptsTable(attempts) {
+  if (!attempts.length) return null;
+  return [
+    h("h3", {}, "Attempts"),
+    table(
+      [
+        { label: "#", cell: (a) => String(a.attempt) },
+        { label: "Valid", cell: (a) => badge(a.valid ? "success" : "error") },
+        {
+          label: "Errors",
+          cell: (a) =>
+            (a.errors || []).length
+              ? h("ul", { class: "plain" }, a.errors.map((e) => h("li", {}, h("code", {}, (e && e.code) || "error"), " ", (e && e.message) || "")))
+              : "—",
+        },
+        { label: "Tokens", cell: (a) => (a.usage && typeof a.usage.total_tokens === "number" ? String(a.usage.total_tokens) : "—") },
+      ],
+      attempts,
+      { caption: "Attempts of the draft", className: "attempts", rowAttrs: (a) => ({ "data-valid": String(Boolean(a.valid)) }) },
+    ),
+  ];
 }
 
 async function reference(signal) {

@@ -158,10 +158,14 @@ function showDryRun(plan, result) {
   return new Promise((resolve) => {
     const dialog = h(
       "dialog",
-      { class: "wide", "aria-label": `Dry run of ${plan.name}` },
-      h("h2", {}, `Dry run of ${plan.name}`),
-      h("p", {}, "Nothing was sent and nothing was recorded: these are the rendered params and outcomes."),
-      code(result),
+      { class: "wide dry-run", "aria-labelledby": "dry-run-title" },
+      h("h2", { id: "dry-run-title" }, `Dry run of ${plan.name}`),
+      h(
+        "p",
+        { class: "help" },
+        "Nothing was sent and nothing was recorded: steps without side effects (logic) ran; the others show the params they would send.",
+      ),
+      dryRunReport(result),
       h("div", { class: "actions" }, h("button", { type: "button", onclick: () => dialog.close() }, "Close")),
     );
     dialog.addEventListener("close", () => {
@@ -171,4 +175,52 @@ function showDryRun(plan, result) {
     document.body.append(dialog);
     dialog.showModal();
   });
+}
+
+const DRY_WORDS = {
+  success: "ran (no side effects)",
+  error: "failed",
+  would_run: "would run",
+  skipped: "skipped",
+  unresolved: "depends on a step not run",
+};
+
+/** A dry run's answer ({status, error, steps: [...]}) as one card per step, values as text. */
+export function dryRunReport(result) {
+  const steps = (result && result.steps) || [];
+  return h(
+    "div",
+    { class: "dry-report", "data-status": result && result.status },
+    h("p", {}, "Outcome: ", badge(result.status), result.error ? [" ", h("span", { class: "error-text" }, result.error)] : null),
+    steps.length
+      ? h(
+          "ol",
+          { class: "step-list" },
+          steps.map((step) =>
+            h(
+              "li",
+              { class: "card step", "data-step-index": step.index, "data-dry-status": step.status },
+              h(
+                "div",
+                { class: "step-head" },
+                h("h3", {}, `${step.index + 1}. `, step.id || `step ${step.index + 1}`),
+                h("span", { class: "muted" }, `${step.provider}.${step.action}`),
+                badge(step.status),
+                h("span", { class: "muted" }, DRY_WORDS[step.status] || ""),
+              ),
+              step.reason ? h("p", { class: "muted" }, step.reason) : null,
+              step.missing_credentials
+                ? h("p", { class: "notice error" }, "Missing credentials: ", step.missing_credentials.join(", "), ". Add them on the Credentials page.")
+                : null,
+              step.credentials_unreadable ? h("p", { class: "notice error" }, step.credentials_unreadable) : null,
+              step.error ? h("div", { class: "step-error" }, h("strong", {}, step.error.code || "error"), ": ", h("span", { class: "error-text" }, step.error.message || "")) : null,
+              step.params !== undefined ? h("div", { class: "io" }, h("h4", {}, "Params (rendered)"), code(step.params, `Step ${step.index + 1} params`)) : null,
+              step.result && step.result.data !== undefined
+                ? h("div", { class: "io output" }, h("h4", {}, "Output"), code(step.result.data, `Step ${step.index + 1} output`))
+                : null,
+            ),
+          ),
+        )
+      : h("p", { class: "muted" }, "The plan has no steps."),
+  );
 }

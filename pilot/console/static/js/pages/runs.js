@@ -1,4 +1,5 @@
 // Runs: every plan's runs, newest first, live (polling), filtered by plan, status and trigger.
+// (Run events are per run: the run page follows them; this list polls.)
 
 import { api } from "../api.js";
 import { badge, h, messages, mount } from "../dom.js";
@@ -7,11 +8,14 @@ import { between } from "../time.js";
 import { empty, header, select, table, when } from "../ui.js";
 
 const STATUSES = ["queued", "running", "success", "error", "interrupted", "skipped"];
-const TRIGGERS = ["manual", "schedule", "api"];
+const TRIGGERS = ["manual", "schedule", "api", "replay"];
 const PAGE = 50;
 const EVERY_MS = 3000;
 
-export async function render(root, { query, signal, go }) {
+export async function render(root, { query, features, signal, go }) {
+  // The filters' values as this Pilot documents them (a newer one may add a trigger, e.g. replay).
+  const statuses = features.queryEnum("GET", "/api/runs", "status", STATUSES);
+  const triggers = features.queryEnum("GET", "/api/runs", "trigger", TRIGGERS);
   const filters = {
     plan_id: query.get("plan_id") || "",
     status: query.get("status") || "",
@@ -28,8 +32,8 @@ export async function render(root, { query, signal, go }) {
     "form",
     { class: "filters", onsubmit: (e) => e.preventDefault(), "aria-label": "Filter runs" },
     select("filter-plan", "Plan", planOptions, filters.plan_id, refilter("plan_id")),
-    select("filter-status", "Status", [["", "Any status"], ...STATUSES.map((s) => [s, s])], filters.status, refilter("status")),
-    select("filter-trigger", "Trigger", [["", "Any trigger"], ...TRIGGERS.map((t) => [t, t])], filters.trigger, refilter("trigger")),
+    select("filter-status", "Status", [["", "Any status"], ...statuses.map((s) => [s, s])], filters.status, refilter("status")),
+    select("filter-trigger", "Trigger", [["", "Any trigger"], ...triggers.map((t) => [t, t])], filters.trigger, refilter("trigger")),
   );
   mount(root, header("Runs", h("a", { class: "button secondary", href: "#/plans" }, "Plans")), notes.el, form, liveNote, list);
 
