@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     port: int = env("FLASK_PORT", 5000)
     scheduler_enabled: Annotated[bool, BeforeValidator(_flag)] = env("SCHEDULER_ENABLED", True)
     misfire_grace_seconds: int = env("SCHEDULER_MISFIRE_GRACE_SECONDS", 300)
+    max_lateness_seconds: float = env("SCHEDULER_MAX_LATENESS_SECONDS", 30.0)
     run_lease_seconds: int = env("RUN_LEASE_SECONDS", 30)
     metrics_rollup_seconds: int = env("METRICS_ROLLUP_SECONDS", 300)
     shutdown_timeout: float = env("SHUTDOWN_TIMEOUT", 25.0)
@@ -201,6 +202,8 @@ class Settings(BaseSettings):
             raise ConfigurationError("METRICS_ROLLUP_SECONDS must be between 0 (off) and 3600")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
+        if self.max_lateness_seconds <= 0:
+            raise ConfigurationError("SCHEDULER_MAX_LATENESS_SECONDS must be more than 0")
         if self.breaker_failures < 0 or self.breaker_window_seconds <= 0 or self.breaker_cooldown_seconds <= 0:
             raise ConfigurationError(
                 "BREAKER_FAILURES must be 0 (no breakers) or more, BREAKER_WINDOW_SECONDS and "

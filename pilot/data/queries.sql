@@ -296,30 +296,6 @@ WHERE r.user_id = %(user_id)s
 ORDER BY r.id DESC
 LIMIT %(limit)s;
 
--- name: lock_plan
-SELECT pg_advisory_xact_lock(%(plan_id)s);
-
--- name: claim_slot
--- One firing of a schedule, run under lock_plan: queued when the plan is idle,
--- skipped when an earlier run is still queued or running, nothing at all when
--- another process already claimed this slot or the plan is no longer scheduled.
-INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, lease_expires_at,
-                       error, finished_at)
-SELECT p.id, p.user_id, 'schedule', %(scheduled_for)s,
-       CASE WHEN busy.id IS NULL THEN 'queued' ELSE 'skipped' END,
-       %(owner_id)s, now(), now() + make_interval(secs => %(lease_seconds)s),
-       CASE WHEN busy.id IS NOT NULL THEN format('skipped: run %%s of this plan was still %%s', busy.id, busy.status) END,
-       CASE WHEN busy.id IS NOT NULL THEN now() END
-FROM execution_plans p
-LEFT JOIN LATERAL (
-    SELECT r.id, r.status FROM plan_runs r
-    WHERE r.user_id = p.user_id AND r.plan_id = p.id AND r.status IN ('queued', 'running')
-    ORDER BY r.id LIMIT 1
-) busy ON true
-WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s AND p.enabled AND p.schedule IS NOT NULL
-ON CONFLICT (plan_id, scheduled_for) DO NOTHING
-RETURNING *;
-
 -- name: recent_finished_runs
 SELECT status FROM plan_runs
 WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s AND trigger = 'schedule'
@@ -331,8 +307,18 @@ UPDATE execution_plans SET enabled = %(enabled)s, updated_at = now()
 WHERE user_id = %(user_id)s AND id = %(id)s
 RETURNING *;
 
--- name: list_schedules
-SELECT * FROM pilot_list_schedules(%(plan_id)s);
+-- name: due_schedules
+-- One tick's batch: due schedules locked FOR UPDATE SKIP LOCKED (only in a system_transaction).
+SELECT * FROM pilot_due_schedules(%(now)s, %(limit)s);
+
+-- name: fire_schedules
+-- The batch's runs and next due times, in the same transaction as due_schedules.
+SELECT * FROM pilot_fire_schedules(%(owner)s, %(lease_seconds)s, %(plan_ids)s::bigint[], %(next_due)s::timestamptz[],
+                                   %(run_plans)s::bigint[], %(run_slots)s::timestamptz[], %(run_statuses)s::text[],
+                                   %(run_reasons)s::text[], %(run_errors)s::text[]);
+
+-- name: scheduler_stats
+SELECT * FROM pilot_scheduler_stats();
 
 -- name: heartbeat
 SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS renewed;
@@ -341,8 +327,14 @@ SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS r
 SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);
 
 -- name: list_scheduled_plans
-SELECT id, name, schedule, timezone, enabled FROM execution_plans
-WHERE user_id = %(user_id)s AND schedule IS NOT NULL ORDER BY id;
+-- With the stored next due time (NULL while paused or never), whether it is still to be computed
+-- (due_pending: then it is the first slot after base_at).
+SELECT p.id, p.name, p.schedule, p.timezone, p.enabled, s.base_at,
+       CASE WHEN isfinite(s.next_due_at) THEN s.next_due_at END AS next_due_at,
+       s.next_due_at = '-infinity' AS due_pending
+FROM execution_plans p
+LEFT JOIN plan_schedules s ON s.user_id = p.user_id AND s.plan_id = p.id
+WHERE p.user_id = %(user_id)s AND p.schedule IS NOT NULL ORDER BY p.id;
 
 -- name: all_cron_plans
 -- Every user's plans with a cron schedule: operator commands only (connecting role, not pilot_app).

@@ -439,31 +439,6 @@ def list_user_runs(
 # --- scheduling ----------------------------------------------------------------
 
 
-def lock_plan(cur: Cursor, plan_id: int) -> None:
-    """Serialize claims for one plan until the transaction ends."""
-    _execute(cur, "lock_plan", {"plan_id": plan_id})
-
-
-def claim_slot(
-    cur: Cursor,
-    user_id: str,
-    plan_id: int,
-    scheduled_for: Any,
-    owner_id: str,
-    lease_seconds: int = DEFAULT_LEASE_SECONDS,
-) -> Row | None:
-    """The run row this process created for the slot (queued, or skipped when the plan is busy), else None."""
-    return _one(
-        cur,
-        "claim_slot",
-        user_id=user_id,
-        plan_id=plan_id,
-        scheduled_for=scheduled_for,
-        owner_id=owner_id,
-        lease_seconds=lease_seconds,
-    )
-
-
 def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
     return [row["status"] for row in _all(cur, "recent_finished_runs", user_id=user_id, plan_id=plan_id, limit=limit)]
 
@@ -472,9 +447,45 @@ def set_plan_enabled(cur: Cursor, user_id: str, plan_id: int, enabled: bool) -> 
     return _one(cur, "set_plan_enabled", user_id=user_id, id=plan_id, enabled=enabled)
 
 
-def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
-    """Every user's enabled schedules (SECURITY DEFINER; only in a ``system_transaction``)."""
-    return _all(cur, "list_schedules", plan_id=plan_id)
+def due_schedules(cur: Cursor, now: Any, limit: int) -> list[Row]:
+    """Up to ``limit`` schedules due at ``now``, locked until the transaction ends (``system_transaction`` only)."""
+    return _all(cur, "due_schedules", now=now, limit=limit)
+
+
+def fire_schedules(
+    cur: Cursor,
+    owner: str | None,
+    lease_seconds: int,
+    next_due: dict[int, Any],
+    runs: list[tuple[int, Any, str, str | None, str | None]],
+) -> list[Row]:
+    """Advance each plan's next due time and insert the slots' runs, in one statement.
+
+    ``runs`` holds (plan_id, slot, status, reason, error). Returns the runs inserted: a
+    ``queued`` slot of a plan with a run still going comes back ``skipped`` (reason
+    ``overlap``); a slot that already had a run is absent. ``owner`` None queues runs
+    unowned and unleased, for any process's claimer.
+    """
+    return _all(
+        cur,
+        "fire_schedules",
+        owner=owner,
+        lease_seconds=lease_seconds,
+        plan_ids=list(next_due),
+        next_due=list(next_due.values()),
+        run_plans=[run[0] for run in runs],
+        run_slots=[run[1] for run in runs],
+        run_statuses=[run[2] for run in runs],
+        run_reasons=[run[3] for run in runs],
+        run_errors=[run[4] for run in runs],
+    )
+
+
+def scheduler_stats(cur: Cursor) -> Row:
+    """schedules, queued (runs) and oldest_queued_seconds, across users (``system_transaction`` only)."""
+    row = _one(cur, "scheduler_stats")
+    assert row is not None
+    return row
 
 
 def heartbeat(cur: Cursor, owner: str, run_ids: list[int], lease_seconds: int) -> int:
