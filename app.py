@@ -6,7 +6,7 @@ on a ``PilotApp``; gunicorn serves ``"app:create_app()"``. ``from app import app
 (the checklist, ``flask --app app``) builds one app on first use (PEP 562), and a
 configuration error then stops the process with one line saying why. Routes live
 in ``pilot/http/routes/``, SQL in the data layer, providers in ``providers/``.
-The scheduler never starts here: only serving processes start it.
+The scheduler and the run claimer never start here: only serving processes start them.
 """
 
 from __future__ import annotations
@@ -91,15 +91,21 @@ def __getattr__(name: str) -> PilotApp:
     return built
 
 
+def start_background_work(app: PilotApp) -> None:
+    """What a serving process runs besides requests: the run claimer always, the scheduler when enabled."""
+    app.engine.start_claiming()
+    scheduler.start_for_serving(app)
+
+
 def migrate_then_schedule(app: PilotApp, stop: threading.Event) -> None:
-    """Apply migrations, then start the scheduler.
+    """Apply migrations, then start the run claimer and the scheduler.
 
     A database that cannot be reached yet must not stop ``python app.py``: it
     serves at once (``/api/health`` answers 503) while a background thread
-    migrates and starts the scheduler as soon as the database answers.
+    migrates and starts them as soon as the database answers.
     """
     if try_migrate(app.db.dsn):
-        scheduler.start_for_serving(app)
+        start_background_work(app)
         return
     app.migrations_pending.set()
 
@@ -107,26 +113,27 @@ def migrate_then_schedule(app: PilotApp, stop: threading.Event) -> None:
         if migrate_when_reachable(app.db.dsn, stop) and not stop.is_set():
             app.migrations_pending.clear()
             log.info("the database answers: migrations applied")
-            scheduler.start_for_serving(app)
+            start_background_work(app)
 
     threading.Thread(target=wait_for_database, name="pilot-migrate", daemon=True).start()
 
 
 def main() -> None:
-    """Serve with the development server: migrate (outside production), start the scheduler, stop on SIGTERM."""
+    """Serve with the development server: migrate (outside production), claim runs, schedule, stop on SIGTERM."""
     app = create_app_or_exit()
     settings = app.settings
     stop = threading.Event()
     if not app.db.embedded and not settings.production:
         migrate_then_schedule(app, stop)
     else:
-        scheduler.start_for_serving(app)
+        start_background_work(app)
     rollup.start_for_serving(app)  # hourly provider metrics; a database not up yet only delays it
 
     def terminate(signum: int, frame: Any) -> None:
         log.info("received signal %d: stopping", signum)
         stop.set()
         rollup.stop_for_serving(app)
+        scheduler.pause_for_shutdown(app)  # claim and fire nothing more, at once
         scheduler.stop_for_serving(app, timeout=settings.shutdown_timeout)
         sys.exit(0)
 

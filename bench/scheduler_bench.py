@@ -158,7 +158,15 @@ def check_slots(dsn: str, plan_ids: list[int], step: int, start: datetime, end: 
         statuses[run["status"]] = statuses.get(run["status"], 0) + 1
     owners = len({run["owner_id"] for run in runs if run["status"] != "skipped"})
     in_window = [r for r in runs if start <= r["scheduled_for"] <= end]
+    skipped: dict[str, int] = {}  # in the window, by reason (plan_runs.reason, else the error's start)
+    for run in in_window:
+        if run["status"] == "skipped":
+            why = run.get("reason") or (run["error"] or "")[:40]
+            skipped[why] = skipped.get(why, 0) + 1
+    missing = sorted({t for times in by_plan.values() for t in expected - set(times)})
     return {
+        "skipped": skipped,
+        "missing": [t.isoformat() for t in missing[:5]],
         "expected": len(expected) * len(plan_ids),
         "runs": len(in_window),
         "duplicates": duplicates,
@@ -188,6 +196,7 @@ def phase_interval(dsn: str, a: Instance, plans: int, seconds: int) -> None:
         f"gaps {report['gaps']}, statuses {report['statuses']}, runs spread over {report['owners']} workers"
     )
     print(f"interval: {report['lag']}")
+    print(f"interval: skipped in the window by reason {report['skipped']}; slots without a run {report['missing']}")
 
 
 def phase_sync(dsn: str, a: Instance, b: Instance) -> None:

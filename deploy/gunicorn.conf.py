@@ -232,7 +232,7 @@ def _flask_app(worker: Any) -> Any:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Start the scheduler in this worker (never in the master), and note when SIGTERM arrives."""
+    """Start the run claimer and the scheduler in this worker (never in the master); note when SIGTERM arrives."""
     import scheduler
 
     worker.pilot_term_at = None
@@ -243,13 +243,14 @@ def post_worker_init(worker: Any) -> None:
             worker.pilot_term_at = time.monotonic()
             app = _flask_app(worker)
             if app is not None:
-                scheduler.pause_for_shutdown(app)  # no new firings while requests drain
+                scheduler.pause_for_shutdown(app)  # no new firings or claims while requests drain
         if callable(previous):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
     app = _flask_app(worker)
     if app is not None:
+        app.engine.start_claiming()  # every worker executes queued runs, whatever SCHEDULER_ENABLED says
         scheduler.start_for_serving(app)
         from pilot.ops import rollup
 

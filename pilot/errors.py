@@ -69,6 +69,16 @@ class ServiceUnavailable(PilotError):
     code = "service_unavailable"
 
 
+class TooManyRequests(PilotError):
+    """The caller has too much waiting already (its queue of runs is full); retry after ``retry_after`` s."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message, code=code, details=details)
+        self.retry_after = retry_after
+
+
 class DatabaseError(PilotError):
     """A database failure that is not the caller's fault."""
 

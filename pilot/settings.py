@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     port: int = env("FLASK_PORT", 5000)
     scheduler_enabled: Annotated[bool, BeforeValidator(_flag)] = env("SCHEDULER_ENABLED", True)
     misfire_grace_seconds: int = env("SCHEDULER_MISFIRE_GRACE_SECONDS", 300)
+    max_lateness_seconds: float = env("SCHEDULER_MAX_LATENESS_SECONDS", 30.0)
     run_lease_seconds: int = env("RUN_LEASE_SECONDS", 30)
     metrics_rollup_seconds: int = env("METRICS_ROLLUP_SECONDS", 300)
     shutdown_timeout: float = env("SHUTDOWN_TIMEOUT", 25.0)
@@ -107,6 +108,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = env("MAX_REQUEST_BYTES", 1_000_000)
     db_pool_size: int = env("DB_POOL_SIZE", 10)
     run_workers: int = env("RUN_WORKERS", 32)
+    max_running_per_user: int = env("MAX_RUNNING_PER_USER", 32)
+    run_queue_max_per_user: int = env("RUN_QUEUE_MAX_PER_USER", 1000)
+    run_wait_seconds: float = env("RUN_WAIT_SECONDS", 30.0)
     prometheus_multiproc_dir: str | None = env(PROMETHEUS_MULTIPROC_ENV)
     openai_api_key: OptionalText = env("OPENAI_API_KEY", repr=False)
     groq_api_key: OptionalText = env("GROQ_API_KEY", repr=False)
@@ -188,12 +192,18 @@ class Settings(BaseSettings):
             )
         if self.db_pool_size < 1 or self.run_workers < 1:
             raise ConfigurationError("DB_POOL_SIZE and RUN_WORKERS must be at least 1")
+        if self.max_running_per_user < 1 or self.run_queue_max_per_user < 1:
+            raise ConfigurationError("MAX_RUNNING_PER_USER and RUN_QUEUE_MAX_PER_USER must be at least 1")
+        if not 0 <= self.run_wait_seconds <= 600:
+            raise ConfigurationError("RUN_WAIT_SECONDS must be between 0 and 600")
         if not 0 <= self.planner_max_repairs <= 10:
             raise ConfigurationError("PLANNER_MAX_REPAIRS must be between 0 and 10")
         if not 0 <= self.metrics_rollup_seconds <= 3600:
             raise ConfigurationError("METRICS_ROLLUP_SECONDS must be between 0 (off) and 3600")
         if self.run_lease_seconds < 2 or self.misfire_grace_seconds < 0:
             raise ConfigurationError("RUN_LEASE_SECONDS must be at least 2 and the misfire grace not negative")
+        if self.max_lateness_seconds <= 0:
+            raise ConfigurationError("SCHEDULER_MAX_LATENESS_SECONDS must be more than 0")
         if self.breaker_failures < 0 or self.breaker_window_seconds <= 0 or self.breaker_cooldown_seconds <= 0:
             raise ConfigurationError(
                 "BREAKER_FAILURES must be 0 (no breakers) or more, BREAKER_WINDOW_SECONDS and "

@@ -387,13 +387,20 @@ def test_scheduled_plans_of_an_over_budget_user_are_skipped_with_reason_budget(
         put_budget(client, user, 1)
         spend(app, user, "1")
         scheduler = PilotScheduler(app)
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = datetime.now(UTC).replace(second=0, microsecond=0)  # a slot of every 60 s interval
+
+        def due(plan_id: int, moment: datetime) -> None:  # as a tick before would have stored it
+            with app.db.transaction(None, as_app=False) as cur:
+                cur.execute("UPDATE plan_schedules SET next_due_at = %s WHERE plan_id = %s", (moment, plan_id))
+
         before = scrape(client)
-        assert scheduler.fire(llm_plan["id"], user, [now], now) is None
+        due(llm_plan["id"], now)
+        assert scheduler.tick(now).handed_over == []
         with app.db.transaction(user) as cur:
             [skipped] = store.list_runs(cur, user, llm_plan["id"], limit=10, offset=0)
         assert skipped["status"] == "skipped" and skipped["trigger"] == "schedule"
         assert skipped["error"].startswith("skipped: budget") and skipped["scheduled_for"] == now
+        assert skipped["reason"] == "budget"
         assert completions(openai) == []
         outcome = {"outcome": "skipped_budget"}
         assert (
@@ -402,15 +409,17 @@ def test_scheduled_plans_of_an_over_budget_user_are_skipped_with_reason_budget(
             == 1
         )
         # Issue 11: no scheduled plan of that user fires, an LLM-free one included.
-        assert scheduler.fire(logic_plan["id"], user, [now], now) is None
+        due(logic_plan["id"], now)
+        assert scheduler.tick(now).handed_over == []
         with app.db.transaction(user) as cur:
             [held] = store.list_runs(cur, user, logic_plan["id"], limit=10, offset=0)
         assert held["status"] == "skipped" and held["error"].startswith("skipped: budget")
         # A raised budget lets the next firing run.
         put_budget(client, user, 5)
         later = now + timedelta(minutes=1)
-        run = scheduler.fire(llm_plan["id"], user, [later], later)
-        assert run is not None and run["status"] == "queued"
+        due(llm_plan["id"], later)
+        run = next(r for r in scheduler.tick(later).handed_over if r["plan_id"] == llm_plan["id"])
+        assert run["status"] == "queued" and run["scheduled_for"] == later
         app.engine.drain(30)
         assert poll(lambda: len(completions(openai)) == 1)
     finally:

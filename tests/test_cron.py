@@ -19,6 +19,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from pilot.application import PilotApp
+from pilot.data import store
 from scheduler import PilotScheduler, build_trigger, fire_times, next_fire_time
 from tests.conftest import make_app, resp_json
 from tests.cron_reference import reference_times
@@ -218,23 +219,55 @@ def scheduler_app(fresh_db: str, tmp_path: Path, fernet_key: str) -> Iterator[Pi
     app.db.close()
 
 
+def stored_due(app: PilotApp, user: str, plan_id: int) -> Any:
+    """The next due time the scheduler stored for ``plan_id`` (None: never)."""
+    with app.db.transaction(user) as cur:
+        [row] = [row for row in store.list_scheduled_plans(cur, user) if row["id"] == plan_id]
+    assert not row["due_pending"]
+    return row["next_due_at"]
+
+
 @pytest.mark.parametrize("cron", ["0 9 * * 1-5", "0 0 1 * 0", "@weekly", "0 9 * * 7"])
 def test_the_scheduler_uses_the_time_jobs_shows(scheduler_app: PilotApp, user: str, cron: str) -> None:
     client = scheduler_app.test_client()
-    plan = resp_json(create(client, user, {"cron": cron, "timezone": "Europe/Berlin"}))
-    scheduler = PilotScheduler(scheduler_app)
     before = datetime.now(UTC)
-    scheduler.start()
-    try:
-        job = scheduler._aps.get_job(f"plan-{plan['id']}")
-        shown = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"][0]["next_run_time"]
-    finally:
-        scheduler.stop(timeout=5)
+    plan = resp_json(create(client, user, {"cron": cron, "timezone": "Europe/Berlin"}))
+    pending = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"][0]["next_run_time"]
+    scheduler = PilotScheduler(scheduler_app)
+    scheduler.tick()  # stores the next due time it will use
+    shown = resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"][0]["next_run_time"]
     after = datetime.now(UTC)
-    assert job is not None
-    assert job.next_run_time.astimezone(UTC) == datetime.fromisoformat(shown)
+    assert pending == shown  # the same before and after a tick stored it
+    assert stored_due(scheduler_app, user, plan["id"]) == datetime.fromisoformat(shown)
     candidates = {reference_times(cron, BERLIN, t, t + timedelta(days=8))[0] for t in (before, after)}
     assert datetime.fromisoformat(shown) in candidates
+
+
+@pytest.mark.parametrize("cron", ["0 3 * * *", "0,30 1-3 * * sun", "*/20 * * * *", "30 2 * * *"])
+@pytest.mark.parametrize("day", [datetime(2026, 3, 28, 23, tzinfo=UTC), datetime(2026, 10, 24, 23, tzinfo=UTC)])
+def test_ticks_across_a_dst_night_fire_the_reference_slots(
+    scheduler_app: PilotApp, fresh_db: str, user: str, cron: str, day: datetime
+) -> None:
+    """Ticking on an injected clock through a DST night fires exactly crontab(5)'s instants (cron_reference)."""
+    client = scheduler_app.test_client()
+    plan = resp_json(create(client, user, {"cron": cron, "timezone": "Europe/Berlin"}))
+    conn = psycopg2.connect(fresh_db)
+    try:
+        with conn, conn.cursor() as cur:  # as if the schedule had been set just before that night
+            cur.execute("UPDATE plan_schedules SET base_at = %s WHERE plan_id = %s", (day, plan["id"]))
+    finally:
+        conn.close()
+    expected = reference_times(cron, BERLIN, day, day + timedelta(days=2))
+    clock = {"now": day}
+    scheduler = PilotScheduler(scheduler_app, clock=lambda: clock["now"])
+    fired: list[datetime] = []
+    scheduler.tick()
+    for moment in expected:  # the clock jumps to each reference instant and ticks there
+        clock["now"] = moment + timedelta(milliseconds=20)
+        fired.extend(run["scheduled_for"] for run in scheduler.tick().handed_over)
+        assert scheduler_app.engine.drain(10)
+        assert stored_due(scheduler_app, user, plan["id"]) > moment
+    assert fired == expected
 
 
 def test_a_stored_schedule_crontab_refuses_never_fires_and_stops_nothing_else(
@@ -254,14 +287,10 @@ def test_a_stored_schedule_crontab_refuses_never_fires_and_stops_nothing_else(
     client = scheduler_app.test_client()
     fine = resp_json(create(client, user, {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}))
     scheduler = PilotScheduler(scheduler_app)
-    scheduler.start()
-    try:
-        assert scheduler.state()["jobs"] == 2
-        assert scheduler._aps.get_job(f"plan-{fine['id']}").next_run_time is not None
-        stale_job = scheduler._aps.get_job(f"plan-{stale}")
-        assert stale_job is not None and stale_job.next_run_time is None
-    finally:
-        scheduler.stop(timeout=5)
+    scheduler.tick()  # the stale cron stores "never"; the other schedule its next time
+    assert scheduler.sample()["schedules"] == 2
+    assert stored_due(scheduler_app, user, fine["id"]) is not None
+    assert stored_due(scheduler_app, user, stale) is None
     jobs = {job["plan_id"]: job for job in resp_json(client.get(f"/api/scheduler/jobs?user_id={user}"))["jobs"]}
     assert jobs[stale]["next_run_time"] is None and jobs[fine["id"]]["next_run_time"] is not None
 

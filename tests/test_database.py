@@ -20,6 +20,7 @@ USER_TABLES = (
     "provider_credentials",
     "execution_plans",
     "plan_runs",
+    "plan_schedules",
     "execution_logs",
     "api_tokens",
     "budgets",
@@ -45,8 +46,15 @@ FUNCTIONS = {
     "pilot_rollup_hours": (True, set()),  # the owner's (prune-logs, through pilot_rollup_pruned)
     "pilot_rollup_metrics": (True, {"pilot_system"}),
     "pilot_rollup_pruned": (True, set()),
+    "pilot_sync_plan_schedule": (True, set()),  # a trigger: mirrors the plan row being written
+    "pilot_due_schedules": (True, {"pilot_system"}),
+    "pilot_fire_schedules": (True, {"pilot_system"}),
+    "pilot_scheduler_stats": (True, {"pilot_system"}),
     "pilot_version_plan_steps": (False, {"pilot_app", "pilot_system"}),  # triggers (migration 016)
     "pilot_run_plan_version": (False, {"pilot_app", "pilot_system"}),
+    "pilot_claim_runs": (True, {"pilot_system"}),  # claims cross users: the run queue (migration 013)
+    "pilot_notify_runs_queued": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
+    "pilot_run_is_pure": (False, set()),  # called by pilot_interrupt_runs only, as its owner
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}
@@ -257,7 +265,9 @@ def test_app_role_with_no_user_sees_no_rows_in_any_table(session_db: str) -> Non
             cur.execute("SELECT set_config('app.current_user_id', 'someone', true)")
             cur.execute("SET LOCAL ROLE pilot_app")
             cur.execute(
-                "INSERT INTO execution_plans (user_id, name) VALUES ('someone', 'p') RETURNING id",
+                # scheduled, so its plan_schedules row exists too (the trigger of migration 014)
+                "INSERT INTO execution_plans (user_id, name, schedule) "
+                "VALUES ('someone', 'p', '{\"interval_seconds\": 60}') RETURNING id",
             )
             plan_id = cur.fetchone()[0]
             cur.execute(

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from pilot.application import PilotApp
 from pilot.data import store
 from pilot.ops import maintenance
-from tests.conftest import resp_json
+from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import SLOW, FakeOpenAI
 from tests.llm_support import chat, completions, llm_app, store_key
 
@@ -154,19 +154,26 @@ def test_a_plan_run_with_a_key_runs_once(client: FlaskClient, user: str) -> None
     assert queued.status_code == 422
 
 
-def test_client_errors_are_kept_and_server_errors_release_the_key(
-    app: PilotApp, client: FlaskClient, user: str
+def test_client_errors_are_kept_and_try_again_errors_release_the_key(
+    fresh_db: str, tmp_path: Path, fernet_key: str, user: str
 ) -> None:
-    missing = post(client, "/api/plans/999999999/run", {"user_id": user}, key="k-404")
-    assert missing.status_code == 404
-    replay = post(client, "/api/plans/999999999/run", {"user_id": user}, key="k-404")
-    assert replay.status_code == 404 and replay.headers["Idempotent-Replayed"] == "true"
-    plan = resp_json(client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [LOGIC]}))
-    app.engine.shutdown(wait=True)  # the engine takes no more runs: 503 shutting_down
-    refused = post(client, f"/api/plans/{plan['id']}/run", {"user_id": user}, key="k-503")
-    assert refused.status_code == 503 and key_row(app, user, "k-503") is None  # released: may be sent again
-    retried = post(client, f"/api/plans/{plan['id']}/run", {"user_id": user}, key="k-503")
-    assert retried.status_code == 503 and "Idempotent-Replayed" not in retried.headers
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_queue_max_per_user=1)  # its queued run stays here
+    client = app.test_client()
+    try:
+        missing = post(client, "/api/plans/999999999/run", {"user_id": user}, key="k-404")
+        assert missing.status_code == 404
+        replay = post(client, "/api/plans/999999999/run", {"user_id": user}, key="k-404")
+        assert replay.status_code == 404 and replay.headers["Idempotent-Replayed"] == "true"
+        plan = resp_json(client.post("/api/plans", json={"user_id": user, "name": "p", "steps": [LOGIC]}))
+        app.engine.shutdown(wait=True)  # this process claims no more: its runs stay queued
+        assert post(client, f"/api/plans/{plan['id']}/run", {"user_id": user}, key=None).status_code == 202
+        refused = post(client, f"/api/plans/{plan['id']}/run", {"user_id": user}, key="k-429")
+        assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+        assert key_row(app, user, "k-429") is None  # released: may be sent again
+        retried = post(client, f"/api/plans/{plan['id']}/run", {"user_id": user}, key="k-429")
+        assert retried.status_code == 429 and "Idempotent-Replayed" not in retried.headers
+    finally:
+        app.db.close()
 
 
 def test_a_key_answers_for_24_hours_then_executes_again(app: PilotApp, client: FlaskClient, user: str) -> None:

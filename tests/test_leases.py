@@ -46,7 +46,10 @@ def test_a_process_without_scheduler_keeps_its_long_run_alive_against_another_re
             # A run whose owner is gone, so the reaper is seen at work while the slow run goes on.
             with reaper_app.db.transaction(user) as cur:
                 dead = store.insert_run(cur, user, plan["id"], trigger="manual", owner_id="gone-host:1:x")
-            assert dead is not None
+                assert dead is not None
+                store.start_run(cur, user, dead["id"], "gone-host:1:x")  # it ran a webhook when its owner died
+                marker = {"index": 0, "provider": "webhook", "action": "request", "pure": False, "status": "running"}
+                store.progress_run(cur, user, dead["id"], [marker])
             admin(
                 fresh_db,
                 "UPDATE plan_runs SET lease_expires_at = now() - interval '1 hour', "

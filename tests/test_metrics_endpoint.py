@@ -215,6 +215,8 @@ def test_alert_rules_use_only_exported_metrics() -> None:
         "PilotHttpLatencyHigh",
         "PilotBudgetRefusals",
         "PilotCircuitOpen",
+        "PilotSchedulerShedsLateSlots",
+        "PilotRunQueueBacklog",
     ):
         assert f"alert: {alert}" in text
     assert re.search(r"> 0\.05", text)  # the checklist's 5 % error-rate threshold
@@ -226,7 +228,18 @@ def test_dashboard_is_valid_json_using_only_exported_metrics() -> None:
     used = {name for expr in exprs for name in re.findall(r"\bpilot_[a-z_]+", expr)}
     assert used and used <= _exported_names(), used - _exported_names()
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("request rate", "error", "latency", "success rate", "scheduler", "cost", "budget", "circuit breaker"):
+    for topic in (
+        "request rate",
+        "error",
+        "latency",
+        "success rate",
+        "scheduler",
+        "cost",
+        "budget",
+        "circuit breaker",
+        "run queue depth",
+        "oldest queued run",
+    ):
         assert topic in titles
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 

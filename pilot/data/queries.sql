@@ -213,6 +213,30 @@ VALUES (%(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, %(status)s, %(
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
+-- name: enqueue_run
+-- An accepted run, queued with its input for any process's claimer (issue 9). No owner
+-- and no lease until claimed; the insert NOTIFYs pilot_runs on commit (trigger,
+-- migration 013). With queue_max set, nothing is inserted (no row back) when the user
+-- already has that many queued runs; with scheduled_for set, nothing either when the
+-- (plan, slot) has a run already.
+-- plan_version_id NULL: the plan's latest version (trigger of migration 016); a replay names its own.
+INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, reason,
+                       plan_version_id, replayed_from, replay)
+SELECT %(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, 'queued', %(input)s, %(reason)s,
+       %(plan_version_id)s, %(replayed_from)s, %(replay)s
+WHERE %(queue_max)s::integer IS NULL
+   OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s
+ON CONFLICT (plan_id, scheduled_for) DO NOTHING
+RETURNING *;
+
+-- name: queued_count
+SELECT count(*) AS queued FROM plan_runs WHERE user_id = %(user_id)s AND status = 'queued';
+
+-- name: claim_runs
+-- Up to ``limit`` queued runs of any user, oldest first, within the per-user cap,
+-- started for ``owner`` in one statement (SECURITY DEFINER; pilot_system only).
+SELECT * FROM pilot_claim_runs(%(owner)s, %(limit)s, %(max_per_user)s, %(lease_seconds)s);
+
 -- name: start_run
 UPDATE plan_runs
 SET status = 'running', started_at = now(), owner_id = %(owner_id)s, heartbeat_at = now(),
@@ -221,8 +245,11 @@ WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'queued'
 RETURNING *;
 
 -- name: progress_run
+-- With owner_id set, only while that process still holds the run: one whose lease lapsed
+-- may have been requeued and claimed by another process since.
 UPDATE plan_runs SET step_results = %(step_results)s, heartbeat_at = now()
-WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s);
 
 -- name: append_progress
 -- The entries since the last marker, ending with the step now running; the previous marker (the last
@@ -231,11 +258,13 @@ UPDATE plan_runs
 SET step_results = CASE WHEN step_results -> -1 ->> 'status' = 'running' THEN step_results - (-1)
                         ELSE step_results END || %(entries)s,
     heartbeat_at = now()
-WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running';
+WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s);
 
 -- name: finish_run
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
 RETURNING *;
 
 -- name: get_run
@@ -267,30 +296,6 @@ WHERE r.user_id = %(user_id)s
 ORDER BY r.id DESC
 LIMIT %(limit)s;
 
--- name: lock_plan
-SELECT pg_advisory_xact_lock(%(plan_id)s);
-
--- name: claim_slot
--- One firing of a schedule, run under lock_plan: queued when the plan is idle,
--- skipped when an earlier run is still queued or running, nothing at all when
--- another process already claimed this slot or the plan is no longer scheduled.
-INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, owner_id, heartbeat_at, lease_expires_at,
-                       error, finished_at)
-SELECT p.id, p.user_id, 'schedule', %(scheduled_for)s,
-       CASE WHEN busy.id IS NULL THEN 'queued' ELSE 'skipped' END,
-       %(owner_id)s, now(), now() + make_interval(secs => %(lease_seconds)s),
-       CASE WHEN busy.id IS NOT NULL THEN format('skipped: run %%s of this plan was still %%s', busy.id, busy.status) END,
-       CASE WHEN busy.id IS NOT NULL THEN now() END
-FROM execution_plans p
-LEFT JOIN LATERAL (
-    SELECT r.id, r.status FROM plan_runs r
-    WHERE r.user_id = p.user_id AND r.plan_id = p.id AND r.status IN ('queued', 'running')
-    ORDER BY r.id LIMIT 1
-) busy ON true
-WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s AND p.enabled AND p.schedule IS NOT NULL
-ON CONFLICT (plan_id, scheduled_for) DO NOTHING
-RETURNING *;
-
 -- name: recent_finished_runs
 SELECT status FROM plan_runs
 WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s AND trigger = 'schedule'
@@ -302,8 +307,18 @@ UPDATE execution_plans SET enabled = %(enabled)s, updated_at = now()
 WHERE user_id = %(user_id)s AND id = %(id)s
 RETURNING *;
 
--- name: list_schedules
-SELECT * FROM pilot_list_schedules(%(plan_id)s);
+-- name: due_schedules
+-- One tick's batch: due schedules locked FOR UPDATE SKIP LOCKED (only in a system_transaction).
+SELECT * FROM pilot_due_schedules(%(now)s, %(limit)s);
+
+-- name: fire_schedules
+-- The batch's runs and next due times, in the same transaction as due_schedules.
+SELECT * FROM pilot_fire_schedules(%(owner)s, %(lease_seconds)s, %(plan_ids)s::bigint[], %(next_due)s::timestamptz[],
+                                   %(run_plans)s::bigint[], %(run_slots)s::timestamptz[], %(run_statuses)s::text[],
+                                   %(run_reasons)s::text[], %(run_errors)s::text[]);
+
+-- name: scheduler_stats
+SELECT * FROM pilot_scheduler_stats();
 
 -- name: heartbeat
 SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS renewed;
@@ -312,8 +327,14 @@ SELECT pilot_heartbeat(%(owner)s, %(run_ids)s::bigint[], %(lease_seconds)s) AS r
 SELECT * FROM pilot_interrupt_runs(%(owner)s, %(lease_seconds)s, %(reason)s);
 
 -- name: list_scheduled_plans
-SELECT id, name, schedule, timezone, enabled FROM execution_plans
-WHERE user_id = %(user_id)s AND schedule IS NOT NULL ORDER BY id;
+-- With the stored next due time (NULL while paused or never), whether it is still to be computed
+-- (due_pending: then it is the first slot after base_at).
+SELECT p.id, p.name, p.schedule, p.timezone, p.enabled, s.base_at,
+       CASE WHEN isfinite(s.next_due_at) THEN s.next_due_at END AS next_due_at,
+       s.next_due_at = '-infinity' AS due_pending
+FROM execution_plans p
+LEFT JOIN plan_schedules s ON s.user_id = p.user_id AND s.plan_id = p.id
+WHERE p.user_id = %(user_id)s AND p.schedule IS NOT NULL ORDER BY p.id;
 
 -- name: all_cron_plans
 -- Every user's plans with a cron schedule: operator commands only (connecting role, not pilot_app).

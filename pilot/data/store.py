@@ -303,6 +303,57 @@ def insert_run(
     )
 
 
+def enqueue_run(
+    cur: Cursor,
+    user_id: str,
+    plan_id: int,
+    *,
+    trigger: str,
+    input_: dict[str, Any] | None = None,
+    scheduled_for: Any = None,
+    queue_max: int | None = None,
+    reason: str | None = None,
+    plan_version_id: int | None = None,
+    replayed_from: int | None = None,
+    replay: dict[str, Any] | None = None,
+) -> Row | None:
+    """Queue a run of ``plan_id`` holding ``input_``, for any process's claimer; the new row, or None.
+
+    The one way to put a run on the queue (issue 9): the row is ``queued``, with no
+    owner and no lease until a claimer takes it, and its insert NOTIFYs ``pilot_runs``
+    when the transaction commits (trigger of migration 013), so claimers in every
+    process wake. None when ``queue_max`` is set and the user already has that many
+    queued runs, or when ``scheduled_for`` is set and that (plan, slot) has a run.
+    The caller checks the plan is the user's (RLS does not cover the foreign key).
+    """
+    return _one(
+        cur,
+        "enqueue_run",
+        user_id=user_id,
+        plan_id=plan_id,
+        trigger=trigger,
+        scheduled_for=scheduled_for,
+        input=PgJson(input_ or {}),
+        queue_max=queue_max,
+        reason=reason,
+        plan_version_id=plan_version_id,
+        replayed_from=replayed_from,
+        replay=None if replay is None else PgJson(replay),
+    )
+
+
+def queued_count(cur: Cursor, user_id: str) -> int:
+    """How many runs of ``user_id`` are queued (not yet claimed)."""
+    row = _one(cur, "queued_count", user_id=user_id)
+    return int(row["queued"]) if row else 0
+
+
+def claim_runs(cur: Cursor, owner: str, limit: int, max_per_user: int | None, lease_seconds: int) -> list[Row]:
+    """Claim and start up to ``limit`` queued runs for ``owner``, oldest first, at most ``max_per_user``
+    running per user (counted across every process). Only in a ``system_transaction``."""
+    return _all(cur, "claim_runs", owner=owner, limit=limit, max_per_user=max_per_user, lease_seconds=lease_seconds)
+
+
 def start_run(
     cur: Cursor, user_id: str, run_id: int, owner_id: str, lease_seconds: int = DEFAULT_LEASE_SECONDS
 ) -> Row | None:
@@ -310,20 +361,38 @@ def start_run(
     return _one(cur, "start_run", user_id=user_id, id=run_id, owner_id=owner_id, lease_seconds=lease_seconds)
 
 
-def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any]) -> None:
-    _execute(cur, "progress_run", {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results)})
+def progress_run(cur: Cursor, user_id: str, run_id: int, step_results: list[Any], owner_id: str | None = None) -> None:
+    """Record the steps so far (the last one may be ``running``); with ``owner_id``, only while it holds the run."""
+    params = {"user_id": user_id, "id": run_id, "step_results": PgJson(step_results), "owner_id": owner_id}
+    _execute(cur, "progress_run", params)
 
 
-def append_progress(cur: Cursor, user_id: str, run_id: int, entries: list[Any]) -> None:
-    """Append ``entries`` (ending with the running step's marker), replacing the last marker."""
-    _execute(cur, "append_progress", {"user_id": user_id, "id": run_id, "entries": PgJson(entries)})
+def append_progress(cur: Cursor, user_id: str, run_id: int, entries: list[Any], owner_id: str | None = None) -> None:
+    """Append ``entries`` (ending with the running step's marker), replacing the last marker;
+    with ``owner_id``, only while that process holds the run."""
+    params = {"user_id": user_id, "id": run_id, "entries": PgJson(entries), "owner_id": owner_id}
+    _execute(cur, "append_progress", params)
 
 
 def finish_run(
-    cur: Cursor, user_id: str, run_id: int, status: str, step_results: list[Any], error: str | None
+    cur: Cursor,
+    user_id: str,
+    run_id: int,
+    status: str,
+    step_results: list[Any],
+    error: str | None,
+    owner_id: str | None = None,
 ) -> Row | None:
+    """End an unfinished run; with ``owner_id``, only while that process holds it (else None)."""
     return _one(
-        cur, "finish_run", user_id=user_id, id=run_id, status=status, step_results=PgJson(step_results), error=error
+        cur,
+        "finish_run",
+        user_id=user_id,
+        id=run_id,
+        status=status,
+        step_results=PgJson(step_results),
+        error=error,
+        owner_id=owner_id,
     )
 
 
@@ -370,31 +439,6 @@ def list_user_runs(
 # --- scheduling ----------------------------------------------------------------
 
 
-def lock_plan(cur: Cursor, plan_id: int) -> None:
-    """Serialize claims for one plan until the transaction ends."""
-    _execute(cur, "lock_plan", {"plan_id": plan_id})
-
-
-def claim_slot(
-    cur: Cursor,
-    user_id: str,
-    plan_id: int,
-    scheduled_for: Any,
-    owner_id: str,
-    lease_seconds: int = DEFAULT_LEASE_SECONDS,
-) -> Row | None:
-    """The run row this process created for the slot (queued, or skipped when the plan is busy), else None."""
-    return _one(
-        cur,
-        "claim_slot",
-        user_id=user_id,
-        plan_id=plan_id,
-        scheduled_for=scheduled_for,
-        owner_id=owner_id,
-        lease_seconds=lease_seconds,
-    )
-
-
 def recent_finished_runs(cur: Cursor, user_id: str, plan_id: int, limit: int) -> list[str]:
     return [row["status"] for row in _all(cur, "recent_finished_runs", user_id=user_id, plan_id=plan_id, limit=limit)]
 
@@ -403,9 +447,45 @@ def set_plan_enabled(cur: Cursor, user_id: str, plan_id: int, enabled: bool) -> 
     return _one(cur, "set_plan_enabled", user_id=user_id, id=plan_id, enabled=enabled)
 
 
-def list_schedules(cur: Cursor, plan_id: int | None = None) -> list[Row]:
-    """Every user's enabled schedules (SECURITY DEFINER; only in a ``system_transaction``)."""
-    return _all(cur, "list_schedules", plan_id=plan_id)
+def due_schedules(cur: Cursor, now: Any, limit: int) -> list[Row]:
+    """Up to ``limit`` schedules due at ``now``, locked until the transaction ends (``system_transaction`` only)."""
+    return _all(cur, "due_schedules", now=now, limit=limit)
+
+
+def fire_schedules(
+    cur: Cursor,
+    owner: str | None,
+    lease_seconds: int,
+    next_due: dict[int, Any],
+    runs: list[tuple[int, Any, str, str | None, str | None]],
+) -> list[Row]:
+    """Advance each plan's next due time and insert the slots' runs, in one statement.
+
+    ``runs`` holds (plan_id, slot, status, reason, error). Returns the runs inserted: a
+    ``queued`` slot of a plan with a run still going comes back ``skipped`` (reason
+    ``overlap``); a slot that already had a run is absent. ``owner`` None queues runs
+    unowned and unleased, for any process's claimer.
+    """
+    return _all(
+        cur,
+        "fire_schedules",
+        owner=owner,
+        lease_seconds=lease_seconds,
+        plan_ids=list(next_due),
+        next_due=list(next_due.values()),
+        run_plans=[run[0] for run in runs],
+        run_slots=[run[1] for run in runs],
+        run_statuses=[run[2] for run in runs],
+        run_reasons=[run[3] for run in runs],
+        run_errors=[run[4] for run in runs],
+    )
+
+
+def scheduler_stats(cur: Cursor) -> Row:
+    """schedules, queued (runs) and oldest_queued_seconds, across users (``system_transaction`` only)."""
+    row = _one(cur, "scheduler_stats")
+    assert row is not None
+    return row
 
 
 def heartbeat(cur: Cursor, owner: str, run_ids: list[int], lease_seconds: int) -> int:

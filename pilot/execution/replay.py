@@ -37,8 +37,13 @@ RECORDED = ("index", "id", "provider", "action", "status", "result")  # what a r
 MAX_WALK = 200_000  # values looked at for markers in one recorded result (results nest at most 128 deep)
 
 
-def replay_run(engine: RunExecution, registry: ProviderRegistry, user_id: str, run_id: int, body: Any) -> store.Row:
-    """Create the queued replay of ``user_id``'s run ``run_id`` (module docstring); the new run's row.
+def replay_run(
+    engine: RunExecution, registry: ProviderRegistry, user_id: str, run_id: int, body: Any, *, claim_here: bool = False
+) -> store.Row:
+    """Queue the replay of ``user_id``'s run ``run_id`` (module docstring); the new run's row.
+
+    It goes through the run queue like any run (``engine.enqueue``: 429 when the user's queue is
+    full; ``claim_here`` claims in the caller's thread, for ``?wait=true``).
 
     NotFound when the run is not theirs; Conflict while it is still queued or running;
     ValidationError naming the field for a bad ``from_step``, ``params`` or a step that cannot be reused.
@@ -65,18 +70,16 @@ def replay_run(engine: RunExecution, registry: ProviderRegistry, user_id: str, r
         "params": _overrides(registry, steps, start, overrides),
         "reused": reused,
     }
-    run = engine.create_run(
+    return engine.enqueue(
         user_id,
         source["plan_id"],
         "replay",
         input_=source.get("input") or {},
+        claim_here=claim_here,
         plan_version_id=version["id"],
         replayed_from=run_id,
         replay=replay,
     )
-    if run is None:  # only a scheduled slot can be taken; a replay has none
-        raise Conflict(f"the replay of run {run_id} could not be created")
-    return run
 
 
 def replayed_steps(steps: list[dict[str, Any]], replay: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

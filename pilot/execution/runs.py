@@ -1,12 +1,19 @@
-"""Whole runs of a plan: accept, queue, execute, finish; the run half of ``ExecutionEngine``.
+"""Whole runs of a plan: queue, claim, execute, finish; the run half of ``ExecutionEngine``.
 
-A run is a ``plan_runs`` row holding its input (SPEC §6: the queue). ``submit``
-puts it on this process's bounded worker pool (``RUN_WORKERS`` threads,
-``RUN_WORKERS`` x 16 runs accepted at once, more are refused as ServiceUnavailable); ``run`` executes it
-in the caller's thread (``?wait=true``). Either way the run is held by the
-``LeaseKeeper`` while this process owns it, and every way out of ``run`` ends
-the row: success, error (a step failed, or anything else did), or, on
-shutdown, interrupted.
+The queue is the runs table (issue 9, SPEC §6). ``enqueue`` inserts a ``queued`` row
+holding the run's input (429 when the user already has ``RUN_QUEUE_MAX_PER_USER``
+queued); nothing about an accepted run lives only in this process. Any process with
+free workers claims queued rows, oldest first, at most ``MAX_RUNNING_PER_USER``
+running per user across all processes (``claim_now``: one ``pilot_system``
+statement, ``FOR UPDATE SKIP LOCKED``), and executes them on its pool of
+``RUN_WORKERS`` threads, holding each with the ``LeaseKeeper``. Serving processes
+claim from a thread woken by NOTIFY (``claimer.py``); elsewhere (tests, CLI) the
+engine claims inline when it accepts or finishes a run. ``wait_for_run`` is
+``?wait=true``: it waits up to ``RUN_WAIT_SECONDS`` for the run to end, wherever it
+runs. Every way out of a run ends its row: success, error (a step failed, or
+anything else did), or, on shutdown, interrupted. A step entry in ``step_results``
+says whether its provider is ``pure`` (logic: no side effect), so a run that dies
+having done only pure work is requeued by the reaper, and any other is interrupted.
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from database import DatabaseManager
 from pilot.data import store
-from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable
+from pilot.errors import DatabaseError, NotFound, PilotError, ServiceUnavailable, TooManyRequests
+from pilot.execution.claimer import RunClaimer
 from pilot.execution.leases import LeaseKeeper
 from pilot.execution.progress import RunProgress, pending_logs
 from pilot.execution.replay import replayed_steps
@@ -29,11 +39,15 @@ from pilot.ops import metrics
 from pilot.settings import Settings
 from pilot.steps.plan_schema import Step
 from pilot.steps.templating import evaluate, truthy
-from provider_registry import ProviderResult
+from provider_registry import ProviderRegistry, ProviderResult
 
 log = logging.getLogger(__name__)
 
-RUN_QUEUE_PER_WORKER = 16
+QUEUE_FULL_RETRY_AFTER_S = 5
+WAIT_POLL_FIRST_S, WAIT_POLL_MAX_S = 0.01, 0.5  # ?wait=true reads the row this often (a local run wakes it at once)
+UNFINISHED = ("queued", "running")
+ENDED_REMEMBERED = 1024
+REAPED = "interrupted: the process running it stopped (its lease expired)"
 _owner: tuple[int, str] | None = None
 
 
@@ -60,14 +74,19 @@ class RunExecution:
 
     settings: Settings
     db: DatabaseManager
+    registry: ProviderRegistry
 
     def _setup_runs(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.settings.run_workers, thread_name_prefix="pilot-run")
-        # Runs accepted but not finished, per process (README: "Run queue"); more are refused.
-        self._slots = threading.BoundedSemaphore(self.settings.run_workers * RUN_QUEUE_PER_WORKER)
-        self._inflight = 0
+        self._inflight = 0  # runs claimed here and not finished; never more than RUN_WORKERS
         self._idle = threading.Condition()
+        self._claim_lock = threading.Lock()
         self._closed = False
+        self._claiming_paused = False  # set from a signal handler: a plain flag, no lock
+        self._backlog = False  # the last claim took all it could: more may be queued
+        self._waiters: dict[int, threading.Event] = {}
+        self._ended_here: deque[int] = deque(maxlen=ENDED_REMEMBERED)  # for a wait that starts after its run ended
+        self._claimer: RunClaimer | None = None
         self.leases = LeaseKeeper(self.db, self.settings.run_lease_seconds, process_owner_id)
 
     def execute_run_step(
@@ -103,6 +122,57 @@ class RunExecution:
         """Whether the step's provider is pure: no network, no credentials, no side effect (ExecutionEngine)."""
         raise NotImplementedError
 
+    # --- the queue -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        user_id: str,
+        plan_id: int,
+        trigger: str,
+        input_: dict[str, Any] | None = None,
+        *,
+        claim_here: bool = False,
+        plan_version_id: int | None = None,
+        replayed_from: int | None = None,
+        replay: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Queue a run of the user's plan holding ``input_``; the queued row.
+
+        NotFound for another user's or a missing plan; TooManyRequests when the user
+        already has ``RUN_QUEUE_MAX_PER_USER`` runs queued. Wakes a claimer here; the
+        insert wakes every other process's (NOTIFY). ``claim_here`` (``?wait=true``)
+        claims in the caller's thread at once instead, so that with free workers the
+        run most likely starts in this process, whose end wakes the wait without a poll.
+        """
+        limit = self.settings.run_queue_max_per_user
+        with self.db.transaction(user_id) as cur:
+            if store.get_plan(cur, user_id, plan_id) is None:
+                raise NotFound(f"plan {plan_id} not found")
+            run = store.enqueue_run(
+                cur,
+                user_id,
+                plan_id,
+                trigger=trigger,
+                input_=input_,
+                queue_max=limit,
+                plan_version_id=plan_version_id,
+                replayed_from=replayed_from,
+                replay=replay,
+            )
+        if run is None:
+            raise TooManyRequests(
+                f"you have {limit} runs queued already, the most RUN_QUEUE_MAX_PER_USER allows; "
+                f"retry after {QUEUE_FULL_RETRY_AFTER_S} s, when some have started",
+                code="run_queue_full",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                details={"queued": limit},
+            )
+        if claim_here:
+            self._claim_inline()
+        else:
+            self.claim_soon()
+        return run
+
     def create_run(
         self,
         user_id: str,
@@ -115,68 +185,158 @@ class RunExecution:
         replayed_from: int | None = None,
         replay: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Insert a queued run holding its input; None when a run for this (plan, scheduled_for) already exists.
+        """Insert a queued run holding its input, without a queue limit and without waking a claimer here;
+        None when a run for this (plan, scheduled_for) already exists.
 
         The run executes the plan's latest version, or ``plan_version_id`` (a replay: ``replay.py``).
         """
         with self.db.transaction(user_id) as cur:
             if store.get_plan(cur, user_id, plan_id) is None:
                 raise NotFound(f"plan {plan_id} not found")
-            return store.insert_run(
+            return store.enqueue_run(
                 cur,
                 user_id,
                 plan_id,
                 trigger=trigger,
-                owner_id=process_owner_id(),
-                scheduled_for=scheduled_for,
                 input_=input_,
-                lease_seconds=self.settings.run_lease_seconds,
+                scheduled_for=scheduled_for,
                 plan_version_id=plan_version_id,
                 replayed_from=replayed_from,
                 replay=replay,
             )
 
     def submit(self, user_id: str, run_id: int) -> None:
-        """Run a queued run on the bounded worker pool.
+        """A queued run was committed: claim soon (it may run here or in any other process)."""
+        self.claim_soon()
 
-        ServiceUnavailable when the run queue is full or the engine is stopping; the run is then
-        ended (``error`` or ``interrupted``), never left ``queued``.
-        """
-        with self._idle:  # one lock with stop(): a run is either in the pool or refused, never lost between
-            if self._closed:
-                refusal = ("interrupted", "interrupted: the server was shutting down; the run did not start")
-            elif not self._slots.acquire(blocking=False):
-                refusal = ("error", "rejected: the run queue is full")
-            else:
-                self._inflight += 1
-                self.leases.hold(run_id)
-                self._pool.submit(self._work, user_id, run_id)
+    def start_claiming(self) -> None:
+        """Start this process's claimer thread (serving processes only: ``python app.py``, gunicorn workers)."""
+        with self._claim_lock:
+            if self._claimer is not None or self._closed:
                 return
-        status, reason = refusal
-        self._finish(user_id, run_id, status, [], reason)
-        if status == "interrupted":
-            raise ServiceUnavailable("the server is shutting down; try again shortly", code="shutting_down")
-        raise ServiceUnavailable("too many runs are queued; try again shortly", code="busy")
+            self._claimer = RunClaimer(self, self.db.dsn, reap_seconds=max(1.0, self.settings.run_lease_seconds / 6))
+            self._claimer.start()
 
-    def _work(self, user_id: str, run_id: int) -> None:
+    def pause_claiming(self) -> None:
+        """Claim nothing more (safe in a signal handler); queued runs stay queued for other processes."""
+        self._claiming_paused = True
+
+    def claim_soon(self) -> None:
+        """Wake the claimer thread, or (no thread: tests, CLI) claim now in this thread."""
+        claimer = self._claimer
+        if claimer is not None and claimer.running:
+            claimer.wake()
+        else:
+            self._claim_inline()
+
+    def _claim_inline(self) -> None:
         try:
-            self.run(user_id, run_id)
-        except Exception:  # run() ends the run itself; this is only a database that stayed down
+            self.claim_now()
+        except PilotError as exc:  # the run is queued and safe; another claim will take it
+            log.warning("claiming runs failed: %s", exc.message)
+
+    def claim_now(self) -> int:
+        """Claim as many queued runs as this process has free workers and start them; how many."""
+        with self._claim_lock:
+            if self._closed or self._claiming_paused:
+                return 0
+            with self._idle:
+                free = self.settings.run_workers - self._inflight
+            if free <= 0:
+                self._backlog = True
+                return 0
+            with self.db.system_transaction() as cur:
+                runs = store.claim_runs(
+                    cur,
+                    process_owner_id(),
+                    free,
+                    self.settings.max_running_per_user,
+                    self.settings.run_lease_seconds,
+                )
+            self._backlog = len(runs) == free
+            for run in runs:
+                with self._idle:
+                    self._inflight += 1
+                self.leases.hold(run["id"])
+                self._pool.submit(self._work, run)
+        return len(runs)
+
+    def reap(self) -> int:
+        """Requeue or interrupt the runs whose lease lapsed (their process died); how many were interrupted."""
+        with self.db.system_transaction() as cur:
+            rows = store.interrupt_runs(cur, None, self.settings.run_lease_seconds, REAPED)
+        if rows:
+            log.warning("marked %d run(s) interrupted after their owner died", len(rows))
+        return len(rows)
+
+    def _work(self, run: dict[str, Any]) -> None:
+        run_id = run["id"]
+        try:
+            self._execute_claimed(run)
+        except Exception:  # _execute_claimed ends the run itself; this is only a database that stayed down
             log.exception("run %s could not be recorded as finished", run_id)
         finally:
             self.leases.release(run_id)
-            self._slots.release()
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
+                waiter = self._waiters.get(run_id)
+                self._ended_here.append(run_id)
+            if waiter is not None:
+                waiter.set()
+            if self._backlog:
+                self.claim_soon()
+
+    def _execute_claimed(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        user_id = run["user_id"]
+        results = RunProgress()
+        try:
+            with self.db.transaction(user_id) as cur:
+                plan = store.get_plan(cur, user_id, run["plan_id"])
+                version_id = run.get("plan_version_id") if plan else None
+                version = store.get_plan_version(cur, user_id, version_id) if version_id else None
+            return self._steps(user_id, run, plan, version, results)
+        except (DatabaseError, ServiceUnavailable):
+            raise
+        except Exception as exc:
+            failure = unexpected_failure(exc, "the run")
+            error = (failure.error or {}).get("message", "the run failed")
+            return self._finish(user_id, run["id"], "error", results, error)
+
+    def wait_for_run(self, user_id: str, run_id: int, timeout: float) -> dict[str, Any] | None:
+        """The run once it ended, or as it is after ``timeout`` s (``?wait=true``); None if it is gone.
+
+        A run executed here wakes the wait at once; one executed by another process is
+        seen by reading its row, at most every half second.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        event = threading.Event()
+        with self._idle:
+            self._waiters[run_id] = event
+            if run_id in self._ended_here:
+                event.set()
+        try:
+            delay = WAIT_POLL_FIRST_S
+            while True:
+                event.wait(max(0.0, min(delay, deadline - time.monotonic())))
+                event.clear()  # woken once per end here; a row that still says running is polled
+                delay = min(delay * 2, WAIT_POLL_MAX_S)
+                with self.db.transaction(user_id) as cur:
+                    run = store.get_run(cur, user_id, run_id)
+                if run is None or run["status"] not in UNFINISHED or time.monotonic() >= deadline:
+                    return run
+        finally:
+            with self._idle:
+                if self._waiters.get(run_id) is event:
+                    del self._waiters[run_id]
 
     def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for submitted runs to finish; True when none is left."""
+        """Wait up to ``timeout`` s for the runs claimed here to finish; True when none is left."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
 
     def run(self, user_id: str, run_id: int) -> dict[str, Any] | None:
-        """Execute a queued run, with the input stored on its row, to the end.
+        """Execute one queued run in the caller's thread, with the input stored on its row, to the end.
 
         Returns the finished run row, or None if it was not queued (or could not be
         read). A step's failure is that step's failed result with its log row; any
@@ -202,6 +362,18 @@ class RunExecution:
             version = store.get_plan_version(cur, user_id, version_id) if version_id else None
         if run is None:
             return None
+        return self._steps(user_id, run, plan, version, results)
+
+    def _steps(
+        self,
+        user_id: str,
+        run: dict[str, Any],
+        plan: dict[str, Any] | None,
+        version: dict[str, Any] | None,
+        results: RunProgress,
+    ) -> dict[str, Any] | None:
+        """Execute the plan's steps for the started ``run``, then end it."""
+        run_id = run["id"]
         if plan is None:
             return self._finish(user_id, run_id, "error", [], "the plan was deleted")
         context: dict[str, Any] = {"steps": {}, "step_results": {}, "input": run.get("input") or {}}
@@ -214,12 +386,7 @@ class RunExecution:
                 if reused[index].get("status") != "skipped":
                     _remember(context, index, step, reused[index].get("result") or {})
                 continue
-            entry: dict[str, Any] = {
-                "index": index,
-                "id": step.get("id"),
-                "provider": step.get("provider"),
-                "action": step.get("action"),
-            }
+            entry = self._entry(index, step)
             result = self._run_step(user_id, run_id, plan["id"], index, step, context, results)
             if result is None:
                 results.append({**entry, "status": "skipped"})
@@ -232,6 +399,16 @@ class RunExecution:
                 error = f"step {step.get('id') or index} failed: {(result.error or {}).get('message', '')}"
                 break
         return self._finish(user_id, run_id, status, results, error)
+
+    def _entry(self, index: int, step: dict[str, Any]) -> dict[str, Any]:
+        """A step's entry in ``step_results``; ``pure`` says its provider has no side effect (README)."""
+        return {
+            "index": index,
+            "id": step.get("id"),
+            "provider": step.get("provider"),
+            "action": step.get("action"),
+            "pure": self.step_is_pure(step),
+        }
 
     def _run_step(
         self,
@@ -264,11 +441,10 @@ class RunExecution:
         If this process dies during the call, the step's outcome is known to be unknown (the reaper names it).
         Only the entries since the last marker are sent (``append_progress``), not the whole list.
         """
-        running = {"index": index, "id": step.get("id"), "status": "running"}
-        running |= {"provider": step.get("provider"), "action": step.get("action")}
+        running = {**self._entry(index, step), "status": "running"}
         with self.db.transaction(user_id) as cur:
             store.insert_logs(cur, user_id, results.logs)
-            store.append_progress(cur, user_id, run_id, [*results[results.written :], running])
+            store.append_progress(cur, user_id, run_id, [*results[results.written :], running], process_owner_id())
         results.logs.clear()
         results.written = len(results)
 
@@ -299,10 +475,11 @@ class RunExecution:
         logs: list[dict[str, Any]],
     ) -> dict[str, Any] | None:
         # Only a failed run may go on to pause its plan: any other finish is its read and nothing after it,
-        # so the waiting log rows, the finish and the commit go in one round trip.
+        # so the waiting log rows, the finish and the commit go in one round trip. Only while this process
+        # holds the run (owner_id): one whose lease lapsed may have been requeued and claimed elsewhere.
         with self.db.transaction(user_id, single=status != "error") as cur:
             store.insert_logs(cur, user_id, logs)
-            run = store.finish_run(cur, user_id, run_id, status, results, error)
+            run = store.finish_run(cur, user_id, run_id, status, results, error, process_owner_id())
             if run is not None and run["trigger"] == "schedule" and status == "error":
                 self._maybe_pause(cur, user_id, run["plan_id"])
         return run
@@ -319,9 +496,11 @@ class RunExecution:
             log.warning("plan %s paused after %s consecutive failed runs", plan_id, limit)
 
     def stop(self, timeout: float) -> None:
-        """Accept no more runs, let submitted ones finish for up to ``timeout`` s, mark the rest interrupted."""
-        with self._idle:
-            self._closed = True
+        """Claim no more, let the runs claimed here finish for up to ``timeout`` s, mark the rest interrupted.
+
+        Queued runs stay queued: another process (or this one, restarted) claims them.
+        """
+        self._close()
         if not self.drain(timeout):
             with self.db.system_transaction() as cur:
                 rows = store.interrupt_runs(
@@ -330,10 +509,16 @@ class RunExecution:
             log.warning("shutdown interrupted %d run(s)", len(rows))
         self.shutdown(wait=False)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Accept no more runs and stop the worker pool and lease renewal (``wait``: after the runs in it)."""
-        with self._idle:
+    def _close(self) -> None:
+        with self._claim_lock:  # a claim in progress hands its runs to the pool first
             self._closed = True
+            claimer = self._claimer
+        if claimer is not None:
+            claimer.stop()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Claim no more and stop the worker pool and lease renewal (``wait``: after the runs in it)."""
+        self._close()
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.leases.close()
 

@@ -25,6 +25,7 @@ from pilot.errors import (
     NotFound,
     PilotError,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
@@ -50,6 +51,7 @@ STATUS: dict[type[PilotError], int] = {
     CredentialDecryptError: 409,  # the request is fine, the stored value is not
     UnsupportedMediaType: 415,
     Unprocessable: 422,
+    TooManyRequests: 429,  # with Retry-After
     OutboundError: 502,  # an upstream failed: too large, too many redirects, …
     OutboundConnectionError: 502,
     SSRFBlocked: 400,  # the caller named an address Pilot may not reach
@@ -83,7 +85,10 @@ def init_app(app: Flask) -> None:
         status = status_for(exc)
         if status >= 500:
             log.error("request failed: %s", exc.message, extra={"code": exc.code})
-        return error_response(exc.code, exc.message, status, exc.details)
+        response, status = error_response(exc.code, exc.message, status, exc.details)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> WerkzeugResponse:

@@ -13,7 +13,7 @@ with it. Within ``RETENTION_HOURS`` of the first request:
 - a request whose key is still being executed gets 409 ``idempotency_key_in_use``
   with ``Retry-After``: concurrent duplicates execute once.
 
-An answer of 500 or more is not stored (nor is an exception): the key is released, so
+An answer of 500 or more, or a 429, is not stored (nor is an exception): the key is released, so
 the same request may be sent again with it. A key whose request died with its process
 stays claimed for ``LOCK_SECONDS``, then the same request may take it over. Keys are
 per user; ``prune-logs`` deletes keys older than ``RETENTION_HOURS``.
@@ -150,7 +150,7 @@ def _execute(user_id: str, key: str, token: str, view: Callable[[], Any]) -> Res
         response = current_app.make_response(view())
     except PilotError as exc:
         status = status_for(exc)
-        if status >= 500:
+        if status >= 500 or status == 429:  # try again later: the same key may be sent again
             _release(user_id, key, token)
             raise
         response = current_app.make_response(error_response(exc.code, exc.message, status, exc.details))

@@ -203,7 +203,9 @@ class RunsQuery(_Query):
 
 
 class RunPlanQuery(_Query):
-    wait: QueryFlag = Field(False, description="run inline and return the finished run")
+    wait: QueryFlag = Field(
+        False, description="wait up to RUN_WAIT_SECONDS for the run to end: 200 with the finished run, else 202 to poll"
+    )
     dry_run: QueryFlag = Field(
         False,
         description="execute logic steps only; render, validate and show (redacted) what the other steps would "
@@ -212,7 +214,9 @@ class RunPlanQuery(_Query):
 
 
 class WaitQuery(_Query):
-    wait: QueryFlag = Field(False, description="run inline and return the finished run")
+    wait: QueryFlag = Field(
+        False, description="wait up to RUN_WAIT_SECONDS for the run to end: 200 with the finished run, else 202 to poll"
+    )
 
 
 class StreamQuery(_Query):

@@ -42,6 +42,7 @@ PATH_PARAMS: dict[str, tuple[str, Schema]] = {
         {"type": "string", "pattern": f"^(?:{CREDENTIAL_TYPE.pattern})$", "not": {"const": "test"}},
     ),
 }
+RETRY_AFTER: Schema = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}
 ERRORS: dict[int, tuple[str, str]] = {
     400: (
         "BadRequest",
@@ -64,8 +65,13 @@ ERRORS: dict[int, tuple[str, str]] = {
         "no valid plan came out of the model (details: attempts, errors), or the Idempotency-Key was used for "
         "a different request (idempotency_key_reused)",
     ),
+    429: (
+        "TooManyRequests",
+        "run_queue_full: the user already has RUN_QUEUE_MAX_PER_USER runs queued; retry after the Retry-After "
+        "header's seconds",
+    ),
     502: ("BadGateway", "the model's server failed, refused the key or could not be reached (details: error)"),
-    503: ("ServiceUnavailable", "the database is unavailable or the run queue is full"),
+    503: ("ServiceUnavailable", "the database is unavailable"),
 }
 
 
@@ -314,6 +320,11 @@ def build_document(app: PilotApp) -> dict[str, Any]:
                 name: {
                     "description": description,
                     "content": {"application/json": {"schema": components.schema(Error)}},
+                    **(
+                        {"headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+                        if name == "TooManyRequests"
+                        else {}
+                    ),
                 }
                 for name, description in ERRORS.values()
             },

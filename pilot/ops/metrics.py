@@ -41,7 +41,16 @@ MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and 405s: one series, whatever path was asked for
 STEP_STATUSES = frozenset({"success", "error"})
-SCHEDULER_OUTCOMES = ("claimed", "lost", "skipped_overlap", "skipped_misfire", "skipped_budget", "catch_up", "error")
+SCHEDULER_OUTCOMES = (
+    "claimed",
+    "lost",
+    "skipped_overlap",
+    "skipped_misfire",
+    "skipped_budget",
+    "skipped_late",
+    "catch_up",
+    "error",
+)
 RUN_TRIGGERS = ("manual", "schedule", "api", "replay")
 RUN_STATUSES = ("success", "error", "interrupted", "skipped")
 # Steps wait on models and webhooks: seconds to minutes, not milliseconds.
@@ -61,6 +70,8 @@ class Collectors:
     scheduler_firings: Counter
     runs_finished: Counter
     scheduler_jobs: Gauge
+    run_queue_depth: Gauge
+    run_queue_oldest: Gauge
     db_pool_size: Gauge
     db_pool_in_use: Gauge
     multiprocess_dir: str | None
@@ -125,6 +136,16 @@ def _build() -> Collectors:
             "pilot_plan_runs_finished_total", "Plan runs finished, by trigger and status", ["trigger", "status"]
         ),
         scheduler_jobs=Gauge("pilot_scheduler_jobs", "Schedules loaded by the scheduler", multiprocess_mode="livemax"),
+        run_queue_depth=Gauge(
+            "pilot_run_queue_depth",
+            "Runs queued and not yet started, across all processes (sampled by the scheduler)",
+            multiprocess_mode="livemax",
+        ),
+        run_queue_oldest=Gauge(
+            "pilot_run_queue_oldest_seconds",
+            "Age of the oldest queued run in seconds, 0 when none (sampled by the scheduler)",
+            multiprocess_mode="livemax",
+        ),
         db_pool_size=Gauge(
             "pilot_db_pool_connections",
             "Database connections kept by the pools of live processes",
@@ -165,12 +186,14 @@ def record_step(provider: str, action: str, status: str, latency_ms: float, atte
         metric.step_retries.labels(provider, action).inc(attempts - 1)
 
 
-def record_scheduler_firing(outcome: str) -> None:
-    """Count one firing: claimed, lost (another process won), skipped_overlap, skipped_misfire,
-    skipped_budget (its owner's refuse budget is spent), catch_up or error."""
+def record_scheduler_firing(outcome: str, count: int = 1) -> None:
+    """Count ``count`` firings: claimed, lost (another process won), skipped_overlap, skipped_misfire,
+    skipped_budget (its owner's refuse budget is spent), skipped_late (could not start within
+    SCHEDULER_MAX_LATENESS_SECONDS), catch_up or error."""
     if outcome not in SCHEDULER_OUTCOMES:
         raise ValueError(f"scheduler outcome must be one of {SCHEDULER_OUTCOMES}, not {outcome!r}")
-    collectors().scheduler_firings.labels(outcome).inc()
+    if count > 0:
+        collectors().scheduler_firings.labels(outcome).inc(count)
 
 
 def record_run_finished(trigger: str, status: str) -> None:
@@ -185,6 +208,13 @@ def record_run_finished(trigger: str, status: str) -> None:
 def set_scheduler_jobs(count: int) -> None:
     """Report how many schedules this process has loaded (the max over live workers is shown)."""
     collectors().scheduler_jobs.set(count)
+
+
+def set_run_queue(depth: int, oldest_seconds: float) -> None:
+    """Report the queued runs and the age of the oldest (one indexed query, sampled by the scheduler)."""
+    metric = collectors()
+    metric.run_queue_depth.set(depth)
+    metric.run_queue_oldest.set(max(oldest_seconds, 0.0))
 
 
 def mark_worker_dead(pid: int, path: str | None = None) -> None:

@@ -143,10 +143,12 @@ def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
     body_required=False,
     query=RunPlanQuery,
     responses={
-        202: Answer("the queued run", Run),
+        202: Answer(
+            "the queued run (or, with ?wait=true, the run still queued or running after RUN_WAIT_SECONDS)", Run
+        ),
         200: Answer("the finished run (?wait=true) or the dry run (?dry_run=true)", RunWithLogs | DryRun),
     },
-    errors=(404,),
+    errors=(404, 429),
     operation_id="runPlan",
 )
 @idempotent
@@ -157,10 +159,8 @@ def run_plan(plan_id: int, body: RunBody, query: RunPlanQuery) -> tuple[Response
     engine = current_pilot().engine
     if query.dry_run:  # nothing is queued, sent or written: logic steps run, the others are shown
         return jsonify(dry_run_plan(engine, user_id, plan_id, input_)), 200
-    trigger = body.trigger
-    run = engine.create_run(user_id, plan_id, trigger, input_=input_)  # the input is kept on the run row
-    if run is None:  # only a scheduled slot can be taken already; a run without one always inserts
-        raise Conflict(f"plan {plan_id} already has this run")
+    # Queued with its input (429 when the user's queue is full); any process's claimer runs it.
+    run = engine.enqueue(user_id, plan_id, body.trigger, input_=input_, claim_here=query.wait)
     return _started(user_id, run, wait=query.wait)
 
 
@@ -179,7 +179,7 @@ def run_plan(plan_id: int, body: RunBody, query: RunPlanQuery) -> tuple[Response
         202: Answer("the queued replay (trigger replay, replayed_from)", Run),
         200: Answer("the finished replay (?wait=true)", RunWithLogs),
     },
-    errors=(404, 409),
+    errors=(404, 409, 429),
     operation_id="replayRun",
 )
 @idempotent
@@ -189,24 +189,25 @@ def replay(run_id: int, body: ReplayBody, query: WaitQuery) -> tuple[Response, i
     pilot = current_pilot()
     wanted = body.model_dump(exclude_none=True, exclude={"user_id"})
     try:
-        run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), wanted)
+        run = replay_run(pilot.engine, pilot.registry, user_id, check_id(run_id, "run"), wanted, claim_here=query.wait)
     except ValidationError as exc:  # the body is well formed (the model) but does not fit this run's steps
         raise Conflict(exc.message, code=exc.code, details=exc.details) from exc
     return _started(user_id, run, wait=query.wait)
 
 
 def _started(user_id: str, run: dict[str, Any], *, wait: bool) -> tuple[Response, int]:
-    """A queued run executed here (``?wait=true``: 200, the finished run) or on the worker pool (202)."""
-    engine = current_pilot().engine
+    """A queued run: 202 with the run to poll, or (``?wait=true``) 200 with the run once it ended.
+
+    ``?wait=true`` waits at most RUN_WAIT_SECONDS, then answers 202 with the run as it is.
+    """
+    pilot = current_pilot()
     if wait:
-        finished = engine.run(user_id, run["id"])
-        if finished is None:  # not queued any more (ended by someone else): answer what it is now
-            with current_pilot().db.transaction(user_id) as cur:
-                finished = store.get_run(cur, user_id, run["id"])
-            if finished is None:
-                raise NotFound(f"run {run['id']} not found")
-        return jsonify(_run_view(user_id, finished)), 200
-    engine.submit(user_id, run["id"])
+        current = pilot.engine.wait_for_run(user_id, run["id"], pilot.settings.run_wait_seconds)
+        if current is None:  # the plan was deleted meanwhile, and its runs with it
+            raise NotFound(f"run {run['id']} not found")
+        if current["status"] not in ("queued", "running"):
+            return jsonify(_run_view(user_id, current)), 200
+        run = current
     return jsonify(serialize(run)), 202
 
 

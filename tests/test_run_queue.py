@@ -1,0 +1,248 @@
+"""The durable run queue (issue 9, items 1-3): enqueue, claim, cap, requeue, 429, wait.
+
+The store-level cases run on a database of their own (``fresh_db``): claims cross users,
+so a shared database would hand one test's runs to another.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from pilot.data import store
+from tests.conftest import make_app
+from tests.fake_upstreams import RecordedRequest, Reply, WebhookReceiver
+from tests.test_scheduler import admin, wait_for
+
+
+class SlowReceiver(WebhookReceiver):
+    """A webhook receiver that answers after ``?delay=`` seconds (0 by default)."""
+
+    def reply_for(self, behaviour: str, request: RecordedRequest) -> Reply:
+        return Reply(json={"received": True}, delay=float(request.query.get("delay", ["0"])[0]))
+
+
+def logic_plan(app: Any, user: str, steps: int = 1) -> dict[str, Any]:
+    step = {"provider": "logic", "action": "transform", "params": {"template": "{{ input.x }}"}}
+    response = app.test_client().post("/api/plans", json={"user_id": user, "name": "q", "steps": [step] * steps})
+    assert response.status_code == 201, response.json
+    return dict(response.json)
+
+
+def webhook_plan(app: Any, user: str, url: str) -> dict[str, Any]:
+    step = {"id": "hook", "provider": "webhook", "action": "request", "params": {"url": url, "json": "{{ input }}"}}
+    response = app.test_client().post("/api/plans", json={"user_id": user, "name": "hook", "steps": [step]})
+    assert response.status_code == 201, response.json
+    return dict(response.json)
+
+
+def test_enqueue_notifies_on_commit_and_claims_take_each_run_once_oldest_first(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    listener = psycopg2.connect(fresh_db)
+    listener.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    try:
+        with listener.cursor() as cur:
+            cur.execute("LISTEN pilot_runs")
+        plan = logic_plan(app, "alice")
+        with app.db.transaction("alice") as cur:
+            ids = [
+                store.enqueue_run(cur, "alice", plan["id"], trigger="api", input_={"x": n})["id"]  # type: ignore[index]
+                for n in range(3)
+            ]
+        assert select.select([listener], [], [], 5.0)[0], "no NOTIFY on pilot_runs after the commit"
+        listener.poll()
+        # The queue's wake-up (empty payload) is folded into one per transaction; the run events'
+        # notifications (migration 017, one per row, JSON naming the run) share the channel.
+        wakeups = [n.channel for n in listener.notifies if not n.payload]
+        assert wakeups == ["pilot_runs"]
+        with app.db.transaction("alice") as cur:
+            assert store.queued_count(cur, "alice") == 3
+            row = store.get_run(cur, "alice", ids[0])
+        assert row is not None and row["status"] == "queued" and row["owner_id"] is None and row["input"] == {"x": 0}
+        with app.db.system_transaction() as cur:
+            first = store.claim_runs(cur, "p1", 2, None, 30)
+        with app.db.system_transaction() as cur:
+            second = store.claim_runs(cur, "p2", 5, None, 30)
+            third = store.claim_runs(cur, "p3", 5, None, 30)
+        assert [r["id"] for r in first] == ids[:2] and [r["id"] for r in second] == ids[2:] and third == []
+        assert all(r["status"] == "running" and r["attempts"] == 1 and r["claimed_at"] for r in first + second)
+        assert first[0]["input"] == {"x": 0} and first[0]["owner_id"] == "p1"
+    finally:
+        listener.close()
+        app.db.close()
+
+
+def test_claims_respect_the_per_user_cap_across_claims(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        burst, other = logic_plan(app, "alice"), logic_plan(app, "bob")
+        with app.db.transaction("alice") as cur:
+            alice = [store.enqueue_run(cur, "alice", burst["id"], trigger="api")["id"] for _ in range(5)]  # type: ignore[index]
+        with app.db.transaction("bob") as cur:
+            bob = store.enqueue_run(cur, "bob", other["id"], trigger="api")["id"]  # type: ignore[index]
+        with app.db.system_transaction() as cur:
+            claimed = [r["id"] for r in store.claim_runs(cur, "p1", 10, 2, 30)]
+        assert claimed == [*alice[:2], bob]  # bob's newer run is not starved by alice's burst
+        with app.db.system_transaction() as cur:
+            assert store.claim_runs(cur, "p2", 10, 2, 30) == []  # alice still has 2 running
+        admin(fresh_db, "UPDATE plan_runs SET status = 'success' WHERE id = %s", (alice[0],))
+        with app.db.system_transaction() as cur:
+            assert [r["id"] for r in store.claim_runs(cur, "p2", 10, 2, 30)] == [alice[2]]
+    finally:
+        app.db.close()
+
+
+def test_queue_max_refuses_the_insert(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        plan = logic_plan(app, "alice")
+        with app.db.transaction("alice") as cur:
+            assert store.enqueue_run(cur, "alice", plan["id"], trigger="api", queue_max=2) is not None
+            assert store.enqueue_run(cur, "alice", plan["id"], trigger="api", queue_max=2) is not None
+            assert store.enqueue_run(cur, "alice", plan["id"], trigger="api", queue_max=2) is None
+            assert store.queued_count(cur, "alice") == 2
+    finally:
+        app.db.close()
+
+
+def test_a_dead_run_that_did_only_pure_work_is_requeued_and_any_other_interrupted(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_lease_seconds=2)
+    try:
+        plan = logic_plan(app, "alice")
+        with app.db.transaction("alice") as cur:
+            ids = [store.enqueue_run(cur, "alice", plan["id"], trigger="api")["id"] for _ in range(4)]  # type: ignore[index]
+        with app.db.system_transaction() as cur:
+            assert len(store.claim_runs(cur, "dead-host:1:x", 4, None, 2)) == 4
+        pure_done = {"index": 0, "provider": "logic", "action": "transform", "pure": True, "status": "success"}
+        pure_running = {**pure_done, "index": 1, "status": "running"}
+        webhook_running = {"index": 1, "id": "hook", "provider": "webhook", "action": "request", "status": "running"}
+        with app.db.transaction("alice") as cur:
+            # ids[0]: claimed, nothing begun; ids[1]: only logic in flight; ids[2]: a webhook in flight;
+            # ids[3]: only logic, but claimed for the third time already
+            store.progress_run(cur, "alice", ids[1], [pure_done, pure_running])
+            store.progress_run(cur, "alice", ids[2], [pure_done, {**webhook_running, "pure": False}])
+            store.progress_run(cur, "alice", ids[3], [pure_done, pure_running])
+            store.insert_log(
+                cur, "alice", {"run_id": ids[1], "provider": "logic", "action": "transform", "status": "success"}
+            )
+        admin(fresh_db, "UPDATE plan_runs SET attempts = 3 WHERE id = %s", (ids[3],))
+        admin(
+            fresh_db,
+            "UPDATE plan_runs SET heartbeat_at = now() - interval '10 seconds', "
+            "lease_expires_at = now() - interval '5 seconds'",
+        )
+        assert app.engine.reap() == 2
+        with app.db.transaction("alice") as cur:
+            runs = {run_id: store.get_run(cur, "alice", run_id) for run_id in ids}
+            logs = store.run_logs(cur, "alice", ids[1])
+        assert [runs[i]["status"] for i in ids] == ["queued", "queued", "interrupted", "interrupted"]  # type: ignore[index]
+        assert runs[ids[0]]["owner_id"] is None and runs[ids[1]]["step_results"] == []  # type: ignore[index]
+        assert logs == []  # it runs again from its first step: the log rows of the first attempt are gone
+        assert "hook (webhook.request) was in flight" in runs[ids[2]]["error"]  # type: ignore[index]
+        with app.db.system_transaction() as cur:
+            again = store.claim_runs(cur, "p2", 10, None, 30)
+        assert [(r["id"], r["attempts"]) for r in again] == [(ids[0], 2), (ids[1], 2)]
+        with app.db.transaction("alice") as cur:  # the dead process, were it only paused, can no longer end it
+            assert store.finish_run(cur, "alice", ids[0], "success", [], None, "dead-host:1:x") is None
+            assert store.finish_run(cur, "alice", ids[0], "success", [], None, "p2") is not None
+    finally:
+        app.db.close()
+
+
+def test_queue_full_answers_429_with_retry_after(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_queue_max_per_user=2)
+    try:
+        plan = logic_plan(app, "alice")
+        other = logic_plan(app, "bob")
+        app.engine.pause_claiming()  # nothing is claimed: the runs stay queued
+        client = app.test_client()
+        for _ in range(2):
+            assert client.post(f"/api/plans/{plan['id']}/run", json={"user_id": "alice"}).status_code == 202
+        refused = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": "alice"})
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        error = refused.json["error"]  # type: ignore[index]
+        assert error["code"] == "run_queue_full" and "RUN_QUEUE_MAX_PER_USER" in error["message"]
+        assert client.post(f"/api/plans/{other['id']}/run", json={"user_id": "bob"}).status_code == 202  # per user
+        with app.db.transaction("alice") as cur:
+            assert store.queued_count(cur, "alice") == 2  # the refused run was not recorded
+    finally:
+        app.db.close()
+
+
+def test_wait_gives_up_after_run_wait_seconds_with_202_and_the_run_to_poll(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_wait_seconds=0.5)
+    try:
+        with SlowReceiver() as receiver:
+            plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=3")
+            client = app.test_client()
+            started = time.monotonic()
+            response = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
+            assert response.status_code == 202, response.json
+            assert time.monotonic() - started < 2.5  # it did not wait for the 3 s step
+            run = response.json
+            assert run is not None and run["status"] in ("queued", "running")
+
+            def status() -> str:
+                return str(client.get(f"/api/runs/{run['id']}?user_id=alice").json["status"])  # type: ignore[index]
+
+            assert wait_for(lambda: status() == "success", 20.0)
+            fast = webhook_plan(app, "alice", receiver.url + "/hook")
+            done = client.post(f"/api/plans/{fast['id']}/run?wait=true", json={"user_id": "alice"})
+            assert done.status_code == 200 and done.json["status"] == "success"  # type: ignore[index]
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def test_input_reaches_the_steps_of_an_accepted_run(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        plan = logic_plan(app, "alice")
+        client = app.test_client()
+        response = client.post(f"/api/plans/{plan['id']}/run", json={"user_id": "alice", "input": {"x": "hello"}})
+        assert response.status_code == 202
+        run_id = response.json["id"]  # type: ignore[index]
+
+        def finished() -> Any:
+            run = client.get(f"/api/runs/{run_id}?user_id=alice").json
+            return run if run["status"] not in ("queued", "running") else None  # type: ignore[index]
+
+        run = wait_for(finished, 15.0)
+        assert run and run["status"] == "success", run
+        assert run["step_results"][0]["result"]["data"] == "hello"
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def test_one_users_burst_does_not_hold_back_another_users_run(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_workers=4, max_running_per_user=2)
+    app.engine.start_claiming()  # this test asks for the serving claimer thread
+    try:
+        with SlowReceiver() as receiver:
+            burst = webhook_plan(app, "alice", receiver.url + "/hook?delay=4")
+            quick = logic_plan(app, "bob")
+            client = app.test_client()
+            alice = [client.post(f"/api/plans/{burst['id']}/run", json={"user_id": "alice"}).json for _ in range(6)]
+            bob = client.post(f"/api/plans/{quick['id']}/run?wait=true", json={"user_id": "bob", "input": {"x": 1}})
+            assert bob.status_code == 200 and bob.json["status"] == "success"  # type: ignore[index]
+            with app.db.transaction("alice") as cur:
+                states = [store.get_run(cur, "alice", run["id"])["status"] for run in alice]  # type: ignore[index]
+            # bob did not wait for a worker: none of alice's 4 s runs had ended, and most still wait their turn
+            assert "success" not in states and states.count("running") <= 2 and states.count("queued") >= 4
+            assert wait_for(lambda: len(receiver.requests) == 6, 40.0)
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
