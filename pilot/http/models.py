@@ -26,11 +26,13 @@ from provider_registry import CREDENTIAL_TYPE
 
 MAX_DB_ID = 2**63 - 1
 _ASCII_INT = re.compile(r"[0-9]{1,19}")
+_WS = r"\s\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 USER_ID_SCHEMA: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
     "maxLength": 255,
-    "pattern": r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]{0,253}[^\x00-\x1f\x7f\s])?$",
+    # no edge whitespace as Python's str.strip() sees it (pilot.security.auth.valid_user_id), spelled out: \x85 too
+    "pattern": rf"^[^\x00-\x1f\x7f{_WS}](?:[^\x00-\x1f\x7f]{{0,253}}[^\x00-\x1f\x7f{_WS}])?$",
     "description": "AUTH_MODE=dev: the acting user. AUTH_MODE=token: optional; must equal the token's user (else 403)",
 }
 COMPONENT_KEY = "x-pilot-component"
@@ -128,6 +130,8 @@ def _step_ref(value: Any) -> Any:
     """A replay's from_step: a step id or a 0-based index (a bool is not an index)."""
     if value is None or (isinstance(value, str) and 0 < len(value) <= 255):
         return value
+    if isinstance(value, float) and value.is_integer():  # JSON Schema's integer: 3.0 is 3
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_STEPS:
         return value
     raise ValueError(f"from_step must be a step id (a string) or an index (an integer from 0 to {MAX_STEPS - 1})")
