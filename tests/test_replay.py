@@ -419,3 +419,36 @@ def test_a_plan_with_versions_runs_and_replays_can_be_deleted(app: PilotApp, cli
     with app.db.transaction(user) as cur:
         assert store.list_plan_versions(cur, user, plan_id) == []
         assert store.get_run(cur, user, failed["id"]) is None
+
+
+def test_a_replay_is_a_queued_run_under_the_users_queue_limit(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    """The replay goes through the run queue (issue 9): 429 when the user's queue is full, else a queued
+    row (trigger ``replay``) that a claim starts and runs on its pinned plan version."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_queue_max_per_user=1)
+    try:
+        client = app.test_client()
+        plan_id = make_plan(client, "alice", [logic("a", "1"), logic("b", "{{ input.x.y }}")])
+        failed = run_plan(client, "alice", plan_id)
+        assert failed["status"] == "error"
+        app.engine.pause_claiming()  # nothing is claimed: queued runs stay queued
+        assert client.post(f"/api/plans/{plan_id}/run", json={"user_id": "alice"}).status_code == 202
+        refused = client.post(f"/api/runs/{failed['id']}/replay", json={"user_id": "alice"})
+        assert refused.status_code == 429 and refused.json["error"]["code"] == "run_queue_full"  # type: ignore[index]
+        with app.db.transaction("alice") as cur:
+            queued = store.list_runs(cur, "alice", plan_id, limit=10, offset=0)
+            assert store.queued_count(cur, "alice") == 1 and not [r for r in queued if r["trigger"] == "replay"]
+            cur.execute("UPDATE plan_runs SET status = 'error', finished_at = now() WHERE status = 'queued'")
+        response = client.post(
+            f"/api/runs/{failed['id']}/replay", json={"user_id": "alice", "params": {"b": {"template": "2"}}}
+        )
+        assert response.status_code == 202
+        row = resp_json(response)
+        assert row["status"] == "queued" and row["trigger"] == "replay" and row["owner_id"] is None
+        assert row["plan_version_id"] == failed["plan_version_id"]
+        app.engine._claiming_paused = False
+        assert app.engine.claim_now() == 1  # the claimer's path, not start_run
+        shown = finished(client, "alice", row)
+        assert shown["status"] == "success" and [e["result"]["data"] for e in shown["step_results"]] == ["1", "2"]
+    finally:
+        app.engine.shutdown()
+        app.db.close()
