@@ -76,3 +76,13 @@ def test_configure_logging_adds_one_handler_however_often_it_is_called(
     logging.getLogger("pilot.test").debug("once")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [entry["message"] for entry in lines] == ["once"]
+
+
+def test_the_schedulers_per_tick_lines_are_not_logged_at_info(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    logging.getLogger("apscheduler.executors.default").info('Running job "pilot-tick"')
+    logging.getLogger("apscheduler.executors.default").warning("Run time of job was missed")
+    logging.getLogger("pilot").info("still logged")
+    err = capsys.readouterr().err
+    assert "pilot-tick" not in err
+    assert "was missed" in err and "still logged" in err

@@ -28,10 +28,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# APScheduler logs every execution of every job at INFO: with the scheduler's one-second tick that is
+# two lines a second per process. Its warnings (missed runs, errors) still come through.
+QUIET_AT_INFO = ("apscheduler.executors", "apscheduler.scheduler")
+
+
 def configure_logging(level: str) -> None:
     """Send JSON lines to stderr at ``level``; idempotent, so tests can build many apps."""
     root = logging.getLogger()
     root.setLevel(level)
+    for name in QUIET_AT_INFO:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     if not any(getattr(handler, "_pilot", False) for handler in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
