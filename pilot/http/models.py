@@ -94,7 +94,10 @@ class OptionalBody(BaseModel):
 
 
 CredentialType = Annotated[str, StringConstraints(pattern=f"^(?:{CREDENTIAL_TYPE.pattern})$")]
-Secret = Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
+# Not blank: one character that is neither a control nor whitespace to Python's str.strip(), spelled out
+# because pydantic's regex engine (Rust) and the document's readers disagree on what \S leaves out.
+NOT_BLANK = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=NOT_BLANK)]
 
 
 class CredentialsBody(BaseModel):
