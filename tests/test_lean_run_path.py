@@ -273,3 +273,27 @@ def test_credentials_are_read_once_per_run_and_provider(
     assert all("X-Pilot-Signature" in request.headers for request in receiver.requests)  # each step signed
     reads = [label for tx in txs for label in tx.labels if "list_credentials" in label]
     assert len(reads) == 1
+
+
+def test_a_plan_run_through_the_queue_with_wait_is_four_round_trips(
+    lean_app: PilotApp, proxy: PgProxy, user: str
+) -> None:
+    """``run?wait=true``: the insert (plan checked in it), the claim (with the steps), the finish, the logs."""
+    plan = new_plan(lean_app, user, [logic(f"s{i}", i) for i in range(3)])
+    client = lean_app.test_client()
+
+    def run() -> Any:
+        return client.post(f"/api/plans/{plan}/run?wait=true", json={"user_id": user, "input": {"n": 1}})
+
+    first, _ = counted(proxy, run)  # the first answer learns the plan version's number (it never changes)
+    answer, txs = counted(proxy, run)
+    assert first.status_code == answer.status_code == 200, answer.json
+    assert answer.json["status"] == "success" and answer.json["plan_version"] == 1 and len(answer.json["logs"]) == 3
+    labels = [tx.labels for tx in txs]
+    assert [(tx.round_trips, len(tx.labels)) for tx in txs] == [(1, 1)] * 4, labels
+    assert labels == [
+        ("SET LOCAL ROLE + set_config + enqueue_run",),
+        ("SET LOCAL ROLE + set_config + claim_runs",),
+        ("SET LOCAL ROLE + set_config" + " + insert_log" * 3 + " + finish_run",),
+        ("SET LOCAL ROLE + set_config + run_logs",),
+    ]

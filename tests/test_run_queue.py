@@ -17,6 +17,7 @@ import psycopg2.extensions
 from pilot.data import store
 from tests.conftest import make_app
 from tests.fake_upstreams import RecordedRequest, Reply, WebhookReceiver
+from tests.test_metrics_endpoint import scrape, value
 from tests.test_scheduler import admin, wait_for
 
 
@@ -97,6 +98,132 @@ def test_claims_respect_the_per_user_cap_across_claims(fresh_db: str, tmp_path: 
             assert [r["id"] for r in store.claim_runs(cur, "p2", 10, 2, 30)] == [alice[2]]
     finally:
         app.db.close()
+
+
+def reference_claim(queued: list[tuple[int, str]], running: dict[str, int], limit: int, cap: int) -> list[int]:
+    """What a claim must take, written plainly: the oldest queued runs whose user is under the cap."""
+    taken: list[int] = []
+    counts = dict(running)
+    for run_id, user in sorted(queued):
+        if len(taken) == limit:
+            break
+        if counts.get(user, 0) < cap:
+            counts[user] = counts.get(user, 0) + 1
+            taken.append(run_id)
+    return taken
+
+
+def test_claims_match_a_plain_reference_whoever_holds_the_head_of_the_queue(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """The claim ranks only the oldest rows unless capped users fill them; both ways take what the reference takes."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        plans = {user: logic_plan(app, user)["id"] for user in ("alice", "bob", "carol")}
+        # alice holds the head of the queue with 150 runs (more than a claim of 1..8 ranks on its fast path),
+        # then bob and carol interleave; alice and carol already have runs executing.
+        order = ["alice"] * 150 + ["bob", "carol"] * 20 + ["alice"] * 5
+        for user in order:
+            admin(
+                fresh_db,
+                "INSERT INTO plan_runs (plan_id, user_id, trigger, status) VALUES (%s, %s, 'api', 'queued')",
+                (plans[user], user),
+            )
+        admin(
+            fresh_db,
+            "UPDATE plan_runs SET status = 'running' WHERE id IN (SELECT min(id) FROM plan_runs GROUP BY user_id)"
+            " AND user_id IN ('alice', 'carol')",
+        )
+        for claim, (limit, cap) in enumerate([(1, 1), (3, 2), (8, 3), (5, 40), (8, 1), (4, 1000)]):
+            rows = admin_rows(fresh_db, "SELECT id, user_id, status FROM plan_runs ORDER BY id")
+            queued = [(r[0], r[1]) for r in rows if r[2] == "queued"]
+            running: dict[str, int] = {}
+            for r in rows:
+                if r[2] == "running":
+                    running[r[1]] = running.get(r[1], 0) + 1
+            expected = reference_claim(queued, running, limit, cap)
+            with app.db.system_transaction() as cur:
+                got = store.claim_runs(cur, f"p{claim}", limit, cap, 30)
+            assert [r["id"] for r in got] == expected, (limit, cap)
+            assert all(r["status"] == "running" and not r["late"] and r["plan_exists"] for r in got)
+    finally:
+        app.db.close()
+
+
+def test_a_claim_hands_over_the_steps_of_the_runs_plan_version(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        plan = logic_plan(app, "alice", steps=2)
+        with app.db.transaction("alice") as cur:
+            first = store.enqueue_run(cur, "alice", plan["id"], trigger="api")
+        changed = app.test_client().patch(
+            f"/api/plans/{plan['id']}", json={"user_id": "alice", "steps": plan["steps"][:1]}
+        )
+        assert changed.status_code == 200, changed.json
+        with app.db.transaction("alice") as cur:
+            second = store.enqueue_run(cur, "alice", plan["id"], trigger="api")
+        assert first is not None and second is not None
+        with app.db.system_transaction() as cur:
+            got = {r["id"]: r for r in store.claim_runs(cur, "p1", 10, None, 30)}
+        assert len(got[first["id"]]["steps"]) == 2 and len(got[second["id"]]["steps"]) == 1
+        assert got[first["id"]]["plan_version_id"] != got[second["id"]]["plan_version_id"]
+    finally:
+        app.db.close()
+
+
+def test_a_scheduled_run_queued_past_the_lateness_limit_is_skipped_late_not_started(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """Issue 9 item 6 at claim time: a slot that waited in the queue too long is recorded, never started late."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,), max_lateness_seconds=30)
+    try:
+        plan = logic_plan(app, "alice")
+        rows = []
+        for trigger, slot_age, age in (("schedule", 40, 40), ("api", None, 40), ("schedule", 0, 5)):
+            rows.append(
+                admin_rows(
+                    fresh_db,
+                    "INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, created_at)"
+                    " VALUES (%s, 'alice', %s, now() - make_interval(secs => %s), 'queued', '{\"x\": 1}',"
+                    " now() - make_interval(secs => %s)) RETURNING id",
+                    (plan["id"], trigger, slot_age, age),
+                )[0][0]
+            )
+        stale, old_api, fresh = rows
+        before = value(scrape(app.test_client()), "pilot_scheduler_firings_total", outcome="skipped_late")
+        assert app.engine.claim_now() == 2  # the api run and the fresh slot start; the stale slot does not
+        with app.db.transaction("alice") as cur:
+            runs = {run_id: store.get_run(cur, "alice", run_id) for run_id in rows}
+        skipped = runs[stale]
+        assert skipped is not None and skipped["status"] == "skipped" and skipped["reason"] == "late"
+        assert skipped["started_at"] is None and skipped["finished_at"] is not None
+        assert "SCHEDULER_MAX_LATENESS_SECONDS (30 s)" in skipped["error"]
+        assert value(scrape(app.test_client()), "pilot_scheduler_firings_total", outcome="skipped_late") == before + 1
+        started = (old_api, fresh)
+        assert wait_for(lambda: all(app_run(app, i)["status"] not in ("queued", "running") for i in started), 20)
+        assert [app_run(app, i)["status"] for i in started] == ["success"] * 2
+        with app.db.transaction("alice") as cur:
+            assert store.run_logs(cur, "alice", stale) == []  # nothing of it ran
+    finally:
+        app.engine.shutdown()
+        app.db.close()
+
+
+def app_run(app: Any, run_id: int) -> dict[str, Any]:
+    with app.db.transaction("alice") as cur:
+        run = store.get_run(cur, "alice", run_id)
+    assert run is not None
+    return run
+
+
+def admin_rows(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
 
 
 def test_queue_max_refuses_the_insert(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:

@@ -218,14 +218,17 @@ RETURNING *;
 -- and no lease until claimed; the insert NOTIFYs pilot_runs on commit (trigger,
 -- migration 013). With queue_max set, nothing is inserted (no row back) when the user
 -- already has that many queued runs; with scheduled_for set, nothing either when the
--- (plan, slot) has a run already.
+-- (plan, slot) has a run already; nor when the plan is not the user's (checked here,
+-- in the same statement: RLS does not cover the foreign key).
 -- plan_version_id NULL: the plan's latest version (trigger of migration 016); a replay names its own.
 INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, reason,
                        plan_version_id, replayed_from, replay)
-SELECT %(plan_id)s, %(user_id)s, %(trigger)s, %(scheduled_for)s, 'queued', %(input)s, %(reason)s,
+SELECT p.id, p.user_id, %(trigger)s, %(scheduled_for)s, 'queued', %(input)s, %(reason)s,
        %(plan_version_id)s, %(replayed_from)s, %(replay)s
-WHERE %(queue_max)s::integer IS NULL
-   OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s
+FROM execution_plans p
+WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s
+  AND (%(queue_max)s::integer IS NULL
+       OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s)
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
@@ -234,8 +237,10 @@ SELECT count(*) AS queued FROM plan_runs WHERE user_id = %(user_id)s AND status 
 
 -- name: claim_runs
 -- Up to ``limit`` queued runs of any user, oldest first, within the per-user cap,
--- started for ``owner`` in one statement (SECURITY DEFINER; pilot_system only).
-SELECT * FROM pilot_claim_runs(%(owner)s, %(limit)s, %(max_per_user)s, %(lease_seconds)s);
+-- started for ``owner`` in one statement with the steps each executes (SECURITY
+-- DEFINER; pilot_system only, migration 018); scheduled runs queued longer than
+-- ``max_lateness`` seconds come back as well, ended skipped (late true).
+SELECT * FROM pilot_claim_runs(%(owner)s, %(limit)s, %(max_per_user)s, %(lease_seconds)s, %(max_lateness)s);
 
 -- name: start_run
 UPDATE plan_runs

@@ -322,9 +322,9 @@ def enqueue_run(
     The one way to put a run on the queue (issue 9): the row is ``queued``, with no
     owner and no lease until a claimer takes it, and its insert NOTIFYs ``pilot_runs``
     when the transaction commits (trigger of migration 013), so claimers in every
-    process wake. None when ``queue_max`` is set and the user already has that many
-    queued runs, or when ``scheduled_for`` is set and that (plan, slot) has a run.
-    The caller checks the plan is the user's (RLS does not cover the foreign key).
+    process wake. None when the plan is not the user's, when ``queue_max`` is set and
+    the user already has that many queued runs, or when ``scheduled_for`` is set and
+    that (plan, slot) has a run.
     """
     return _one(
         cur,
@@ -348,10 +348,27 @@ def queued_count(cur: Cursor, user_id: str) -> int:
     return int(row["queued"]) if row else 0
 
 
-def claim_runs(cur: Cursor, owner: str, limit: int, max_per_user: int | None, lease_seconds: int) -> list[Row]:
+def claim_runs(
+    cur: Cursor,
+    owner: str,
+    limit: int,
+    max_per_user: int | None,
+    lease_seconds: int,
+    max_lateness: float | None = None,
+) -> list[Row]:
     """Claim and start up to ``limit`` queued runs for ``owner``, oldest first, at most ``max_per_user``
-    running per user (counted across every process). Only in a ``system_transaction``."""
-    return _all(cur, "claim_runs", owner=owner, limit=limit, max_per_user=max_per_user, lease_seconds=lease_seconds)
+    running per user (counted across every process), each with ``steps`` (its plan version's) and
+    ``plan_exists``; plus, with ``late`` true, the scheduled runs that waited over ``max_lateness`` s
+    and were ended ``skipped`` instead. Only in a ``system_transaction``."""
+    return _all(
+        cur,
+        "claim_runs",
+        owner=owner,
+        limit=limit,
+        max_per_user=max_per_user,
+        lease_seconds=lease_seconds,
+        max_lateness=max_lateness,
+    )
 
 
 def start_run(

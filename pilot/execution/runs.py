@@ -47,6 +47,7 @@ QUEUE_FULL_RETRY_AFTER_S = 5
 WAIT_POLL_FIRST_S, WAIT_POLL_MAX_S = 0.01, 0.5  # ?wait=true reads the row this often (a local run wakes it at once)
 UNFINISHED = ("queued", "running")
 ENDED_REMEMBERED = 1024
+VERSION_NUMBERS_REMEMBERED = 4096
 REAPED = "interrupted: the process running it stopped (its lease expired)"
 _owner: tuple[int, str] | None = None
 
@@ -86,6 +87,8 @@ class RunExecution:
         self._backlog = False  # the last claim took all it could: more may be queued
         self._waiters: dict[int, threading.Event] = {}
         self._ended_here: deque[int] = deque(maxlen=ENDED_REMEMBERED)  # for a wait that starts after its run ended
+        self._ended_rows: dict[int, dict[str, Any]] = {}  # finished rows of runs a wait here is waiting for
+        self._version_numbers: dict[tuple[str, int], int] = {}  # (user, plan version id) -> its number
         self._claimer: RunClaimer | None = None
         self.leases = LeaseKeeper(self.db, self.settings.run_lease_seconds, process_owner_id)
 
@@ -145,9 +148,7 @@ class RunExecution:
         run most likely starts in this process, whose end wakes the wait without a poll.
         """
         limit = self.settings.run_queue_max_per_user
-        with self.db.transaction(user_id) as cur:
-            if store.get_plan(cur, user_id, plan_id) is None:
-                raise NotFound(f"plan {plan_id} not found")
+        with self.db.transaction(user_id, single=True) as cur:  # the plan checked in the insert: one round trip
             run = store.enqueue_run(
                 cur,
                 user_id,
@@ -160,6 +161,9 @@ class RunExecution:
                 replay=replay,
             )
         if run is None:
+            with self.db.transaction(user_id, single=True) as cur:
+                if store.get_plan(cur, user_id, plan_id) is None:
+                    raise NotFound(f"plan {plan_id} not found")
             raise TooManyRequests(
                 f"you have {limit} runs queued already, the most RUN_QUEUE_MAX_PER_USER allows; "
                 f"retry after {QUEUE_FULL_RETRY_AFTER_S} s, when some have started",
@@ -245,14 +249,18 @@ class RunExecution:
             if free <= 0:
                 self._backlog = True
                 return 0
-            with self.db.system_transaction() as cur:
-                runs = store.claim_runs(
+            with self.db.system_transaction(single=True) as cur:
+                claimed = store.claim_runs(
                     cur,
                     process_owner_id(),
                     free,
                     self.settings.max_running_per_user,
                     self.settings.run_lease_seconds,
+                    self.settings.max_lateness_seconds,
                 )
+            runs = [run for run in claimed if not run["late"]]
+            if len(runs) < len(claimed):  # scheduled runs that waited too long: ended skipped (late), counted
+                metrics.record_scheduler_firing("skipped_late", len(claimed) - len(runs))
             self._backlog = len(runs) == free
             for run in runs:
                 with self._idle:
@@ -271,8 +279,9 @@ class RunExecution:
 
     def _work(self, run: dict[str, Any]) -> None:
         run_id = run["id"]
+        ended: dict[str, Any] | None = None
         try:
-            self._execute_claimed(run)
+            ended = self._execute_claimed(run)
         except Exception:  # _execute_claimed ends the run itself; this is only a database that stayed down
             log.exception("run %s could not be recorded as finished", run_id)
         finally:
@@ -282,20 +291,20 @@ class RunExecution:
                 self._idle.notify_all()
                 waiter = self._waiters.get(run_id)
                 self._ended_here.append(run_id)
+                if waiter is not None and ended is not None:
+                    self._ended_rows[run_id] = ended  # the row its finish returned: the wait need not read it
             if waiter is not None:
                 waiter.set()
             if self._backlog:
                 self.claim_soon()
 
     def _execute_claimed(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """A run as the claim handed it over: with the steps of its plan version, or none if its plan is gone."""
         user_id = run["user_id"]
         results = RunProgress()
         try:
-            with self.db.transaction(user_id) as cur:
-                plan = store.get_plan(cur, user_id, run["plan_id"])
-                version_id = run.get("plan_version_id") if plan else None
-                version = store.get_plan_version(cur, user_id, version_id) if version_id else None
-            return self._steps(user_id, run, plan, version, results)
+            plan = {"id": run["plan_id"], "steps": run["steps"]} if run["plan_exists"] else None
+            return self._steps(user_id, run, plan, None, results)
         except (DatabaseError, ServiceUnavailable):
             raise
         except Exception as exc:
@@ -321,14 +330,27 @@ class RunExecution:
                 event.wait(max(0.0, min(delay, deadline - time.monotonic())))
                 event.clear()  # woken once per end here; a row that still says running is polled
                 delay = min(delay * 2, WAIT_POLL_MAX_S)
-                with self.db.transaction(user_id) as cur:
-                    run = store.get_run(cur, user_id, run_id)
+                with self._idle:
+                    run = self._ended_rows.pop(run_id, None)
+                if run is None or run["user_id"] != user_id:
+                    with self.db.transaction(user_id, single=True) as cur:
+                        run = store.get_run(cur, user_id, run_id)
                 if run is None or run["status"] not in UNFINISHED or time.monotonic() >= deadline:
                     return run
         finally:
             with self._idle:
                 if self._waiters.get(run_id) is event:
                     del self._waiters[run_id]
+                self._ended_rows.pop(run_id, None)
+
+    def version_number(self, user_id: str, version_id: int) -> int | None:
+        """A plan version's number if known here (versions never change: a bounded map, no expiry)."""
+        return self._version_numbers.get((user_id, version_id))
+
+    def remember_version_number(self, user_id: str, version_id: int, number: int) -> None:
+        if len(self._version_numbers) >= VERSION_NUMBERS_REMEMBERED:
+            self._version_numbers.clear()
+        self._version_numbers[(user_id, version_id)] = number
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the runs claimed here to finish; True when none is left."""

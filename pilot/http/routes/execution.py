@@ -127,11 +127,17 @@ def test_credentials(name: str, body: OptionalBody) -> Response:
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
     """The run with its plan version's number, its step logs and its LLM totals (tokens, cost)."""
+    pilot = current_pilot()
     version_id = run.get("plan_version_id")
-    with current_pilot().db.transaction(user_id, single=not version_id) as cur:  # one read: one round trip
+    number = pilot.engine.version_number(user_id, version_id) if version_id else None
+    unknown = version_id if version_id and number is None else None
+    with pilot.db.transaction(user_id, single=unknown is None) as cur:  # one read: one round trip
         logs = store.run_logs(cur, user_id, run["id"])
-        version = store.get_plan_version(cur, user_id, version_id) if version_id else None
-    view = {**serialize(run), "plan_version": version["version"] if version else None}
+        version = store.get_plan_version(cur, user_id, unknown) if unknown is not None else None
+    if version is not None:
+        number = version["version"]
+        pilot.engine.remember_version_number(user_id, version["id"], number)
+    view = {**serialize(run), "plan_version": number}
     return {**view, "usage": run_totals(logs), "logs": [serialize(row) for row in logs]}
 
 
