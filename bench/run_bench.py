@@ -20,7 +20,8 @@ ANALYZE`` (autovacuum is off here):
   profile  ``py-spy record --gil`` of one Pilot worker while execute-step runs at concurrency 10,
          then of one floor worker under /floor/step: where a worker's Python CPU goes (only the
          thread holding the GIL is sampled, so waiting for PostgreSQL or a socket is left out),
-         by area and by function.
+         by area and by function;
+  profile-r3  the same for the r3 path (a 3-step plan, ``run?wait=true``, and ``/floor/run?steps=3``).
 
 CPU per request of the servers' workers and of every postgres process (all databases, so
 rough on a shared machine) comes from /proc. The load average is printed with every phase.
@@ -272,8 +273,17 @@ def record_chunk(spy: str, pid: int, seconds: int, out: Path) -> tuple[Counter[s
     return stacks, None
 
 
-def profile(args: argparse.Namespace, server: Server, path: str, admin: Admin, tmp: Path) -> None:
-    """Profile one worker of ``server`` while ``path`` is under load at concurrency 10."""
+def profile(
+    args: argparse.Namespace,
+    server: Server,
+    path: str,
+    admin: Admin,
+    tmp: Path,
+    call: Callable[[int], tuple[str, str, Any]] | None = None,
+    ok: Callable[[Any], bool] | None = None,
+    name: str = "step",
+) -> None:
+    """Profile one worker of ``server`` while ``path`` (or ``call``) is under load at concurrency 10."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("profile: py-spy is not installed (pip install -r requirements-dev.txt)")
@@ -293,8 +303,8 @@ def profile(args: argparse.Namespace, server: Server, path: str, admin: Admin, t
                 server.port,
                 1_000_000,
                 10,
-                lambda i: ("POST", path, step_body(i)),
-                step_ok,
+                call or (lambda i: ("POST", path, step_body(i))),
+                ok or step_ok,
                 deadline_s=chunks * (PROFILE_CHUNK_S + 3) + 2,
             )
         ),
@@ -319,7 +329,8 @@ def profile(args: argparse.Namespace, server: Server, path: str, admin: Admin, t
         f"  load while profiling: {outcome.ok} ok, {outcome.rate:.0f}/s, {len(outcome.errors)} errors;"
         f" {chunks - len(failures)} of {chunks} records kept" + (f" (lost: {', '.join(failures)})" if failures else "")
     )
-    raw = Path(args.profile_out or tmp) / f"{server.name}-step-profile.txt"
+    raw = Path(args.profile_out or tmp) / f"{server.name}-{name}-profile.txt"
+    raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text("".join(f"{stack} {count}\n" for stack, count in stacks.items()))
     if args.profile_out:
         print(f"  collapsed stacks written to {raw}")
@@ -377,6 +388,12 @@ def main() -> int:
             if "profile" in args.phases.split(","):
                 profile(args, pilot, "/api/execute-step", admin, tmp)
                 profile(args, floor, "/floor/step", admin, tmp)
+            if "profile-r3" in args.phases.split(","):
+                run3 = f"/api/plans/{plans[3]}/run?wait=true"
+                profile(args, pilot, run3, admin, tmp, lambda i: ("POST", run3, {"user_id": USER}), run_ok, "r3")
+                floor3 = "/floor/run?steps=3"
+                body = {"user_id": USER, "plan_id": plans[3]}
+                profile(args, floor, floor3, admin, tmp, lambda i: ("POST", floor3, body), run_ok, "r3")
         finally:
             admin.close()
             for server in (pilot, floor):
