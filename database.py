@@ -44,7 +44,7 @@ SYSTEM_ROLE_SETUP = "SET LOCAL ROLE pilot_system; SELECT set_config('app.current
 STATEMENT_SEPARATOR = b";\n"  # a newline too, so a statement ending in a -- comment cannot swallow the next
 
 
-class Cursor(psycopg2.extras.RealDictCursor):
+class Cursor(psycopg2.extensions.cursor):
     """A cursor that sends a transaction's statements in as few round trips as it can.
 
     The connection is in autocommit mode, so psycopg2 sends no ``BEGIN`` of its own.
@@ -93,7 +93,11 @@ class Cursor(psycopg2.extras.RealDictCursor):
         if not parts or (final and not self._sent and len(parts) == (self._prelude is not None)):
             return  # a transaction that executed nothing costs nothing
         self._sent = True
-        super().execute(STATEMENT_SEPARATOR.join(parts))
+        self._round_trip(STATEMENT_SEPARATOR.join(parts))
+
+    def _round_trip(self, query: bytes) -> None:
+        """Send one query string (one or more statements) and wait for its results: one round trip."""
+        super().execute(query)
 
     def _flush(self) -> None:
         if self._pending:
@@ -103,21 +107,32 @@ class Cursor(psycopg2.extras.RealDictCursor):
         if not (self._single and self._sent):
             self._send(final=True)
 
+    # Rows are plain dicts keyed by column name, built in C by dict(zip()): psycopg2's RealDictCursor
+    # sets each column through a Python __setitem__, which the run path's profile showed at ~5 %.
+    def _names(self) -> list[str]:
+        return [column.name for column in self.description or ()]
+
     def fetchone(self) -> Any:
         self._flush()
-        return super().fetchone()
+        row = super().fetchone()
+        return None if row is None else dict(zip(self._names(), row, strict=True))
 
     def fetchall(self) -> Any:
         self._flush()
-        return super().fetchall()
+        names = self._names()
+        return [dict(zip(names, row, strict=True)) for row in super().fetchall()]
 
     def fetchmany(self, size: int | None = None) -> Any:
         self._flush()
-        return super().fetchmany(size) if size is not None else super().fetchmany()
+        names = self._names()
+        rows = super().fetchmany(size) if size is not None else super().fetchmany()
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def __iter__(self) -> Any:
         self._flush()
-        return super().__iter__()
+        names = self._names()
+        for row in super().__iter__():
+            yield dict(zip(names, row, strict=True))
 
     @property
     def rowcount(self) -> int:

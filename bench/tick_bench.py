@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import database
 from app import create_app
 from bench.common import fresh_database
 from scheduler import PilotScheduler
@@ -82,14 +83,14 @@ def one(admin_dsn: str, plans: int) -> str:
             scheduler.tick(moment.replace(year=2000))  # connections opened, nothing due
             sent = [0]
             me = threading.get_ident()
-            real = psycopg2.extras.RealDictCursor.execute
+            real = database.Cursor._round_trip
 
-            def counting(cursor: Any, query: Any, vars: Any = None) -> Any:
+            def counting(cursor: Any, query: bytes) -> None:
                 if threading.get_ident() == me:
                     sent[0] += 1
-                return real(cursor, query, vars)
+                real(cursor, query)
 
-            psycopg2.extras.RealDictCursor.execute = counting
+            database.Cursor._round_trip = counting  # type: ignore[method-assign]
             try:
                 started = time.perf_counter()
                 result = scheduler.tick()
@@ -99,7 +100,7 @@ def one(admin_dsn: str, plans: int) -> str:
                 scheduler.tick()
                 idle = time.perf_counter() - started
             finally:
-                psycopg2.extras.RealDictCursor.execute = real
+                database.Cursor._round_trip = real  # type: ignore[method-assign]
             return (
                 f"{plans:>6} plans due: {result.batches} batches, {statements} statements (+{result.batches} commits), "
                 f"{sink.runs} runs queued, tick {busy * 1000:.0f} ms; idle tick {sent[0] - statements} statements, "

@@ -60,9 +60,8 @@ def test_enqueue_notifies_on_commit_and_claims_take_each_run_once_oldest_first(
         assert select.select([listener], [], [], 5.0)[0], "no NOTIFY on pilot_runs after the commit"
         listener.poll()
         # The queue's wake-up (empty payload) is folded into one per transaction; the run events'
-        # notifications (migration 017, one per row, JSON naming the run) share the channel.
-        wakeups = [n.channel for n in listener.notifies if not n.payload]
-        assert wakeups == ["pilot_runs"]
+        # notifications (one per row, JSON naming the run) have their own channel (migration 019).
+        assert [(n.channel, n.payload) for n in listener.notifies] == [("pilot_runs", "")]
         with app.db.transaction("alice") as cur:
             assert store.queued_count(cur, "alice") == 3
             row = store.get_run(cur, "alice", ids[0])
@@ -224,6 +223,39 @@ def admin_rows(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
             return list(cur.fetchall())
     finally:
         conn.close()
+
+
+def test_a_run_claimed_where_it_was_queued_wakes_no_claimer_and_one_left_queued_wakes_them(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """``?wait=true`` queues quietly and claims at once; only a run it could not take wakes the other processes."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,), max_running_per_user=1, run_wait_seconds=0.5)
+    listener = psycopg2.connect(fresh_db)
+    listener.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    try:
+        with listener.cursor() as cur:
+            cur.execute("LISTEN pilot_runs")
+        plan = logic_plan(app, "alice")
+        client = app.test_client()
+        done = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice", "input": {"x": 1}})
+        assert done.status_code == 200 and done.json["status"] == "success", done.json
+        assert not select.select([listener], [], [], 0.5)[0], "a run claimed where it was queued woke the claimers"
+        # alice's one place is taken by a run another process holds: the next run stays queued, and says so.
+        admin(
+            fresh_db,
+            "INSERT INTO plan_runs (plan_id, user_id, trigger, status, owner_id)"
+            " VALUES (%s, 'alice', 'api', 'running', 'x')",
+            (plan["id"],),
+        )
+        waited = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice", "input": {"x": 1}})
+        assert waited.status_code == 202 and waited.json["status"] == "queued", waited.json
+        assert select.select([listener], [], [], 5.0)[0], "a run left queued woke no claimer"
+        listener.poll()
+        assert [(n.channel, n.payload) for n in listener.notifies] == [("pilot_runs", "")]
+    finally:
+        listener.close()
+        app.engine.shutdown()
+        app.db.close()
 
 
 def test_queue_max_refuses_the_insert(fresh_db: str, tmp_path: Path, fernet_key: str) -> None:

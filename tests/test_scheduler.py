@@ -13,6 +13,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+import database
 from pilot.application import PilotApp
 from pilot.data import store
 from pilot.errors import PilotError
@@ -292,14 +293,14 @@ class StatementCounter:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         self.thread = threading.get_ident()
-        real = psycopg2.extras.RealDictCursor.execute
+        real = database.Cursor._round_trip
 
-        def execute(cursor: Any, query: Any, vars: Any = None) -> Any:
+        def round_trip(cursor: Any, query: bytes) -> None:
             if threading.get_ident() == self.thread:
                 self.count += 1
-            return real(cursor, query, vars)
+            real(cursor, query)
 
-        monkeypatch.setattr(psycopg2.extras.RealDictCursor, "execute", execute)
+        monkeypatch.setattr(database.Cursor, "_round_trip", round_trip)
 
 
 @pytest.mark.parametrize(("plans", "batch_size", "batches", "statements"), [(300, 500, 1, 3), (300, 100, 4, 11)])

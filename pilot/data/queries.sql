@@ -232,6 +232,14 @@ WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
+-- name: quiet_enqueue
+-- The queued runs this transaction inserts wake no claimer (migration 019): the caller claims
+-- them itself at once, and sends the wake-up (notify_queued) if it did not take them all.
+SELECT set_config('pilot.quiet_enqueue', 'on', true);
+
+-- name: notify_queued
+SELECT pg_notify('pilot_runs', '');
+
 -- name: queued_count
 SELECT count(*) AS queued FROM plan_runs WHERE user_id = %(user_id)s AND status = 'queued';
 

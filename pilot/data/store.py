@@ -70,13 +70,14 @@ def queries() -> dict[str, str]:
 
 def _one(cur: Cursor, name: str, /, **params: Any) -> Row | None:
     _execute(cur, name, params)
-    row = cur.fetchone()
-    return dict(row) if row is not None else None
+    row: Row | None = cur.fetchone()  # a new dict per row (database.Cursor)
+    return row
 
 
 def _all(cur: Cursor, name: str, /, **params: Any) -> list[Row]:
     _execute(cur, name, params)
-    return [dict(row) for row in cur.fetchall()]
+    rows: list[Row] = cur.fetchall()
+    return rows
 
 
 # --- credentials -------------------------------------------------------------
@@ -340,6 +341,16 @@ def enqueue_run(
         replayed_from=replayed_from,
         replay=None if replay is None else PgJson(replay),
     )
+
+
+def quiet_enqueue(cur: Cursor) -> None:
+    """The runs this transaction queues wake no claimer: the caller claims them itself (then ``notify_queued``)."""
+    _execute(cur, "quiet_enqueue", {})
+
+
+def notify_queued(cur: Cursor) -> None:
+    """Wake every process's claimer: runs are queued (what an insert does unless ``quiet_enqueue``)."""
+    _execute(cur, "notify_queued", {})
 
 
 def queued_count(cur: Cursor, user_id: str) -> int:

@@ -104,8 +104,8 @@ class RunClaimer:
                 while not self._stop.is_set():
                     if select.select([conn], [], [], 1.0)[0]:
                         conn.poll()
-                        # An empty payload says "runs were queued" (migration 013); the run events'
-                        # notifications (migration 017, JSON naming a run) on the same channel do not.
+                        # An empty payload says "runs were queued" (migration 013); the run events
+                        # have had their own channel since migration 019 (a payload is none of ours).
                         queued = any(not notify.payload for notify in conn.notifies)
                         conn.notifies.clear()
                         if queued:

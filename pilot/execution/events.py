@@ -19,7 +19,7 @@ has ``2i+1`` (started) and ``2i+2`` (finished); with ``n`` recorded steps, ``err
 ``2n+1`` and ``run_finished`` ``2n+2``. They increase in the order events happen, so
 ``Last-Event-ID: k`` means "send what has a seq above k".
 
-``RunFollower`` subscribes to the ``pilot_runs`` channel on the process's one listening
+``RunFollower`` subscribes to the ``pilot_run_events`` channel on the process's one listening
 connection (``db.listener``) *before* it reads the run, then re-reads the row (one short
 transaction, under row-level security) whenever a notification names the run, the
 listener reconnects, or a heartbeat interval passes without one. While it waits it
@@ -39,7 +39,7 @@ from database import DatabaseManager
 from pilot.data import store
 from pilot.errors import Conflict, NotFound, PilotError, ValidationError
 
-CHANNEL = "pilot_runs"  # migration 017: pg_notify('pilot_runs', {"run_id", "user_id"})
+CHANNEL = "pilot_run_events"  # migrations 017 and 019: pg_notify('pilot_run_events', {"run_id", "user_id"})
 TERMINAL = frozenset({"success", "error", "interrupted", "skipped"})
 FINISHED_STEP = frozenset({"success", "error", "skipped"})
 MAX_EVENT_ID = 10**12

@@ -149,6 +149,8 @@ class RunExecution:
         """
         limit = self.settings.run_queue_max_per_user
         with self.db.transaction(user_id, single=True) as cur:  # the plan checked in the insert: one round trip
+            if claim_here:
+                store.quiet_enqueue(cur)  # no claimer anywhere is woken for a run this thread claims next
             run = store.enqueue_run(
                 cur,
                 user_id,
@@ -171,8 +173,11 @@ class RunExecution:
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
                 details={"queued": limit},
             )
-        if claim_here:
-            self._claim_inline()
+        if claim_here:  # the caller waits next: its end here hands the wait the finished row (no read)
+            with self._idle:
+                self._waiters.setdefault(run["id"], threading.Event())
+            if run["id"] not in self._claim_inline():
+                self._wake_claimers()  # not taken here (no free worker, the user's cap): any process may
         else:
             self.claim_soon()
         return run
@@ -233,22 +238,35 @@ class RunExecution:
         else:
             self._claim_inline()
 
-    def _claim_inline(self) -> None:
+    def _claim_inline(self) -> list[int]:
         try:
-            self.claim_now()
+            return self._claim()
         except PilotError as exc:  # the run is queued and safe; another claim will take it
             log.warning("claiming runs failed: %s", exc.message)
+            return []
+
+    def _wake_claimers(self) -> None:
+        """NOTIFY every process's claimer (runs this process queued quietly and could not take)."""
+        try:
+            with self.db.system_transaction() as cur:
+                store.notify_queued(cur)
+        except PilotError as exc:  # the claimers' poll finds the run within a second
+            log.warning("waking the claimers failed: %s", exc.message)
 
     def claim_now(self) -> int:
         """Claim as many queued runs as this process has free workers and start them; how many."""
+        return len(self._claim())
+
+    def _claim(self) -> list[int]:
+        """``claim_now``, naming the runs it started."""
         with self._claim_lock:
             if self._closed or self._claiming_paused:
-                return 0
+                return []
             with self._idle:
                 free = self.settings.run_workers - self._inflight
             if free <= 0:
                 self._backlog = True
-                return 0
+                return []
             with self.db.system_transaction(single=True) as cur:
                 claimed = store.claim_runs(
                     cur,
@@ -267,7 +285,7 @@ class RunExecution:
                     self._inflight += 1
                 self.leases.hold(run["id"])
                 self._pool.submit(self._work, run)
-        return len(runs)
+        return [run["id"] for run in runs]
 
     def reap(self) -> int:
         """Requeue or interrupt the runs whose lease lapsed (their process died); how many were interrupted."""
@@ -292,6 +310,8 @@ class RunExecution:
                 waiter = self._waiters.get(run_id)
                 self._ended_here.append(run_id)
                 if waiter is not None and ended is not None:
+                    if len(self._ended_rows) >= ENDED_REMEMBERED:  # waits that never came for theirs
+                        self._ended_rows.clear()
                     self._ended_rows[run_id] = ended  # the row its finish returned: the wait need not read it
             if waiter is not None:
                 waiter.set()
@@ -319,9 +339,8 @@ class RunExecution:
         seen by reading its row, at most every half second.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        event = threading.Event()
         with self._idle:
-            self._waiters[run_id] = event
+            event = self._waiters.setdefault(run_id, threading.Event())  # set up by enqueue(claim_here=True)
             if run_id in self._ended_here:
                 event.set()
         try:
