@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extensions
 
 from pilot.data import store
-from tests.conftest import make_app
+from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import RecordedRequest, Reply, WebhookReceiver
 from tests.test_metrics_endpoint import scrape, value
 from tests.test_scheduler import admin, wait_for
@@ -238,7 +238,7 @@ def test_a_run_claimed_where_it_was_queued_wakes_no_claimer_and_one_left_queued_
         plan = logic_plan(app, "alice")
         client = app.test_client()
         done = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice", "input": {"x": 1}})
-        assert done.status_code == 200 and done.json["status"] == "success", done.json
+        assert done.status_code == 200 and resp_json(done)["status"] == "success", done.json
         assert not select.select([listener], [], [], 0.5)[0], "a run claimed where it was queued woke the claimers"
         # alice's one place is taken by a run another process holds: the next run stays queued, and says so.
         admin(
@@ -248,7 +248,7 @@ def test_a_run_claimed_where_it_was_queued_wakes_no_claimer_and_one_left_queued_
             (plan["id"],),
         )
         waited = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice", "input": {"x": 1}})
-        assert waited.status_code == 202 and waited.json["status"] == "queued", waited.json
+        assert waited.status_code == 202 and resp_json(waited)["status"] == "queued", waited.json
         assert select.select([listener], [], [], 5.0)[0], "a run left queued woke no claimer"
         listener.poll()
         assert [(n.channel, n.payload) for n in listener.notifies] == [("pilot_runs", "")]

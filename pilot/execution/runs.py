@@ -176,8 +176,11 @@ class RunExecution:
         if claim_here:  # the caller waits next: its end here hands the wait the finished row (no read)
             with self._idle:
                 self._waiters.setdefault(run["id"], threading.Event())
-            if run["id"] not in self._claim_inline():
+            claimed, mine = self._claim_inline(here=run["id"])
+            if run["id"] not in claimed:
                 self._wake_claimers()  # not taken here (no free worker, the user's cap): any process may
+            elif mine is not None:
+                self._work(mine)  # only pure steps: run in this thread, which would only wait for it
         else:
             self.claim_soon()
         return run
@@ -238,12 +241,12 @@ class RunExecution:
         else:
             self._claim_inline()
 
-    def _claim_inline(self) -> list[int]:
+    def _claim_inline(self, here: int | None = None) -> tuple[list[int], dict[str, Any] | None]:
         try:
-            return self._claim()
+            return self._claim(here)
         except PilotError as exc:  # the run is queued and safe; another claim will take it
             log.warning("claiming runs failed: %s", exc.message)
-            return []
+            return [], None
 
     def _wake_claimers(self) -> None:
         """NOTIFY every process's claimer (runs this process queued quietly and could not take)."""
@@ -255,18 +258,21 @@ class RunExecution:
 
     def claim_now(self) -> int:
         """Claim as many queued runs as this process has free workers and start them; how many."""
-        return len(self._claim())
+        return len(self._claim()[0])
 
-    def _claim(self) -> list[int]:
-        """``claim_now``, naming the runs it started."""
+    def _claim(self, here: int | None = None) -> tuple[list[int], dict[str, Any] | None]:
+        """``claim_now``, naming the runs it started; run ``here``, if claimed and all its steps are pure
+        (they end in milliseconds: logic), is returned instead of handed to the pool, for the caller's
+        thread to execute (``?wait=true``: the thread that would wait for it). It counts as a worker."""
+        mine: dict[str, Any] | None = None
         with self._claim_lock:
             if self._closed or self._claiming_paused:
-                return []
+                return [], None
             with self._idle:
                 free = self.settings.run_workers - self._inflight
             if free <= 0:
                 self._backlog = True
-                return []
+                return [], None
             with self.db.system_transaction(single=True) as cur:
                 claimed = store.claim_runs(
                     cur,
@@ -284,8 +290,15 @@ class RunExecution:
                 with self._idle:
                     self._inflight += 1
                 self.leases.hold(run["id"])
-                self._pool.submit(self._work, run)
-        return [run["id"] for run in runs]
+                if run["id"] == here and self._only_pure(run):
+                    mine = run
+                else:
+                    self._pool.submit(self._work, run)
+        return [run["id"] for run in runs], mine
+
+    def _only_pure(self, run: dict[str, Any]) -> bool:
+        steps = run.get("steps")
+        return bool(run.get("plan_exists")) and isinstance(steps, list) and all(map(self.step_is_pure, steps))
 
     def reap(self) -> int:
         """Requeue or interrupt the runs whose lease lapsed (their process died); how many were interrupted."""
