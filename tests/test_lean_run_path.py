@@ -293,7 +293,7 @@ def test_a_plan_run_through_the_queue_with_wait_is_four_round_trips(
     assert [(tx.round_trips, len(tx.labels)) for tx in txs] == [(1, 1)] * 4, labels
     assert labels == [
         ("SET LOCAL ROLE + set_config + set_config + enqueue_run",),  # the second: quiet_enqueue (no NOTIFY)
-        ("SET LOCAL ROLE + set_config + claim_runs",),
+        ("SET LOCAL ROLE + set_config + commit_without_flush + claim_runs",),
         ("SET LOCAL ROLE + set_config" + " + insert_log" * 3 + " + finish_run",),
         ("SET LOCAL ROLE + set_config + run_logs",),
     ]

@@ -232,6 +232,15 @@ WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s
 ON CONFLICT (plan_id, scheduled_for) DO NOTHING
 RETURNING *;
 
+-- name: commit_without_flush
+-- This transaction's commit does not wait for its WAL to reach the disk. Only for a claim
+-- (migration 018): claims hold the claimers' advisory lock through their commit, so waiting
+-- for the flush there serialized every claim of every process behind one fsync each. A
+-- claim lost to a database crash leaves its runs queued (run again from the start, as a
+-- requeue would); nothing a run does after its claim can be durable without it, since every
+-- later synchronous commit (a step's marker, the finish) flushes the WAL before it.
+SET LOCAL synchronous_commit TO off;
+
 -- name: quiet_enqueue
 -- The queued runs this transaction inserts wake no claimer (migration 019): the caller claims
 -- them itself at once, and sends the wake-up (notify_queued) if it did not take them all.

@@ -343,6 +343,11 @@ def enqueue_run(
     )
 
 
+def commit_without_flush(cur: Cursor) -> None:
+    """This transaction commits without waiting for its WAL flush (claims only: queries.sql says why)."""
+    _execute(cur, "commit_without_flush", {})
+
+
 def quiet_enqueue(cur: Cursor) -> None:
     """The runs this transaction queues wake no claimer: the caller claims them itself (then ``notify_queued``)."""
     _execute(cur, "quiet_enqueue", {})

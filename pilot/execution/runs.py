@@ -274,6 +274,7 @@ class RunExecution:
                 self._backlog = True
                 return [], None
             with self.db.system_transaction(single=True) as cur:
+                store.commit_without_flush(cur)
                 claimed = store.claim_runs(
                     cur,
                     process_owner_id(),
