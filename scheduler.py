@@ -58,7 +58,7 @@ INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # every process derives the s
 MAX_RECORDED_MISSES = 1000
 MAX_LOOKBACK = timedelta(days=7)
 TICK_SECONDS = 1.0
-TICK_OFFSET = timedelta(milliseconds=20)  # just after each whole second, when slots fall due
+TICK_OFFSET = timedelta(milliseconds=2)  # just after each whole second, when slots fall due (every 1 ms waited is lag)
 BATCH_SIZE = 500  # due schedules locked and fired per transaction
 MAX_BATCHES_PER_TICK = 20  # then the next tick goes on
 STATS_SECONDS = 2.0  # how often the queue gauges and the schedule count are sampled
