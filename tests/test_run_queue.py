@@ -18,7 +18,7 @@ from pilot.data import store
 from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import RecordedRequest, Reply, WebhookReceiver
 from tests.test_metrics_endpoint import scrape, value
-from tests.test_scheduler import admin, wait_for
+from tests.test_scheduler import admin, rows, wait_for
 
 
 class SlowReceiver(WebhookReceiver):
@@ -134,10 +134,10 @@ def test_claims_match_a_plain_reference_whoever_holds_the_head_of_the_queue(
             " AND user_id IN ('alice', 'carol')",
         )
         for claim, (limit, cap) in enumerate([(1, 1), (3, 2), (8, 3), (5, 40), (8, 1), (4, 1000)]):
-            rows = admin_rows(fresh_db, "SELECT id, user_id, status FROM plan_runs ORDER BY id")
-            queued = [(r[0], r[1]) for r in rows if r[2] == "queued"]
+            table = rows(fresh_db, "SELECT id, user_id, status FROM plan_runs ORDER BY id")
+            queued = [(r[0], r[1]) for r in table if r[2] == "queued"]
             running: dict[str, int] = {}
-            for r in rows:
+            for r in table:
                 if r[2] == "running":
                     running[r[1]] = running.get(r[1], 0) + 1
             expected = reference_claim(queued, running, limit, cap)
@@ -177,10 +177,10 @@ def test_a_scheduled_run_queued_past_the_lateness_limit_is_skipped_late_not_star
     app = make_app(fresh_db, tmp_path, (fernet_key,), max_lateness_seconds=30)
     try:
         plan = logic_plan(app, "alice")
-        rows = []
+        made = []
         for trigger, slot_age, age in (("schedule", 40, 40), ("api", None, 40), ("schedule", 0, 5)):
-            rows.append(
-                admin_rows(
+            made.append(
+                rows(
                     fresh_db,
                     "INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, created_at)"
                     " VALUES (%s, 'alice', %s, now() - make_interval(secs => %s), 'queued', '{\"x\": 1}',"
@@ -188,11 +188,11 @@ def test_a_scheduled_run_queued_past_the_lateness_limit_is_skipped_late_not_star
                     (plan["id"], trigger, slot_age, age),
                 )[0][0]
             )
-        stale, old_api, fresh = rows
+        stale, old_api, fresh = made
         before = value(scrape(app.test_client()), "pilot_scheduler_firings_total", outcome="skipped_late")
         assert app.engine.claim_now() == 2  # the api run and the fresh slot start; the stale slot does not
         with app.db.transaction("alice") as cur:
-            runs = {run_id: store.get_run(cur, "alice", run_id) for run_id in rows}
+            runs = {run_id: store.get_run(cur, "alice", run_id) for run_id in made}
         skipped = runs[stale]
         assert skipped is not None and skipped["status"] == "skipped" and skipped["reason"] == "late"
         assert skipped["started_at"] is None and skipped["finished_at"] is not None
@@ -213,16 +213,6 @@ def app_run(app: Any, run_id: int) -> dict[str, Any]:
         run = store.get_run(cur, "alice", run_id)
     assert run is not None
     return run
-
-
-def admin_rows(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement, params)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def test_a_run_claimed_where_it_was_queued_wakes_no_claimer_and_one_left_queued_wakes_them(

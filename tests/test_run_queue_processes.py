@@ -14,14 +14,12 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import psycopg2
 import requests
 
 from tests.test_crash_recovery import ROOT, Server, free_port, wait_until_healthy
 from tests.test_run_queue import SlowReceiver
-from tests.test_scheduler import wait_for
+from tests.test_scheduler import rows, wait_for
 
 
 def server_env(dsn: str, data_dir: Path, fernet_key: str, **extra: str) -> dict[str, str]:
@@ -38,16 +36,6 @@ def server_env(dsn: str, data_dir: Path, fernet_key: str, **extra: str) -> dict[
     )
     env.update(extra)
     return env
-
-
-def rows(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement, params)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def create_plan(base_url: str, user: str, url: str) -> int:

@@ -76,6 +76,17 @@ def admin(dsn: str, statement: str, params: tuple = ()) -> None:
         conn.close()
 
 
+def rows(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The rows of ``statement`` run by the database owner (no RLS), as tuples."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
 def minute() -> datetime:
     """The current whole minute: a slot of every 60 s interval schedule."""
     return datetime.now(UTC).replace(second=0, microsecond=0)
