@@ -150,7 +150,12 @@ class PlanBody(BaseModel):
     user_id: Any = None
     name: str = Field(min_length=1, max_length=200)
     original_prompt: str | None = Field(None, max_length=20_000)
-    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS, json_schema_extra=provider_steps)
+    steps: list[Step] = Field(
+        default_factory=list,
+        max_length=MAX_STEPS,
+        json_schema_extra=provider_steps,
+        description="the plan's steps, run in order; a step's id, when given, must be unique in the plan (400)",
+    )
     schedule: Schedule | None = None
     timezone: str = Field("UTC", max_length=64, json_schema_extra=with_zone_names)
     enabled: bool = Field(True, strict=True)

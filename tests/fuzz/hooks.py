@@ -67,11 +67,27 @@ def _slots(value: Any) -> list[tuple[Any, Any]]:
     return found
 
 
+def _unique_step_ids(body: Any) -> None:
+    """Drop a step id that an earlier step of the same plan uses: ids must be unique (400), which the
+    document says in words but JSON Schema cannot (uniqueItems compares whole steps). ids are optional."""
+    steps = body.get("steps") if isinstance(body, dict) else None
+    if not isinstance(steps, list):
+        return
+    seen: set[Any] = set()
+    for step in steps:
+        if isinstance(step, dict) and isinstance(step.get("id"), str):
+            if step["id"] in seen:
+                del step["id"]
+            else:
+                seen.add(step["id"])
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
-    """A fresh Idempotency-Key on every request of every phase: one key sent again with another body is a 422
-    by design (idempotency_key_reused), which no schema can say of generated keys. An invalid key stays: it
-    must be refused."""
+    """No step id used twice in a plan body (``_unique_step_ids``), and a fresh Idempotency-Key on every
+    request of every phase: one key sent again with another body is a 422 by design (idempotency_key_reused),
+    which no schema can say of generated keys. An invalid key stays: it must be refused."""
+    _unique_step_ids(case.body)  # here, not in map_body: the stateful phase builds bodies from links too
     headers = case.headers  # a mapping, not always a dict
     key = headers.get("Idempotency-Key") if headers is not None else None
     if isinstance(key, str) and VALID_KEY.fullmatch(key):
