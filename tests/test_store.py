@@ -124,3 +124,37 @@ def test_the_database_refuses_what_the_store_lets_through_with_a_project_error(a
     with pytest.raises(PilotError) as caught, app.db.transaction(user) as cur:
         store.insert_plan(cur, user, {"name": "p", "steps": [], "timezone": "UTC", "enabled": None})
     assert not isinstance(caught.value, psycopg2.Error)
+
+
+def test_a_finish_with_logs_gives_the_rows_run_logs_reads_with_their_types(app: PilotApp, user: str) -> None:
+    """finish_run(with_logs=True) hands back the run's log rows as JSON; they must equal run_logs' rows,
+    types included: whole-number latencies stay floats, costs floats or None, timestamps datetimes."""
+    with app.db.transaction(user) as cur:
+        plan = store.insert_plan(cur, user, {"name": "p", "steps": [], "timezone": "UTC", "enabled": True})
+        run = store.enqueue_run(cur, user, plan["id"], trigger="api", input_={"n": 1})
+    assert run is not None
+    entries = [
+        {"step_index": 0, "step_id": "a", "latency_ms": 12.0, "cost_usd": 0, "output": {"x": [1, "\u00e9"]}},
+        {"step_index": 1, "step_id": "b", "latency_ms": 0.1 + 0.2, "cost_usd": 0.0019077, "model": "m"},
+        {"step_index": 2, "step_id": "c", "status": "error", "error": "boom", "input_tokens": 3},
+    ]
+    logs = [
+        {"provider": "logic", "action": "transform", "status": "success", "plan_id": plan["id"], "run_id": run["id"]}
+        | entry
+        for entry in entries
+    ]
+    with app.db.transaction(user) as cur:
+        store.insert_log(cur, user, logs[0])  # written before the finish's transaction (a side-effect step)
+    with app.db.transaction(user, single=True) as cur:
+        store.insert_logs(cur, user, logs[1:])  # written with the finish, in the same round trip
+        finished = store.finish_run(cur, user, run["id"], "success", [], None, with_logs=True)
+    with app.db.transaction(user, single=True) as cur:
+        read = store.run_logs(cur, user, run["id"])
+    assert finished is not None and len(read) == 3
+    assert finished["logs"] == read
+    assert [type(row["latency_ms"]) for row in finished["logs"]] == [float] * 3
+    assert [row["cost_usd"] for row in finished["logs"]] == [0.0, 0.0019077, None]
+    assert finished["logs"][0]["timestamp"] == read[0]["timestamp"] and read[0]["timestamp"].tzinfo is not None
+    with app.db.transaction(user) as cur:
+        plain = store.get_run(cur, user, run["id"])
+    assert {key: value for key, value in finished.items() if key != "logs"} == plain

@@ -73,9 +73,8 @@ ORDER BY "timestamp" DESC, id DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: run_logs
-SELECT id, step_index, step_id, provider, action, status, latency_ms, error_code, error, attempt, input, output,
-       "timestamp", model, input_tokens, output_tokens, cost_usd::float8 AS cost_usd
-FROM execution_logs WHERE user_id = %(user_id)s AND run_id = %(run_id)s ORDER BY id;
+-- The columns and order live in pilot_run_logs (migration 020), which finish_run uses too.
+SELECT * FROM pilot_run_logs(%(user_id)s, %(run_id)s);
 
 -- name: provider_metrics
 -- Whole hours from provider_metrics_hourly (migration 015), the rest of the window from execution_logs:
@@ -284,10 +283,14 @@ WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
   AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s);
 
 -- name: finish_run
+-- With with_logs, the row comes back with its run's log rows too (run_logs' rows, as JSON), those
+-- written by this transaction's earlier statements included: a ?wait=true answer needs no read.
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
   AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
-RETURNING *;
+RETURNING *, CASE WHEN %(with_logs)s THEN
+    (SELECT coalesce(json_agg(l ORDER BY l.id), '[]'::json) FROM pilot_run_logs(plan_runs.user_id, plan_runs.id) l)
+END AS logs;
 
 -- name: get_run
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -415,9 +416,15 @@ def finish_run(
     step_results: list[Any],
     error: str | None,
     owner_id: str | None = None,
+    *,
+    with_logs: bool = False,
 ) -> Row | None:
-    """End an unfinished run; with ``owner_id``, only while that process holds it (else None)."""
-    return _one(
+    """End an unfinished run; with ``owner_id``, only while that process holds it (else None).
+
+    ``with_logs``: the row holds ``logs``, its run's log rows as ``run_logs`` reads them (the
+    statements before it in this transaction included), so a wait for it need not read them.
+    """
+    row = _one(
         cur,
         "finish_run",
         user_id=user_id,
@@ -426,7 +433,23 @@ def finish_run(
         step_results=PgJson(step_results),
         error=error,
         owner_id=owner_id,
+        with_logs=with_logs,
     )
+    if row is not None:
+        logs = row.pop("logs")
+        if with_logs:
+            row["logs"] = [_log_from_json(entry) for entry in logs]
+    return row
+
+
+def _log_from_json(entry: Row) -> Row:
+    """A ``pilot_run_logs`` row that came as JSON, with the types ``run_logs`` gives it (JSON has no
+    timestamps, and a double precision that is a whole number comes as an integer)."""
+    entry["timestamp"] = datetime.fromisoformat(entry["timestamp"])
+    entry["latency_ms"] = float(entry["latency_ms"])
+    if entry["cost_usd"] is not None:
+        entry["cost_usd"] = float(entry["cost_usd"])
+    return entry
 
 
 def get_run(cur: Cursor, user_id: str, run_id: int) -> Row | None:

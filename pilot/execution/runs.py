@@ -532,9 +532,11 @@ class RunExecution:
         # Only a failed run may go on to pause its plan: any other finish is its read and nothing after it,
         # so the waiting log rows, the finish and the commit go in one round trip. Only while this process
         # holds the run (owner_id): one whose lease lapsed may have been requeued and claimed elsewhere.
+        # A request here waiting for the run (?wait=true) gets its log rows back with the finish: no read.
+        waited = run_id in self._waiters
         with self.db.transaction(user_id, single=status != "error") as cur:
             store.insert_logs(cur, user_id, logs)
-            run = store.finish_run(cur, user_id, run_id, status, results, error, process_owner_id())
+            run = store.finish_run(cur, user_id, run_id, status, results, error, process_owner_id(), with_logs=waited)
             if run is not None and run["trigger"] == "schedule" and status == "error":
                 self._maybe_pause(cur, user_id, run["plan_id"])
         return run

@@ -126,14 +126,23 @@ def test_credentials(name: str, body: OptionalBody) -> Response:
 
 
 def _run_view(user_id: str, run: dict[str, Any]) -> dict[str, Any]:
-    """The run with its plan version's number, its step logs and its LLM totals (tokens, cost)."""
+    """The run with its plan version's number, its step logs and its LLM totals (tokens, cost).
+
+    A run that ended in this process for a ``?wait=true`` here already holds its ``logs`` (the finish
+    returned them); with its version's number known too, nothing is read.
+    """
     pilot = current_pilot()
+    run = dict(run)
+    logs = run.pop("logs", None)
     version_id = run.get("plan_version_id")
     number = pilot.engine.version_number(user_id, version_id) if version_id else None
     unknown = version_id if version_id and number is None else None
-    with pilot.db.transaction(user_id, single=unknown is None) as cur:  # one read: one round trip
-        logs = store.run_logs(cur, user_id, run["id"])
-        version = store.get_plan_version(cur, user_id, unknown) if unknown is not None else None
+    version = None
+    if logs is None or unknown is not None:
+        with pilot.db.transaction(user_id, single=logs is not None or unknown is None) as cur:  # one round trip
+            if logs is None:
+                logs = store.run_logs(cur, user_id, run["id"])
+            version = store.get_plan_version(cur, user_id, unknown) if unknown is not None else None
     if version is not None:
         number = version["version"]
         pilot.engine.remember_version_number(user_id, version["id"], number)
