@@ -55,6 +55,7 @@ FUNCTIONS = {
     "pilot_claim_runs": (True, {"pilot_system"}),  # claims cross users: the run queue (migration 013)
     "pilot_notify_runs_queued": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
     "pilot_run_is_pure": (False, set()),  # called by pilot_interrupt_runs only, as its owner
+    "pilot_run_logs": (False, {"pilot_app", "pilot_system"}),  # as its caller: RLS applies (migration 020)
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}
