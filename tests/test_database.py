@@ -56,6 +56,7 @@ FUNCTIONS = {
     "pilot_notify_runs_queued": (False, {"pilot_app", "pilot_system"}),  # a trigger: not callable directly
     "pilot_run_is_pure": (False, set()),  # called by pilot_interrupt_runs only, as its owner
     "pilot_run_logs": (False, {"pilot_app", "pilot_system"}),  # as its caller: RLS applies (migration 020)
+    "pilot_may_start_now": (True, {"pilot_app"}),  # one boolean about the caller's own runs (migration 021)
 }
 # Policies beyond each user table's four: pilot_system may see and renew unfinished runs.
 SYSTEM_POLICIES = {("plan_runs", "SELECT", "pilot_system"), ("plan_runs", "UPDATE", "pilot_system")}

@@ -275,10 +275,11 @@ def test_credentials_are_read_once_per_run_and_provider(
     assert len(reads) == 1
 
 
-def test_a_plan_run_through_the_queue_with_wait_is_three_round_trips(
+def test_a_plan_run_through_the_queue_with_wait_is_two_round_trips(
     lean_app: PilotApp, proxy: PgProxy, user: str
 ) -> None:
-    """``run?wait=true``: the insert (plan checked in it), the claim (with the steps), the finish (with the logs)."""
+    """``run?wait=true``, nothing queued: the insert that starts the run (the plan checked and its steps handed
+    back in it, migration 021), then the finish (with the logs)."""
     plan = new_plan(lean_app, user, [logic(f"s{i}", i) for i in range(3)])
     client = lean_app.test_client()
 
@@ -290,9 +291,8 @@ def test_a_plan_run_through_the_queue_with_wait_is_three_round_trips(
     assert first.status_code == answer.status_code == 200, answer.json
     assert answer.json["status"] == "success" and answer.json["plan_version"] == 1 and len(answer.json["logs"]) == 3
     labels = [tx.labels for tx in txs]
-    assert [(tx.round_trips, len(tx.labels)) for tx in txs] == [(1, 1)] * 3, labels
+    assert [(tx.round_trips, len(tx.labels)) for tx in txs] == [(1, 1)] * 2, labels
     assert labels == [
         ("SET LOCAL ROLE + set_config + set_config + enqueue_run",),  # the second: quiet_enqueue (no NOTIFY)
-        ("SET LOCAL ROLE + set_config + commit_without_flush + claim_runs",),
         ("SET LOCAL ROLE + set_config" + " + insert_log" * 3 + " + finish_run",),
     ]

@@ -7,7 +7,10 @@ so a shared database would hand one test's runs to another.
 from __future__ import annotations
 
 import select
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +395,161 @@ def test_one_users_burst_does_not_hold_back_another_users_run(fresh_db: str, tmp
             # bob did not wait for a worker: none of alice's 4 s runs had ended, and most still wait their turn
             assert "success" not in states and states.count("running") <= 2 and states.count("queued") >= 4
             assert wait_for(lambda: len(receiver.requests) == 6, 40.0)
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+# --- a ?wait=true run started by its own insert (migration 021) -------------------------
+
+
+def test_a_waited_run_starts_in_its_insert_like_a_claim_when_nothing_is_queued(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """Nothing queued, alice under the cap: the insert starts the run for this process, as a claim would."""
+    from execution_engine import process_owner_id
+
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        plan = logic_plan(app, "alice")
+        run = app.engine.enqueue("alice", plan["id"], "api", {"x": 5}, claim_here=True)
+        assert run["status"] == "running" and run["attempts"] == 1 and run["owner_id"] == process_owner_id()
+        assert run["claimed_at"] == run["started_at"] == run["heartbeat_at"]
+        assert run["lease_expires_at"] - run["started_at"] == timedelta(seconds=app.settings.run_lease_seconds)
+        assert "steps" not in run and "plan_exists" not in run  # what the claim hands over stays in the engine
+        done = app_run(app, run["id"])  # pure steps: executed in the caller's thread before enqueue returned
+        assert done["status"] == "success" and done["attempts"] == 1
+        assert done["step_results"][0]["result"]["data"] == 5
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def test_a_waited_run_queues_behind_any_queued_run_and_behind_the_cap(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """Oldest first still holds: bob's older queued run starts before alice's waited one, which queues."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_workers=1, max_running_per_user=1)
+    try:
+        mine, theirs = logic_plan(app, "alice"), logic_plan(app, "bob")
+        with app.db.transaction("bob") as cur:
+            older = store.enqueue_run(cur, "bob", theirs["id"], trigger="api", input_={"x": 0})
+        assert older is not None and older["status"] == "queued"
+        run = app.engine.enqueue("alice", mine["id"], "api", {"x": 1}, claim_here=True)
+        assert run["status"] == "queued" and run["attempts"] == 0
+
+        def ended() -> list[tuple[Any, ...]]:
+            found = rows(
+                fresh_db,
+                "SELECT id, status, attempts, started_at FROM plan_runs WHERE id IN (%s, %s) ORDER BY started_at",
+                (older["id"], run["id"]),
+            )
+            return found if all(status == "success" for _, status, _, _ in found) else []
+
+        order = wait_for(ended, 15.0)
+        assert [(run_id, attempts) for run_id, _, attempts, _ in order] == [(older["id"], 1), (run["id"], 1)], order
+
+        # alice's one place is held by a run another process executes: her next waited run queues.
+        admin(
+            fresh_db,
+            "INSERT INTO plan_runs (plan_id, user_id, trigger, status, owner_id)"
+            " VALUES (%s, 'alice', 'api', 'running', 'x')",
+            (mine["id"],),
+        )
+        capped = app.engine.enqueue("alice", mine["id"], "api", {"x": 2}, claim_here=True)
+        assert capped["status"] == "queued" and app_run(app, capped["id"])["status"] == "queued"
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def test_a_starting_insert_waits_for_another_start_to_commit_before_it_counts_the_cap(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """The decision is taken under the claimers' lock: a start not yet committed holds back the next one."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    try:
+        plan = logic_plan(app, "alice")
+
+        def start(owner: str) -> dict[str, Any] | None:
+            with app.db.transaction("alice") as cur:
+                return store.enqueue_run(
+                    cur, "alice", plan["id"], trigger="api", start_owner=owner, lease_seconds=30, max_per_user=1
+                )
+
+        second: dict[str, Any] = {}
+        with app.db.transaction("alice") as cur:
+            first = store.enqueue_run(
+                cur, "alice", plan["id"], trigger="api", start_owner="first", lease_seconds=30, max_per_user=1
+            )
+            assert first is not None and first["status"] == "running" and first["steps"]
+            racer = threading.Thread(target=lambda: second.update(row=start("second")), daemon=True)
+            racer.start()
+            racer.join(0.5)
+            assert racer.is_alive(), "a second start did not wait for the first to commit"
+        racer.join(10.0)
+        assert not racer.is_alive() and second["row"]["status"] == "queued" and second["row"]["owner_id"] is None
+        assert "steps" not in second["row"]
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The largest number of [start, end) intervals that overlap at one instant."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in events:  # an end sorts before a start at the same instant (-1 < 1)
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_waited_runs_started_by_their_inserts_keep_the_per_user_cap_exact(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """Eight waited runs posted at once, cap 2, eight free workers: never more than 2 running, all done once."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_workers=8, max_running_per_user=2, db_pool_size=12)
+    app.engine.start_claiming()  # the runs held back by the cap are claimed as places free up (the poll)
+    try:
+        with SlowReceiver() as receiver:
+            plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=0.3")
+            gate = threading.Barrier(8)
+
+            def post(_: int) -> tuple[int, str]:
+                client = app.test_client()
+                gate.wait(timeout=10)
+                response = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
+                return response.status_code, str((response.json or {}).get("status"))
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                answers = list(pool.map(post, range(8)))
+            assert answers == [(200, "success")] * 8, answers
+            ran = rows(
+                fresh_db, "SELECT started_at, finished_at, attempts FROM plan_runs WHERE plan_id = %s", (plan["id"],)
+            )
+            assert len(ran) == 8 and {attempts for _, _, attempts in ran} == {1}
+            assert most_at_once([(start, end) for start, end, _ in ran]) == 2
+            assert len(receiver.requests) == 8
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def test_a_wait_that_gives_up_on_a_run_started_here_renews_its_lease_before_the_202(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """The starting insert does not wait for its WAL flush; the lease renewal's synchronous commit does."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,), run_wait_seconds=0.3)
+    try:
+        with SlowReceiver() as receiver:
+            plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=2")
+            response = app.test_client().post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
+            assert response.status_code == 202 and resp_json(response)["status"] == "running", response.json
+            run = app_run(app, resp_json(response)["id"])
+            lease = timedelta(seconds=app.settings.run_lease_seconds)
+            assert run["lease_expires_at"] - run["started_at"] > lease  # renewed after the insert set it
+            assert wait_for(lambda: app_run(app, run["id"])["status"] == "success", 15.0)
     finally:
         app.engine.shutdown(wait=True)
         app.db.close()

@@ -220,16 +220,38 @@ RETURNING *;
 -- (plan, slot) has a run already; nor when the plan is not the user's (checked here,
 -- in the same statement: RLS does not cover the foreign key).
 -- plan_version_id NULL: the plan's latest version (trigger of migration 016); a replay names its own.
-INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, reason,
-                       plan_version_id, replayed_from, replay)
-SELECT p.id, p.user_id, %(trigger)s, %(scheduled_for)s, 'queued', %(input)s, %(reason)s,
-       %(plan_version_id)s, %(replayed_from)s, %(replay)s
-FROM execution_plans p
-WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s
-  AND (%(queue_max)s::integer IS NULL
-       OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s)
-ON CONFLICT (plan_id, scheduled_for) DO NOTHING
-RETURNING *;
+-- With start_owner set (?wait=true), the run is inserted already started for that owner when
+-- migration 021's pilot_may_start_now says a claim would take it now (nothing queued, the user
+-- under max_per_user): status running with the owner, lease and attempt a claim sets, and the
+-- steps it executes in `steps` (NULL for a queued run). A started run's commit does not wait for
+-- its WAL flush (as a claim's, commit_without_flush): nothing has been answered for it yet, and the
+-- run's next synchronous commit (a marker, its finish, the lease renewal before a 202) flushes it.
+-- A queued run's commit does wait: a 202 may follow at once.
+WITH start AS MATERIALIZED (
+    SELECT CASE WHEN %(start_owner)s::varchar IS NULL THEN false
+                ELSE pilot_may_start_now(%(max_per_user)s) END AS now
+), run AS (
+    INSERT INTO plan_runs (plan_id, user_id, trigger, scheduled_for, status, input, reason,
+                           plan_version_id, replayed_from, replay,
+                           owner_id, started_at, claimed_at, heartbeat_at, lease_expires_at, attempts)
+    SELECT p.id, p.user_id, %(trigger)s, %(scheduled_for)s, CASE WHEN start.now THEN 'running' ELSE 'queued' END,
+           %(input)s, %(reason)s, %(plan_version_id)s, %(replayed_from)s, %(replay)s,
+           CASE WHEN start.now THEN %(start_owner)s END, CASE WHEN start.now THEN now() END,
+           CASE WHEN start.now THEN now() END, CASE WHEN start.now THEN now() END,
+           CASE WHEN start.now THEN now() + make_interval(secs => greatest(%(lease_seconds)s::integer, 1)) END,
+           CASE WHEN start.now THEN 1 ELSE 0 END
+    FROM execution_plans p CROSS JOIN start
+    WHERE p.user_id = %(user_id)s AND p.id = %(plan_id)s
+      AND (%(queue_max)s::integer IS NULL
+           OR (SELECT count(*) FROM plan_runs q WHERE q.user_id = %(user_id)s AND q.status = 'queued') < %(queue_max)s)
+    ON CONFLICT (plan_id, scheduled_for) DO NOTHING
+    RETURNING *
+)
+SELECT run.*, CASE WHEN run.status = 'running' THEN coalesce(v.steps, p.steps) END AS steps,
+       CASE WHEN run.status = 'running' THEN set_config('synchronous_commit', 'off', true) END AS unflushed
+FROM run
+JOIN execution_plans p ON p.id = run.plan_id AND p.user_id = run.user_id
+LEFT JOIN plan_versions v ON v.id = run.plan_version_id AND v.user_id = run.user_id;
 
 -- name: commit_without_flush
 -- This transaction's commit does not wait for its WAL to reach the disk. Only for a claim

@@ -318,6 +318,9 @@ def enqueue_run(
     plan_version_id: int | None = None,
     replayed_from: int | None = None,
     replay: dict[str, Any] | None = None,
+    start_owner: str | None = None,
+    lease_seconds: int | None = None,
+    max_per_user: int | None = None,
 ) -> Row | None:
     """Queue a run of ``plan_id`` holding ``input_``, for any process's claimer; the new row, or None.
 
@@ -327,10 +330,18 @@ def enqueue_run(
     process wake. None when the plan is not the user's, when ``queue_max`` is set and
     the user already has that many queued runs, or when ``scheduled_for`` is set and
     that (plan, slot) has a run.
+
+    With ``start_owner``, the run is inserted ``running`` for that owner (its lease
+    ``lease_seconds``) if a claim would take it at once: nothing queued, the user under
+    ``max_per_user`` (migration 021). A started row carries ``steps`` and ``plan_exists``
+    as a claimed one does.
     """
-    return _one(
+    row = _one(
         cur,
         "enqueue_run",
+        start_owner=start_owner,
+        lease_seconds=lease_seconds,
+        max_per_user=max_per_user,
         user_id=user_id,
         plan_id=plan_id,
         trigger=trigger,
@@ -342,6 +353,13 @@ def enqueue_run(
         replayed_from=replayed_from,
         replay=None if replay is None else PgJson(replay),
     )
+    if row is not None:
+        del row["unflushed"]  # set when started: this commit does not wait for its flush (queries.sql)
+        if row["status"] == "running":
+            row["plan_exists"] = True
+        else:
+            del row["steps"]
+    return row
 
 
 def commit_without_flush(cur: Cursor) -> None:

@@ -8,7 +8,9 @@ running per user across all processes (``claim_now``: one ``pilot_system``
 statement, ``FOR UPDATE SKIP LOCKED``), and executes them on its pool of
 ``RUN_WORKERS`` threads, holding each with the ``LeaseKeeper``. Serving processes
 claim from a thread woken by NOTIFY (``claimer.py``); elsewhere (tests, CLI) the
-engine claims inline when it accepts or finishes a run. ``wait_for_run`` is
+engine claims inline when it accepts or finishes a run. A ``?wait=true`` run that a
+claim would take at once (nothing queued, the user under the cap) is started by its own
+insert on a worker reserved here (migration 021). ``wait_for_run`` is
 ``?wait=true``: it waits up to ``RUN_WAIT_SECONDS`` for the run to end, wherever it
 runs. Every way out of a run ends its row: success, error (a step failed, or
 anything else did), or, on shutdown, interrupted. A step entry in ``step_results``
@@ -144,24 +146,37 @@ class RunExecution:
         NotFound for another user's or a missing plan; TooManyRequests when the user
         already has ``RUN_QUEUE_MAX_PER_USER`` runs queued. Wakes a claimer here; the
         insert wakes every other process's (NOTIFY). ``claim_here`` (``?wait=true``)
-        claims in the caller's thread at once instead, so that with free workers the
-        run most likely starts in this process, whose end wakes the wait without a poll.
+        starts the run in its insert when it may (a free worker here, nothing queued, the
+        user under the cap), or else claims in the caller's thread at once, so that with
+        free workers the run most likely starts in this process, whose end wakes the wait
+        without a poll.
         """
         limit = self.settings.run_queue_max_per_user
-        with self.db.transaction(user_id, single=True) as cur:  # the plan checked in the insert: one round trip
-            if claim_here:
-                store.quiet_enqueue(cur)  # no claimer anywhere is woken for a run this thread claims next
-            run = store.enqueue_run(
-                cur,
-                user_id,
-                plan_id,
-                trigger=trigger,
-                input_=input_,
-                queue_max=limit,
-                plan_version_id=plan_version_id,
-                replayed_from=replayed_from,
-                replay=replay,
-            )
+        start = claim_here and self._reserve(1) == 1  # a worker for the run, should its insert start it
+        try:
+            with self.db.transaction(user_id, single=True) as cur:  # the plan checked in the insert: one round trip
+                if claim_here:
+                    store.quiet_enqueue(cur)  # no claimer anywhere is woken for a run this thread claims next
+                run = store.enqueue_run(
+                    cur,
+                    user_id,
+                    plan_id,
+                    trigger=trigger,
+                    input_=input_,
+                    queue_max=limit,
+                    plan_version_id=plan_version_id,
+                    replayed_from=replayed_from,
+                    replay=replay,
+                    start_owner=process_owner_id() if start else None,
+                    lease_seconds=self.settings.run_lease_seconds,
+                    max_per_user=self.settings.max_running_per_user,
+                )
+        except BaseException:
+            if start:
+                self._unreserve(1)
+            raise
+        if start and (run is None or run["status"] != "running"):
+            self._unreserve(1)  # queued behind others (or the user at the cap): claimed below, or elsewhere
         if run is None:
             with self.db.transaction(user_id, single=True) as cur:
                 if store.get_plan(cur, user_id, plan_id) is None:
@@ -176,6 +191,8 @@ class RunExecution:
         if claim_here:  # the caller waits next: its end here hands the wait the finished row (no read)
             with self._idle:
                 self._waiters.setdefault(run["id"], threading.Event())
+            if run["status"] == "running":  # started by its insert, on the worker reserved above
+                return self._start_here(run)
             claimed, mine = self._claim_inline(here=run["id"])
             if run["id"] not in claimed:
                 self._wake_claimers()  # not taken here (no free worker, the user's cap): any process may
@@ -184,6 +201,41 @@ class RunExecution:
         else:
             self.claim_soon()
         return run
+
+    def _start_here(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Execute a run its insert started (``enqueue``, migration 021) on its reserved worker; the run row.
+
+        Only pure steps: in this thread, which would only wait for it; otherwise on the pool.
+        """
+        answer = {key: value for key, value in run.items() if key not in ("steps", "plan_exists")}
+        self.leases.hold(run["id"])
+        if self._only_pure(run):
+            self._work(run)
+        else:
+            try:
+                self._pool.submit(self._work, run)
+            except RuntimeError:  # the pool shut down meanwhile (the process is stopping): run it here
+                self._work(run)
+        return answer
+
+    def _reserve(self, wanted: int) -> int:
+        """Take up to ``wanted`` of this process's free workers for runs about to start; how many.
+
+        Taken ones count as in flight until ``_unreserve`` or the end of their run (``_work``), so a
+        claim and a starting insert in two threads can never start more than RUN_WORKERS runs here.
+        """
+        with self._idle:
+            if self._closed or self._claiming_paused:
+                return 0
+            taken = max(0, min(wanted, self.settings.run_workers - self._inflight))
+            self._inflight += taken
+            return taken
+
+    def _unreserve(self, count: int) -> None:
+        if count > 0:
+            with self._idle:
+                self._inflight -= count
+                self._idle.notify_all()
 
     def create_run(
         self,
@@ -268,28 +320,30 @@ class RunExecution:
         with self._claim_lock:
             if self._closed or self._claiming_paused:
                 return [], None
-            with self._idle:
-                free = self.settings.run_workers - self._inflight
+            free = self._reserve(self.settings.run_workers)  # every free worker, held through the claim
             if free <= 0:
                 self._backlog = True
                 return [], None
-            with self.db.system_transaction(single=True) as cur:
-                store.commit_without_flush(cur)
-                claimed = store.claim_runs(
-                    cur,
-                    process_owner_id(),
-                    free,
-                    self.settings.max_running_per_user,
-                    self.settings.run_lease_seconds,
-                    self.settings.max_lateness_seconds,
-                )
+            try:
+                with self.db.system_transaction(single=True) as cur:
+                    store.commit_without_flush(cur)
+                    claimed = store.claim_runs(
+                        cur,
+                        process_owner_id(),
+                        free,
+                        self.settings.max_running_per_user,
+                        self.settings.run_lease_seconds,
+                        self.settings.max_lateness_seconds,
+                    )
+            except BaseException:
+                self._unreserve(free)
+                raise
             runs = [run for run in claimed if not run["late"]]
             if len(runs) < len(claimed):  # scheduled runs that waited too long: ended skipped (late), counted
                 metrics.record_scheduler_firing("skipped_late", len(claimed) - len(runs))
             self._backlog = len(runs) == free
+            self._unreserve(free - len(runs))
             for run in runs:
-                with self._idle:
-                    self._inflight += 1
                 self.leases.hold(run["id"])
                 if run["id"] == here and self._only_pure(run):
                     mine = run
@@ -350,7 +404,9 @@ class RunExecution:
         """The run once it ended, or as it is after ``timeout`` s (``?wait=true``); None if it is gone.
 
         A run executed here wakes the wait at once; one executed by another process is
-        seen by reading its row, at most every half second.
+        seen by reading its row, at most every half second. A run still executing here when
+        the time is up has its lease renewed first: that synchronous commit also flushes its
+        insert, which started it without waiting for the flush (``enqueue``).
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._idle:
@@ -368,7 +424,11 @@ class RunExecution:
                 if run is None or run["user_id"] != user_id:
                     with self.db.transaction(user_id, single=True) as cur:
                         run = store.get_run(cur, user_id, run_id)
-                if run is None or run["status"] not in UNFINISHED or time.monotonic() >= deadline:
+                if run is None or run["status"] not in UNFINISHED:
+                    return run
+                if time.monotonic() >= deadline:
+                    if run_id in self.leases.held():  # its starting insert did not wait for the WAL flush
+                        self.leases.renew()  # a synchronous write: the run is on disk before the 202 names it
                     return run
         finally:
             with self._idle:
