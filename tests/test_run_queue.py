@@ -495,6 +495,39 @@ def test_a_starting_insert_waits_for_another_start_to_commit_before_it_counts_th
         app.db.close()
 
 
+def test_a_start_refused_for_a_queue_takes_no_lock_while_it_commits_queued(
+    fresh_db: str, tmp_path: Path, fernet_key: str
+) -> None:
+    """A refused start's row commits with its WAL flush: it must not hold the claimers' lock meanwhile, so the
+    refusals a queue or the cap already explain are decided before the lock (and here, despite a holder)."""
+    app = make_app(fresh_db, tmp_path, (fernet_key,))
+    holder = psycopg2.connect(fresh_db)
+    try:
+        plan = logic_plan(app, "alice")
+        with app.db.transaction("alice") as cur:
+            assert store.enqueue_run(cur, "alice", plan["id"], trigger="api") is not None  # something queued
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(5049544, 13)")  # a claim in progress, say
+        answer: dict[str, Any] = {}
+
+        def start() -> None:
+            with app.db.transaction("alice") as cur:
+                answer["row"] = store.enqueue_run(
+                    cur, "alice", plan["id"], trigger="api", start_owner="me", lease_seconds=30, max_per_user=5
+                )
+
+        racer = threading.Thread(target=start, daemon=True)
+        racer.start()
+        racer.join(10.0)
+        assert not racer.is_alive(), "a start refused for the queue waited for the claimers' lock"
+        assert answer["row"]["status"] == "queued"
+    finally:
+        holder.rollback()
+        holder.close()
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
 def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
     """The largest number of [start, end) intervals that overlap at one instant."""
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
