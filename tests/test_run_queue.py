@@ -9,7 +9,9 @@ from __future__ import annotations
 import select
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from pilot.application import PilotApp
 from pilot.data import store
 from tests.conftest import make_app, resp_json
 from tests.fake_upstreams import RecordedRequest, Reply, WebhookReceiver
@@ -403,14 +406,32 @@ def test_one_users_burst_does_not_hold_back_another_users_run(fresh_db: str, tmp
 # --- a ?wait=true run started by its own insert (migration 021) -------------------------
 
 
+@contextmanager
+def serving(dsn: str, tmp_path: Path, fernet_key: str, **overrides: Any) -> Iterator[PilotApp]:
+    """An app for one test, its runs drained and its pool closed at the end."""
+    app = make_app(dsn, tmp_path, (fernet_key,), **overrides)
+    try:
+        yield app
+    finally:
+        app.engine.shutdown(wait=True)
+        app.db.close()
+
+
+def insert_started(app: PilotApp, plan_id: int, owner: str, cap: int) -> dict[str, Any] | None:
+    """alice's run of ``plan_id``, inserted started for ``owner`` if pilot_may_start_now agrees (else queued)."""
+    with app.db.transaction("alice") as cur:
+        return store.enqueue_run(
+            cur, "alice", plan_id, trigger="api", start_owner=owner, lease_seconds=30, max_per_user=cap
+        )
+
+
 def test_a_waited_run_starts_in_its_insert_like_a_claim_when_nothing_is_queued(
     fresh_db: str, tmp_path: Path, fernet_key: str
 ) -> None:
     """Nothing queued, alice under the cap: the insert starts the run for this process, as a claim would."""
     from execution_engine import process_owner_id
 
-    app = make_app(fresh_db, tmp_path, (fernet_key,))
-    try:
+    with serving(fresh_db, tmp_path, fernet_key) as app:
         plan = logic_plan(app, "alice")
         run = app.engine.enqueue("alice", plan["id"], "api", {"x": 5}, claim_here=True)
         assert run["status"] == "running" and run["attempts"] == 1 and run["owner_id"] == process_owner_id()
@@ -420,17 +441,13 @@ def test_a_waited_run_starts_in_its_insert_like_a_claim_when_nothing_is_queued(
         done = app_run(app, run["id"])  # pure steps: executed in the caller's thread before enqueue returned
         assert done["status"] == "success" and done["attempts"] == 1
         assert done["step_results"][0]["result"]["data"] == 5
-    finally:
-        app.engine.shutdown(wait=True)
-        app.db.close()
 
 
 def test_a_waited_run_queues_behind_any_queued_run_and_behind_the_cap(
     fresh_db: str, tmp_path: Path, fernet_key: str
 ) -> None:
     """Oldest first still holds: bob's older queued run starts before alice's waited one, which queues."""
-    app = make_app(fresh_db, tmp_path, (fernet_key,), run_workers=1, max_running_per_user=1)
-    try:
+    with serving(fresh_db, tmp_path, fernet_key, run_workers=1, max_running_per_user=1) as app:
         mine, theirs = logic_plan(app, "alice"), logic_plan(app, "bob")
         with app.db.transaction("bob") as cur:
             older = store.enqueue_run(cur, "bob", theirs["id"], trigger="api", input_={"x": 0})
@@ -458,41 +475,29 @@ def test_a_waited_run_queues_behind_any_queued_run_and_behind_the_cap(
         )
         capped = app.engine.enqueue("alice", mine["id"], "api", {"x": 2}, claim_here=True)
         assert capped["status"] == "queued" and app_run(app, capped["id"])["status"] == "queued"
-    finally:
-        app.engine.shutdown(wait=True)
-        app.db.close()
 
 
 def test_a_starting_insert_waits_for_another_start_to_commit_before_it_counts_the_cap(
     fresh_db: str, tmp_path: Path, fernet_key: str
 ) -> None:
     """The decision is taken under the claimers' lock: a start not yet committed holds back the next one."""
-    app = make_app(fresh_db, tmp_path, (fernet_key,))
-    try:
+    with serving(fresh_db, tmp_path, fernet_key) as app:
         plan = logic_plan(app, "alice")
-
-        def start(owner: str) -> dict[str, Any] | None:
-            with app.db.transaction("alice") as cur:
-                return store.enqueue_run(
-                    cur, "alice", plan["id"], trigger="api", start_owner=owner, lease_seconds=30, max_per_user=1
-                )
-
         second: dict[str, Any] = {}
         with app.db.transaction("alice") as cur:
             first = store.enqueue_run(
                 cur, "alice", plan["id"], trigger="api", start_owner="first", lease_seconds=30, max_per_user=1
             )
             assert first is not None and first["status"] == "running" and first["steps"]
-            racer = threading.Thread(target=lambda: second.update(row=start("second")), daemon=True)
+            racer = threading.Thread(
+                target=lambda: second.update(row=insert_started(app, plan["id"], "second", 1)), daemon=True
+            )
             racer.start()
             racer.join(0.5)
             assert racer.is_alive(), "a second start did not wait for the first to commit"
         racer.join(10.0)
         assert not racer.is_alive() and second["row"]["status"] == "queued" and second["row"]["owner_id"] is None
         assert "steps" not in second["row"]
-    finally:
-        app.engine.shutdown(wait=True)
-        app.db.close()
 
 
 def test_a_start_refused_for_a_queue_takes_no_lock_while_it_commits_queued(
@@ -500,32 +505,25 @@ def test_a_start_refused_for_a_queue_takes_no_lock_while_it_commits_queued(
 ) -> None:
     """A refused start's row commits with its WAL flush: it must not hold the claimers' lock meanwhile, so the
     refusals a queue or the cap already explain are decided before the lock (and here, despite a holder)."""
-    app = make_app(fresh_db, tmp_path, (fernet_key,))
     holder = psycopg2.connect(fresh_db)
     try:
-        plan = logic_plan(app, "alice")
-        with app.db.transaction("alice") as cur:
-            assert store.enqueue_run(cur, "alice", plan["id"], trigger="api") is not None  # something queued
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(5049544, 13)")  # a claim in progress, say
-        answer: dict[str, Any] = {}
-
-        def start() -> None:
+        with serving(fresh_db, tmp_path, fernet_key) as app:
+            plan = logic_plan(app, "alice")
             with app.db.transaction("alice") as cur:
-                answer["row"] = store.enqueue_run(
-                    cur, "alice", plan["id"], trigger="api", start_owner="me", lease_seconds=30, max_per_user=5
-                )
-
-        racer = threading.Thread(target=start, daemon=True)
-        racer.start()
-        racer.join(10.0)
-        assert not racer.is_alive(), "a start refused for the queue waited for the claimers' lock"
-        assert answer["row"]["status"] == "queued"
+                assert store.enqueue_run(cur, "alice", plan["id"], trigger="api") is not None  # something queued
+            with holder.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(5049544, 13)")  # a claim in progress, say
+            answer: dict[str, Any] = {}
+            racer = threading.Thread(
+                target=lambda: answer.update(row=insert_started(app, plan["id"], "me", 5)), daemon=True
+            )
+            racer.start()
+            racer.join(10.0)
+            assert not racer.is_alive(), "a start refused for the queue waited for the claimers' lock"
+            assert answer["row"]["status"] == "queued"
+            holder.rollback()
     finally:
-        holder.rollback()
         holder.close()
-        app.engine.shutdown(wait=True)
-        app.db.close()
 
 
 def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
@@ -542,9 +540,8 @@ def test_waited_runs_started_by_their_inserts_keep_the_per_user_cap_exact(
     fresh_db: str, tmp_path: Path, fernet_key: str
 ) -> None:
     """Eight waited runs posted at once, cap 2, eight free workers: never more than 2 running, all done once."""
-    app = make_app(fresh_db, tmp_path, (fernet_key,), run_workers=8, max_running_per_user=2, db_pool_size=12)
-    app.engine.start_claiming()  # the runs held back by the cap are claimed as places free up (the poll)
-    try:
+    with serving(fresh_db, tmp_path, fernet_key, run_workers=8, max_running_per_user=2, db_pool_size=12) as app:
+        app.engine.start_claiming()  # the runs held back by the cap are claimed as places free up (the poll)
         with SlowReceiver() as receiver:
             plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=0.3")
             gate = threading.Barrier(8)
@@ -564,25 +561,17 @@ def test_waited_runs_started_by_their_inserts_keep_the_per_user_cap_exact(
             assert len(ran) == 8 and {attempts for _, _, attempts in ran} == {1}
             assert most_at_once([(start, end) for start, end, _ in ran]) == 2
             assert len(receiver.requests) == 8
-    finally:
-        app.engine.shutdown(wait=True)
-        app.db.close()
 
 
 def test_a_wait_that_gives_up_on_a_run_started_here_renews_its_lease_before_the_202(
     fresh_db: str, tmp_path: Path, fernet_key: str
 ) -> None:
     """The starting insert does not wait for its WAL flush; the lease renewal's synchronous commit does."""
-    app = make_app(fresh_db, tmp_path, (fernet_key,), run_wait_seconds=0.3)
-    try:
-        with SlowReceiver() as receiver:
-            plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=2")
-            response = app.test_client().post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
-            assert response.status_code == 202 and resp_json(response)["status"] == "running", response.json
-            run = app_run(app, resp_json(response)["id"])
-            lease = timedelta(seconds=app.settings.run_lease_seconds)
-            assert run["lease_expires_at"] - run["started_at"] > lease  # renewed after the insert set it
-            assert wait_for(lambda: app_run(app, run["id"])["status"] == "success", 15.0)
-    finally:
-        app.engine.shutdown(wait=True)
-        app.db.close()
+    with serving(fresh_db, tmp_path, fernet_key, run_wait_seconds=0.3) as app, SlowReceiver() as receiver:
+        plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=2")
+        response = app.test_client().post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
+        assert response.status_code == 202 and resp_json(response)["status"] == "running", response.json
+        run = app_run(app, resp_json(response)["id"])
+        lease = timedelta(seconds=app.settings.run_lease_seconds)
+        assert run["lease_expires_at"] - run["started_at"] > lease  # renewed after the insert set it
+        assert wait_for(lambda: app_run(app, run["id"])["status"] == "success", 15.0)
