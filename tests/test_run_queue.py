@@ -539,28 +539,28 @@ def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
 def test_waited_runs_started_by_their_inserts_keep_the_per_user_cap_exact(
     fresh_db: str, tmp_path: Path, fernet_key: str
 ) -> None:
-    """Eight waited runs posted at once, cap 2, eight free workers: never more than 2 running, all done once."""
-    with serving(fresh_db, tmp_path, fernet_key, run_workers=8, max_running_per_user=2, db_pool_size=12) as app:
-        app.engine.start_claiming()  # the runs held back by the cap are claimed as places free up (the poll)
-        with SlowReceiver() as receiver:
-            plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=0.3")
-            gate = threading.Barrier(8)
+    """Eight waited runs posted at once, cap 2, eight free workers: never more than 2 running, all done once.
+    No claimer thread: the runs the cap holds back are claimed as each finish frees a place (user_queued)."""
+    settings = {"run_workers": 8, "max_running_per_user": 2, "db_pool_size": 12}
+    with serving(fresh_db, tmp_path, fernet_key, **settings) as app, SlowReceiver() as receiver:
+        plan = webhook_plan(app, "alice", receiver.url + "/hook?delay=0.3")
+        gate = threading.Barrier(8)
 
-            def post(_: int) -> tuple[int, str]:
-                client = app.test_client()
-                gate.wait(timeout=10)
-                response = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
-                return response.status_code, str((response.json or {}).get("status"))
+        def post(_: int) -> tuple[int, str]:
+            client = app.test_client()
+            gate.wait(timeout=10)
+            response = client.post(f"/api/plans/{plan['id']}/run?wait=true", json={"user_id": "alice"})
+            return response.status_code, str((response.json or {}).get("status"))
 
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                answers = list(pool.map(post, range(8)))
-            assert answers == [(200, "success")] * 8, answers
-            ran = rows(
-                fresh_db, "SELECT started_at, finished_at, attempts FROM plan_runs WHERE plan_id = %s", (plan["id"],)
-            )
-            assert len(ran) == 8 and {attempts for _, _, attempts in ran} == {1}
-            assert most_at_once([(start, end) for start, end, _ in ran]) == 2
-            assert len(receiver.requests) == 8
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(post, range(8)))
+        assert answers == [(200, "success")] * 8, answers
+        ran = rows(
+            fresh_db, "SELECT started_at, finished_at, attempts FROM plan_runs WHERE plan_id = %s", (plan["id"],)
+        )
+        assert len(ran) == 8 and {attempts for _, _, attempts in ran} == {1}
+        assert most_at_once([(start, end) for start, end, _ in ran]) == 2
+        assert len(receiver.requests) == 8
 
 
 def test_a_wait_that_gives_up_on_a_run_started_here_renews_its_lease_before_the_202(

@@ -157,4 +157,5 @@ def test_a_finish_with_logs_gives_the_rows_run_logs_reads_with_their_types(app: 
     assert finished["logs"][0]["timestamp"] == read[0]["timestamp"] and read[0]["timestamp"].tzinfo is not None
     with app.db.transaction(user) as cur:
         plain = store.get_run(cur, user, run["id"])
+    assert finished.pop("user_queued") is False  # nothing else of the user's is queued
     assert {key: value for key, value in finished.items() if key != "logs"} == plain

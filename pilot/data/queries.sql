@@ -307,12 +307,15 @@ WHERE user_id = %(user_id)s AND id = %(id)s AND status = 'running'
 -- name: finish_run
 -- With with_logs, the row comes back with its run's log rows too (run_logs' rows, as JSON), those
 -- written by this transaction's earlier statements included: a ?wait=true answer needs no read.
+-- user_queued: the user has runs queued, which the place this run frees may let a claim start now.
 UPDATE plan_runs SET status = %(status)s, finished_at = now(), step_results = %(step_results)s, error = %(error)s
 WHERE user_id = %(user_id)s AND id = %(id)s AND status IN ('queued', 'running')
   AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
 RETURNING *, CASE WHEN %(with_logs)s THEN
     (SELECT coalesce(json_agg(l ORDER BY l.id), '[]'::json) FROM pilot_run_logs(plan_runs.user_id, plan_runs.id) l)
-END AS logs;
+END AS logs,
+    EXISTS (SELECT 1 FROM plan_runs q
+            WHERE q.user_id = plan_runs.user_id AND q.status = 'queued' AND q.id <> plan_runs.id) AS user_queued;
 
 -- name: get_run
 SELECT * FROM plan_runs WHERE user_id = %(user_id)s AND id = %(id)s;

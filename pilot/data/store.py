@@ -441,6 +441,7 @@ def finish_run(
 
     ``with_logs``: the row holds ``logs``, its run's log rows as ``run_logs`` reads them (the
     statements before it in this transaction included), so a wait for it need not read them.
+    ``user_queued`` in the row says whether the user has runs queued (which the cap may have held back).
     """
     row = _one(
         cur,

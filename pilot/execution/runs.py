@@ -577,6 +577,8 @@ class RunExecution:
             run = self._record_finish(user_id, run_id, status, bare, error, logs)
         logs.clear()
         if run is not None:
+            if run.pop("user_queued"):  # the place this run leaves may start one the cap held back: claim next
+                self._backlog = True
             metrics.record_run_finished(run["trigger"], run["status"])
         return run
 
